@@ -1,0 +1,119 @@
+// The storage interface every backend (maildir, mbox, ...) implements.
+// Backends know how to read and write one format faithfully; they hold no sync logic,
+// no modseqs and no change history (that is the change index's job, src/index/).
+import type { Readable } from 'node:stream';
+
+/** A mailbox name as UTF-8 hierarchy components, e.g. ['INBOX'] or ['Archive', '2024']. */
+export type MailboxName = string[];
+
+export interface StoreMailboxInfo {
+  name: MailboxName;
+  /** false for a \Noselect directory that only exists as a parent. */
+  selectable: boolean;
+  /** 32 lowercase hex, when the storage records one (maildir: dovecot-uidlist header G). */
+  guid?: string;
+  uidValidity?: number;
+  uidNext?: number;
+}
+
+export interface StoreMessage {
+  uid: number;
+  /** Message GUID string: maildir = uidlist G field or the base file name. */
+  guid: string;
+  /** System flag bits, see model/flags.ts. */
+  flags: number;
+  /** Keyword names, sorted, without duplicates. */
+  keywords: string[];
+  /** INTERNALDATE, unix seconds. */
+  internalDate: number;
+  /** Physical size in bytes. */
+  size: number;
+}
+
+export interface SaveRequest {
+  /** Explicit UID; always >= the mailbox's current uidNext, requests given in ascending UID order. */
+  uid: number;
+  guid: string;
+  flags: number;
+  keywords: string[];
+  internalDate: number;
+  /** The exact message bytes. */
+  body: Buffer | (() => Readable);
+}
+
+export interface FlagUpdate {
+  uid: number;
+  flags: number;
+  keywords: string[];
+}
+
+export interface StoreMailboxStatus {
+  guid: string;
+  uidValidity: number;
+  uidNext: number;
+}
+
+export interface StoreMailbox {
+  readonly name: MailboxName;
+  /**
+   * Bring the on-disk state up to date the way Dovecot would (maildir: move new/ to cur/,
+   * give new files UIDs in dovecot-uidlist, assign a mailbox GUID / UIDVALIDITY if missing)
+   * and return every message, sorted by UID.
+   */
+  scan(): Promise<StoreMessage[]>;
+  status(): Promise<StoreMailboxStatus>;
+  /** The message's exact bytes as a stream; rejects with code 'EXPUNGED' if it vanished. */
+  openBody(uid: number): Promise<Readable>;
+  /** Saves durably (tmp + fsync + rename, then the UID map) before resolving. */
+  save(requests: SaveRequest[]): Promise<void>;
+  updateFlags(updates: FlagUpdate[]): Promise<void>;
+  /** Missing UIDs are ignored. */
+  expunge(uids: number[]): Promise<void>;
+  setGuid(guid: string): Promise<void>;
+  setUidValidity(uidValidity: number): Promise<void>;
+  /** uidNext only grows. */
+  raiseUidNext(uidNext: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface StoreCaps {
+  /** The backend can store a message GUID it is given (maildir yes, mbox no). */
+  saveGuids: boolean;
+}
+
+export interface MailStore {
+  readonly format: string;
+  readonly caps: StoreCaps;
+  /** Hierarchy separator used for this store's user-visible names (maildir++ '.', fs '/'). */
+  readonly separator: string;
+  /** Directory where tools may keep private state that the format never mistakes for a mailbox. */
+  readonly controlDir: string;
+  /** All mailboxes, INBOX always included (created on first listing if missing). */
+  listMailboxes(): Promise<StoreMailboxInfo[]>;
+  readSubscriptions(): Promise<MailboxName[]>;
+  writeSubscriptions(names: MailboxName[]): Promise<void>;
+  /** null if the name can be stored, else a human-readable reason. */
+  invalidNameReason(name: MailboxName): string | null;
+  createMailbox(name: MailboxName, opts: { guid: string; uidValidity: number }): Promise<void>;
+  /** Creates a \Noselect directory where the layout can hold one (a no-op where it cannot). */
+  createDirectory(name: MailboxName): Promise<void>;
+  /** Deletes the mailbox's mail; children stay (a child-bearing mailbox becomes a directory). */
+  deleteMailbox(name: MailboxName): Promise<void>;
+  deleteDirectory(name: MailboxName): Promise<void>;
+  /** Renames the mailbox and all its children. */
+  renameMailbox(from: MailboxName, to: MailboxName): Promise<void>;
+  openMailbox(name: MailboxName): Promise<StoreMailbox>;
+  /** Allocates a new UIDVALIDITY the way the format does (maildir: dovecot-uidvalidity). */
+  newUidValidity(): Promise<number>;
+  close(): Promise<void>;
+}
+
+export class StorageError extends Error {
+  constructor(
+    message: string,
+    readonly code: 'NOTFOUND' | 'EXISTS' | 'EXPUNGED' | 'INVALIDNAME' | 'CORRUPT' | 'PERM' | 'NOSPACE' | 'LOCKED' | 'IO',
+  ) {
+    super(message);
+    this.name = 'StorageError';
+  }
+}
