@@ -1,0 +1,343 @@
+// The change index: one SQLite database per location keeping what a mail store cannot:
+// mailbox GUIDs and timestamps, per-message modseqs, a journal of flag changes and expunges
+// (with the expunged GUID and which peer caused it), mailbox tombstones, subscriptions with
+// their change times, and the per-peer sync state.
+import Database from 'better-sqlite3';
+import { randomBytes } from 'node:crypto';
+import { existsSync, renameSync } from 'node:fs';
+
+const SCHEMA_VERSION = '1';
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS mailboxes (
+  guid TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  uid_validity INTEGER NOT NULL,
+  uid_next INTEGER NOT NULL,
+  highest_modseq INTEGER NOT NULL,
+  first_recent_uid INTEGER NOT NULL DEFAULT 1,
+  last_renamed_or_created INTEGER NOT NULL,
+  scan_token TEXT
+);
+CREATE TABLE IF NOT EXISTS messages (
+  mailbox TEXT NOT NULL,
+  uid INTEGER NOT NULL,
+  guid TEXT NOT NULL,
+  flags INTEGER NOT NULL,
+  keywords TEXT NOT NULL,
+  modseq INTEGER NOT NULL,
+  internal_date INTEGER NOT NULL,
+  size INTEGER NOT NULL,
+  PRIMARY KEY (mailbox, uid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (
+  mailbox TEXT NOT NULL,
+  modseq INTEGER NOT NULL,
+  uid INTEGER NOT NULL,
+  kind TEXT NOT NULL,
+  guid TEXT NOT NULL,
+  add_flags INTEGER NOT NULL,
+  remove_flags INTEGER NOT NULL,
+  kw_add TEXT NOT NULL,
+  kw_remove TEXT NOT NULL,
+  origin TEXT NOT NULL,
+  ts INTEGER NOT NULL,
+  PRIMARY KEY (mailbox, modseq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tombstones (
+  kind TEXT NOT NULL,
+  key TEXT NOT NULL,
+  ts INTEGER NOT NULL,
+  PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dirs (name TEXT PRIMARY KEY, last_created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS subscriptions (name TEXT PRIMARY KEY, subscribed INTEGER NOT NULL, ts INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS peer_state (
+  peer TEXT NOT NULL,
+  mailbox TEXT NOT NULL,
+  uid_validity INTEGER NOT NULL,
+  last_common_uid INTEGER NOT NULL,
+  my_modseq INTEGER NOT NULL,
+  my_uid_next INTEGER NOT NULL,
+  sync_id TEXT NOT NULL,
+  PRIMARY KEY (peer, mailbox)
+) WITHOUT ROWID;
+`;
+
+export interface MailboxRow {
+  guid: string;
+  name: string[];
+  uidValidity: number;
+  uidNext: number;
+  highestModseq: number;
+  firstRecentUid: number;
+  lastRenamedOrCreated: number;
+  scanToken: string | null;
+}
+
+export interface MessageRow {
+  uid: number;
+  guid: string;
+  flags: number;
+  keywords: string[];
+  modseq: number;
+  internalDate: number;
+  size: number;
+}
+
+export type ChangeKind = 'flags' | 'expunge';
+
+export interface ChangeRow {
+  modseq: number;
+  uid: number;
+  kind: ChangeKind;
+  guid: string;
+  addFlags: number;
+  removeFlags: number;
+  kwAdd: string[];
+  kwRemove: string[];
+  /** '' for changes made outside dsync, else the location id of the peer that caused it. */
+  origin: string;
+  ts: number;
+}
+
+export type TombstoneKind = 'mailbox' | 'dir' | 'unsubscribe';
+
+export interface PeerState {
+  uidValidity: number;
+  lastCommonUid: number;
+  myModseq: number;
+  myUidNext: number;
+  syncId: string;
+}
+
+const encName = (n: string[]) => JSON.stringify(n);
+const decName = (s: string) => JSON.parse(s) as string[];
+const encKw = (k: readonly string[]) => k.join(' ');
+const decKw = (s: string) => (s === '' ? [] : s.split(' '));
+
+export interface OpenIndexResult {
+  index: ChangeIndex;
+  /** Set when an existing index could not be used and a fresh one was started. */
+  rebuiltReason?: string;
+}
+
+export class ChangeIndex {
+  private readonly stmts: ReturnType<ChangeIndex['prepare']>;
+
+  private constructor(readonly db: Database.Database) {
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = NORMAL');
+    db.exec(SCHEMA);
+    this.stmts = this.prepare();
+    if (this.getMeta('schema_version') === undefined) {
+      this.setMeta('schema_version', SCHEMA_VERSION);
+      this.setMeta('location_id', randomBytes(16).toString('hex'));
+    }
+  }
+
+  /** Opens (or creates) the index; a corrupt or foreign file is moved aside and a fresh one started. */
+  static open(path: string): OpenIndexResult {
+    if (path === ':memory:') return { index: new ChangeIndex(new Database(':memory:')) };
+    let db: Database.Database | undefined;
+    try {
+      db = new Database(path);
+      const ok = db.pragma('quick_check', { simple: true });
+      if (ok !== 'ok') throw new Error(`integrity check failed: ${String(ok)}`);
+      const index = new ChangeIndex(db);
+      const v = index.getMeta('schema_version');
+      if (v !== SCHEMA_VERSION) throw new Error(`unknown schema version ${v}`);
+      return { index };
+    } catch (err) {
+      try {
+        db?.close();
+      } catch {
+        /* already broken */
+      }
+      const aside = `${path}.corrupt-${Date.now()}`;
+      for (const suffix of ['', '-wal', '-shm']) {
+        if (existsSync(path + suffix)) renameSync(path + suffix, aside + suffix);
+      }
+      const index = new ChangeIndex(new Database(path));
+      return { index, rebuiltReason: `${(err as Error).message}; moved it to ${aside} and rebuilt the index from the mail store` };
+    }
+  }
+
+  private prepare() {
+    const db = this.db;
+    return {
+      getMeta: db.prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?'),
+      setMeta: db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value'),
+      allMailboxes: db.prepare('SELECT * FROM mailboxes'),
+      getMailbox: db.prepare('SELECT * FROM mailboxes WHERE guid = ?'),
+      putMailbox: db.prepare(
+        `INSERT INTO mailboxes (guid, name, uid_validity, uid_next, highest_modseq, first_recent_uid, last_renamed_or_created, scan_token)
+         VALUES (@guid, @name, @uidValidity, @uidNext, @highestModseq, @firstRecentUid, @lastRenamedOrCreated, @scanToken)
+         ON CONFLICT(guid) DO UPDATE SET name = excluded.name, uid_validity = excluded.uid_validity, uid_next = excluded.uid_next,
+           highest_modseq = excluded.highest_modseq, first_recent_uid = excluded.first_recent_uid,
+           last_renamed_or_created = excluded.last_renamed_or_created, scan_token = excluded.scan_token`,
+      ),
+      delMailbox: db.prepare('DELETE FROM mailboxes WHERE guid = ?'),
+      delMailboxMessages: db.prepare('DELETE FROM messages WHERE mailbox = ?'),
+      delMailboxChanges: db.prepare('DELETE FROM changes WHERE mailbox = ?'),
+      messages: db.prepare('SELECT uid, guid, flags, keywords, modseq, internal_date, size FROM messages WHERE mailbox = ? ORDER BY uid'),
+      putMessage: db.prepare(
+        `INSERT INTO messages (mailbox, uid, guid, flags, keywords, modseq, internal_date, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT(mailbox, uid) DO UPDATE SET guid = excluded.guid, flags = excluded.flags, keywords = excluded.keywords,
+           modseq = excluded.modseq, internal_date = excluded.internal_date, size = excluded.size`,
+      ),
+      delMessage: db.prepare('DELETE FROM messages WHERE mailbox = ? AND uid = ?'),
+      addChange: db.prepare(
+        'INSERT INTO changes (mailbox, modseq, uid, kind, guid, add_flags, remove_flags, kw_add, kw_remove, origin, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      ),
+      changesSince: db.prepare('SELECT * FROM changes WHERE mailbox = ? AND modseq > ? ORDER BY modseq'),
+      tombstones: db.prepare('SELECT kind, key, ts FROM tombstones'),
+      putTombstone: db.prepare(
+        'INSERT INTO tombstones (kind, key, ts) VALUES (?, ?, ?) ON CONFLICT(kind, key) DO UPDATE SET ts = MAX(ts, excluded.ts)',
+      ),
+      delTombstone: db.prepare('DELETE FROM tombstones WHERE kind = ? AND key = ?'),
+      dirs: db.prepare('SELECT name, last_created FROM dirs'),
+      putDir: db.prepare('INSERT INTO dirs (name, last_created) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET last_created = excluded.last_created'),
+      delDir: db.prepare('DELETE FROM dirs WHERE name = ?'),
+      subscriptions: db.prepare('SELECT name, subscribed, ts FROM subscriptions'),
+      putSubscription: db.prepare(
+        'INSERT INTO subscriptions (name, subscribed, ts) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET subscribed = excluded.subscribed, ts = excluded.ts',
+      ),
+      getPeerState: db.prepare('SELECT * FROM peer_state WHERE peer = ? AND mailbox = ?'),
+      putPeerState: db.prepare(
+        `INSERT INTO peer_state (peer, mailbox, uid_validity, last_common_uid, my_modseq, my_uid_next, sync_id) VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT(peer, mailbox) DO UPDATE SET uid_validity = excluded.uid_validity, last_common_uid = excluded.last_common_uid,
+           my_modseq = excluded.my_modseq, my_uid_next = excluded.my_uid_next, sync_id = excluded.sync_id`,
+      ),
+      delPeerState: db.prepare('DELETE FROM peer_state WHERE peer = ? AND mailbox = ?'),
+      delPeerStatesOf: db.prepare('DELETE FROM peer_state WHERE mailbox = ?'),
+    };
+  }
+
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  getMeta(key: string): string | undefined {
+    return this.stmts.getMeta.get(key)?.value;
+  }
+  setMeta(key: string, value: string): void {
+    this.stmts.setMeta.run(key, value);
+  }
+  get locationId(): string {
+    return this.getMeta('location_id')!;
+  }
+
+  mailboxes(): MailboxRow[] {
+    return (this.stmts.allMailboxes.all() as any[]).map(rowToMailbox);
+  }
+  mailbox(guid: string): MailboxRow | undefined {
+    const r = this.stmts.getMailbox.get(guid) as any;
+    return r ? rowToMailbox(r) : undefined;
+  }
+  putMailbox(m: MailboxRow): void {
+    this.stmts.putMailbox.run({ ...m, name: encName(m.name) });
+  }
+  /** Forgets a mailbox and everything about its messages. */
+  dropMailbox(guid: string): void {
+    this.stmts.delMailbox.run(guid);
+    this.stmts.delMailboxMessages.run(guid);
+    this.stmts.delMailboxChanges.run(guid);
+  }
+
+  messages(mailbox: string): MessageRow[] {
+    return (this.stmts.messages.all(mailbox) as any[]).map((r) => ({
+      uid: r.uid,
+      guid: r.guid,
+      flags: r.flags,
+      keywords: decKw(r.keywords),
+      modseq: r.modseq,
+      internalDate: r.internal_date,
+      size: r.size,
+    }));
+  }
+  putMessage(mailbox: string, m: MessageRow): void {
+    this.stmts.putMessage.run(mailbox, m.uid, m.guid, m.flags, encKw(m.keywords), m.modseq, m.internalDate, m.size);
+  }
+  deleteMessage(mailbox: string, uid: number): void {
+    this.stmts.delMessage.run(mailbox, uid);
+  }
+
+  addChange(mailbox: string, c: ChangeRow): void {
+    this.stmts.addChange.run(mailbox, c.modseq, c.uid, c.kind, c.guid, c.addFlags, c.removeFlags, encKw(c.kwAdd), encKw(c.kwRemove), c.origin, c.ts);
+  }
+  changesSince(mailbox: string, modseq: number): ChangeRow[] {
+    return (this.stmts.changesSince.all(mailbox, modseq) as any[]).map((r) => ({
+      modseq: r.modseq,
+      uid: r.uid,
+      kind: r.kind,
+      guid: r.guid,
+      addFlags: r.add_flags,
+      removeFlags: r.remove_flags,
+      kwAdd: decKw(r.kw_add),
+      kwRemove: decKw(r.kw_remove),
+      origin: r.origin,
+      ts: r.ts,
+    }));
+  }
+
+  tombstones(): { kind: TombstoneKind; key: string; ts: number }[] {
+    return this.stmts.tombstones.all() as any[];
+  }
+  putTombstone(kind: TombstoneKind, key: string, ts: number): void {
+    this.stmts.putTombstone.run(kind, key, ts);
+  }
+  deleteTombstone(kind: TombstoneKind, key: string): void {
+    this.stmts.delTombstone.run(kind, key);
+  }
+
+  dirs(): { name: string[]; lastCreated: number }[] {
+    return (this.stmts.dirs.all() as any[]).map((r) => ({ name: decName(r.name), lastCreated: r.last_created }));
+  }
+  putDir(name: string[], lastCreated: number): void {
+    this.stmts.putDir.run(encName(name), lastCreated);
+  }
+  deleteDir(name: string[]): void {
+    this.stmts.delDir.run(encName(name));
+  }
+
+  subscriptions(): { name: string[]; subscribed: boolean; ts: number }[] {
+    return (this.stmts.subscriptions.all() as any[]).map((r) => ({ name: decName(r.name), subscribed: r.subscribed === 1, ts: r.ts }));
+  }
+  putSubscription(name: string[], subscribed: boolean, ts: number): void {
+    this.stmts.putSubscription.run(encName(name), subscribed ? 1 : 0, ts);
+  }
+
+  peerState(peer: string, mailbox: string): PeerState | undefined {
+    const r = this.stmts.getPeerState.get(peer, mailbox) as any;
+    if (!r) return undefined;
+    return { uidValidity: r.uid_validity, lastCommonUid: r.last_common_uid, myModseq: r.my_modseq, myUidNext: r.my_uid_next, syncId: r.sync_id };
+  }
+  putPeerState(peer: string, mailbox: string, s: PeerState): void {
+    this.stmts.putPeerState.run(peer, mailbox, s.uidValidity, s.lastCommonUid, s.myModseq, s.myUidNext, s.syncId);
+  }
+  deletePeerState(peer: string, mailbox: string): void {
+    this.stmts.delPeerState.run(peer, mailbox);
+  }
+  deleteAllPeerStates(mailbox: string): void {
+    this.stmts.delPeerStatesOf.run(mailbox);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
+
+function rowToMailbox(r: any): MailboxRow {
+  return {
+    guid: r.guid,
+    name: decName(r.name),
+    uidValidity: r.uid_validity,
+    uidNext: r.uid_next,
+    highestModseq: r.highest_modseq,
+    firstRecentUid: r.first_recent_uid,
+    lastRenamedOrCreated: r.last_renamed_or_created,
+    scanToken: r.scan_token,
+  };
+}

@@ -1,0 +1,63 @@
+// Per-location lock so two dsync runs never work on the same mail store at once. A lock file
+// created with O_EXCL holds "pid hostname"; a lock whose process is gone (same host) is stale.
+import { openSync, closeSync, writeSync, readFileSync, unlinkSync, constants } from 'node:fs';
+import { hostname } from 'node:os';
+
+export class LockTimeoutError extends Error {
+  constructor(path: string, holder: string, seconds: number) {
+    super(`another dsync (${holder || 'unknown process'}) is syncing this location; gave up waiting after ${seconds} s for ${path}`);
+    this.name = 'LockTimeoutError';
+  }
+}
+
+function holderAlive(content: string): boolean {
+  const [pidText, host] = content.trim().split(' ');
+  const pid = Number(pidText);
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  if (host && host !== hostname()) return true; // cannot tell: assume alive
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export async function acquireLock(path: string, timeoutSeconds: number): Promise<() => void> {
+  const deadline = Date.now() + timeoutSeconds * 1000;
+  let holder = '';
+  for (;;) {
+    try {
+      const fd = openSync(path, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600);
+      writeSync(fd, `${process.pid} ${hostname()}\n`);
+      closeSync(fd);
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        try {
+          unlinkSync(path);
+        } catch {
+          /* already gone */
+        }
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    try {
+      holder = readFileSync(path, 'utf8').trim();
+    } catch {
+      continue; // released between our attempts
+    }
+    if (!holderAlive(holder)) {
+      try {
+        unlinkSync(path);
+      } catch {
+        /* someone else removed it */
+      }
+      continue;
+    }
+    if (Date.now() >= deadline) throw new LockTimeoutError(path, holder, timeoutSeconds);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

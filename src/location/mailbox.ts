@@ -1,0 +1,383 @@
+// One mailbox of a location: reconciles the store's messages with the index (journaling what
+// changed outside dsync), exports changes for a peer, and applies a peer's changes.
+import { Readable } from 'node:stream';
+import type { SaveRequest, StoreMailbox } from '../storage/types.js';
+import type { ChangeRow, MailboxRow, MessageRow, PeerState } from '../index/change-index.js';
+import type { MailChangeRecord } from '../sync/records.js';
+import type { ExpungeView, MessageView, SideView } from '../sync/decide/mailbox-plan.js';
+import type { Location } from './location.js';
+
+export interface ExportMode {
+  /** Messages at or below this UID are common with the peer (0 = no usable state). */
+  lastCommonUid: number;
+  /** Journal entries above this modseq are news for the peer. */
+  sinceModseq: number;
+  /** List every message, not only changed ones. */
+  complete: boolean;
+}
+
+interface Accumulated {
+  addFlags: number;
+  removeFlags: number;
+  kwAdd: Set<string>;
+  kwRemove: Set<string>;
+  changedAt: number;
+  expungedGuid?: string;
+}
+
+export interface AppliedCounts {
+  saved: number;
+  expunged: number;
+  flagged: number;
+}
+
+export class LocationMailbox {
+  private messages = new Map<number, MessageRow>();
+  private loaded = false;
+
+  constructor(
+    readonly location: Location,
+    public row: MailboxRow,
+    readonly store: StoreMailbox,
+  ) {}
+
+  get guid(): string {
+    return this.row.guid;
+  }
+  get name(): string[] {
+    return this.row.name;
+  }
+  get messageCount(): number {
+    return this.messages.size;
+  }
+
+  private get index() {
+    return this.location.index;
+  }
+
+  private nextModseq(): number {
+    this.row.highestModseq += 1;
+    return this.row.highestModseq;
+  }
+
+  /** Compares the store with the index and journals every difference as a change made outside dsync. */
+  async refresh(): Promise<void> {
+    const status = await this.store.status();
+    const scanned = await this.store.scan();
+    const now = this.location.now();
+    this.index.transaction(() => {
+      const fresh = this.index.mailbox(this.row.guid);
+      if (fresh) this.row = { ...fresh, name: this.row.name };
+      const known = new Map(this.index.messages(this.row.guid).map((m) => [m.uid, m]));
+      if (this.row.uidValidity !== status.uidValidity) {
+        // The mailbox was recreated or its UIDs reset outside dsync: nothing we knew holds.
+        if (this.row.uidValidity !== 0) this.location.log.warn(`mailbox ${this.name.join(this.location.separator)}: UIDVALIDITY changed from ${this.row.uidValidity} to ${status.uidValidity} outside dsync`);
+        this.index.dropMailbox(this.row.guid);
+        this.index.deleteAllPeerStates(this.row.guid);
+        known.clear();
+        this.row.uidValidity = status.uidValidity;
+      }
+      const initial = known.size === 0 && this.row.highestModseq === 0;
+      for (const m of scanned) {
+        const old = known.get(m.uid);
+        known.delete(m.uid);
+        const keywords = [...new Set(m.keywords)].sort();
+        if (old && old.guid !== m.guid) {
+          this.journalExpunge(old, '', now);
+        } else if (old) {
+          if (old.flags === m.flags && sameKeywords(old.keywords, keywords)) continue;
+          const modseq = this.nextModseq();
+          this.journalFlags(m.uid, old, m.flags, keywords, '', now, modseq);
+          this.index.putMessage(this.row.guid, { ...old, flags: m.flags, keywords, modseq });
+          continue;
+        }
+        this.index.putMessage(this.row.guid, {
+          uid: m.uid,
+          guid: m.guid,
+          flags: m.flags,
+          keywords,
+          modseq: initial ? 1 : this.nextModseq(),
+          internalDate: m.internalDate,
+          size: m.size,
+        });
+      }
+      if (initial && scanned.length > 0 && this.row.highestModseq === 0) this.row.highestModseq = 1;
+      for (const gone of known.values()) this.journalExpunge(gone, '', now);
+      const maxUid = scanned.length ? scanned[scanned.length - 1].uid : 0;
+      this.row.uidNext = Math.max(status.uidNext, maxUid + 1);
+      this.index.putMailbox(this.row);
+    });
+    this.messages = new Map(this.index.messages(this.row.guid).map((m) => [m.uid, m]));
+    this.loaded = true;
+  }
+
+  private journalExpunge(m: MessageRow, origin: string, ts: number): void {
+    const modseq = this.nextModseq();
+    this.index.addChange(this.row.guid, {
+      modseq,
+      uid: m.uid,
+      kind: 'expunge',
+      guid: m.guid,
+      addFlags: 0,
+      removeFlags: 0,
+      kwAdd: [],
+      kwRemove: [],
+      origin,
+      ts,
+    });
+    this.index.deleteMessage(this.row.guid, m.uid);
+  }
+
+  private journalFlags(uid: number, old: MessageRow, flags: number, keywords: string[], origin: string, ts: number, modseq: number): void {
+    const oldKw = new Set(old.keywords);
+    const newKw = new Set(keywords);
+    this.index.addChange(this.row.guid, {
+      modseq,
+      uid,
+      kind: 'flags',
+      guid: old.guid,
+      addFlags: flags & ~old.flags,
+      removeFlags: old.flags & ~flags,
+      kwAdd: keywords.filter((k) => !oldKw.has(k)),
+      kwRemove: old.keywords.filter((k) => !newKw.has(k)),
+      origin,
+      ts,
+    });
+  }
+
+  status() {
+    return {
+      uidValidity: this.row.uidValidity,
+      uidNext: this.row.uidNext,
+      highestModseq: this.row.highestModseq,
+      messagesCount: this.messages.size,
+      firstRecentUid: this.row.firstRecentUid,
+    };
+  }
+
+  peerState(peerId: string): PeerState | undefined {
+    return this.index.peerState(peerId, this.row.guid);
+  }
+
+  /** True when nothing changed here since the last completed sync with this peer. */
+  unchangedSince(state: PeerState | undefined): boolean {
+    return !!state && state.uidValidity === this.row.uidValidity && state.myModseq === this.row.highestModseq && state.myUidNext === this.row.uidNext;
+  }
+
+  /** The change records to send to a peer, and the same data as this side's view for the planner. */
+  exportChanges(peerId: string, mode: ExportMode): { records: MailChangeRecord[]; view: SideView } {
+    if (!this.loaded) throw new Error('mailbox not refreshed');
+    const acc = new Map<number, Accumulated>();
+    for (const c of this.index.changesSince(this.row.guid, mode.sinceModseq)) {
+      if (c.origin === peerId) continue;
+      accumulate(acc, c);
+    }
+    const records: MailChangeRecord[] = [];
+    const messages: MessageView[] = [];
+    const expunges: ExpungeView[] = [];
+    for (const [uid, a] of acc) {
+      if (a.expungedGuid === undefined || this.messages.has(uid)) continue;
+      if (mode.lastCommonUid > 0 && uid > mode.lastCommonUid) continue;
+      expunges.push({ uid, key: a.expungedGuid });
+    }
+    expunges.sort((x, y) => x.uid - y.uid);
+    const expIter = expunges[Symbol.iterator]();
+    let nextExp = expIter.next();
+    const pushExpungesBelow = (uid: number) => {
+      while (!nextExp.done && nextExp.value.uid < uid) {
+        const e = nextExp.value;
+        records.push({ type: 'change', changeType: 'expunge', uid: e.uid, guid: e.key, modseq: 0, addFlags: 0, removeFlags: 0, finalFlags: 0, keywordChanges: [] });
+        nextExp = expIter.next();
+      }
+    };
+    for (const m of this.messages.values()) {
+      const a = acc.get(m.uid);
+      const isNew = m.uid > mode.lastCommonUid;
+      if (!isNew && !mode.complete && !a) continue;
+      pushExpungesBelow(m.uid);
+      const kwAdd = a ? [...a.kwAdd] : [];
+      const kwRemove = a ? [...a.kwRemove] : [];
+      const present = new Set(m.keywords);
+      const keywordChanges = [
+        ...m.keywords.map((k) => (kwAdd.includes(k) ? `&${k}` : `=${k}`)),
+        ...kwAdd.filter((k) => !present.has(k)).map((k) => `+${k}`),
+        ...kwRemove.map((k) => `-${k}`),
+      ];
+      records.push({
+        type: 'change',
+        changeType: isNew ? 'save' : 'flags',
+        uid: m.uid,
+        guid: m.guid,
+        modseq: m.modseq,
+        addFlags: a?.addFlags ?? 0,
+        removeFlags: a?.removeFlags ?? 0,
+        finalFlags: m.flags,
+        keywordChanges,
+        receivedTimestamp: m.internalDate,
+        virtualSize: m.size,
+        changeTimestamp: a?.changedAt ?? 0,
+      });
+      messages.push({
+        uid: m.uid,
+        key: m.guid,
+        kind: isNew ? 'save' : 'flags',
+        flags: m.flags,
+        keywords: m.keywords,
+        addFlags: a?.addFlags ?? 0,
+        removeFlags: a?.removeFlags ?? 0,
+        kwAdd,
+        kwRemove,
+        changedAt: a?.changedAt ?? 0,
+        internalDate: m.internalDate,
+      });
+    }
+    pushExpungesBelow(Infinity);
+    return { records, view: { uidNext: this.row.uidNext, complete: mode.complete, messages, expunges } };
+  }
+
+  /** Exact bytes of a message for the peer; null if it is gone. */
+  openBody(uid: number, guid?: string): (() => Readable) | null {
+    const m = this.messages.get(uid);
+    if (!m || (guid !== undefined && m.guid !== guid)) return null;
+    return () => lazyStream(() => this.store.openBody(uid));
+  }
+
+  message(uid: number): MessageRow | undefined {
+    return this.messages.get(uid);
+  }
+
+  // ---- applying a peer's changes (journaled with the peer as origin) ----
+
+  /** Saves mails with explicit UIDs (ascending, at or above UIDNEXT). */
+  async save(requests: (SaveRequest & { size?: number })[]): Promise<void> {
+    if (requests.length === 0) return;
+    await this.store.save(requests);
+    this.index.transaction(() => {
+      for (const r of requests) {
+        const row: MessageRow = {
+          uid: r.uid,
+          guid: r.guid,
+          flags: r.flags,
+          keywords: [...r.keywords].sort(),
+          modseq: this.nextModseq(),
+          internalDate: r.internalDate,
+          size: r.size ?? 0,
+        };
+        this.index.putMessage(this.row.guid, row);
+        this.messages.set(r.uid, row);
+      }
+      this.row.uidNext = Math.max(this.row.uidNext, requests[requests.length - 1].uid + 1);
+      this.index.putMailbox(this.row);
+    });
+  }
+
+  async expunge(uids: number[], origin: string): Promise<number> {
+    const present = uids.filter((u) => this.messages.has(u));
+    if (present.length === 0) return 0;
+    await this.store.expunge(present);
+    const now = this.location.now();
+    this.index.transaction(() => {
+      for (const uid of present) {
+        this.journalExpunge(this.messages.get(uid)!, origin, now);
+        this.messages.delete(uid);
+      }
+      this.index.putMailbox(this.row);
+    });
+    return present.length;
+  }
+
+  async updateFlags(updates: { uid: number; flags: number; keywords: string[] }[], origin: string): Promise<number> {
+    const real = updates.filter((u) => {
+      const m = this.messages.get(u.uid);
+      return m && (m.flags !== u.flags || !sameKeywords(m.keywords, u.keywords));
+    });
+    if (real.length === 0) return 0;
+    await this.store.updateFlags(real);
+    const now = this.location.now();
+    this.index.transaction(() => {
+      for (const u of real) {
+        const old = this.messages.get(u.uid)!;
+        const keywords = [...u.keywords].sort();
+        const modseq = this.nextModseq();
+        this.journalFlags(u.uid, old, u.flags, keywords, origin, now, modseq);
+        const row = { ...old, flags: u.flags, keywords, modseq };
+        this.index.putMessage(this.row.guid, row);
+        this.messages.set(u.uid, row);
+      }
+      this.index.putMailbox(this.row);
+    });
+    return real.length;
+  }
+
+  async setUidValidity(uidValidity: number): Promise<void> {
+    await this.store.setUidValidity(uidValidity);
+    this.index.transaction(() => {
+      this.index.deleteAllPeerStates(this.row.guid);
+      this.row.uidValidity = uidValidity;
+      this.index.putMailbox(this.row);
+    });
+  }
+
+  async raiseUidNext(uidNext: number): Promise<void> {
+    if (uidNext <= this.row.uidNext) {
+      const st = await this.store.status();
+      if (st.uidNext >= uidNext) return;
+    }
+    await this.store.raiseUidNext(uidNext);
+    this.row.uidNext = Math.max(this.row.uidNext, uidNext);
+    this.index.putMailbox(this.row);
+  }
+
+  savePeerState(peerId: string, state: Omit<PeerState, 'myModseq' | 'myUidNext'>): void {
+    this.index.putPeerState(peerId, this.row.guid, { ...state, myModseq: this.row.highestModseq, myUidNext: this.row.uidNext });
+  }
+
+  forgetPeerState(peerId: string): void {
+    this.index.deletePeerState(peerId, this.row.guid);
+  }
+
+  async close(): Promise<void> {
+    await this.store.close();
+  }
+}
+
+function accumulate(acc: Map<number, Accumulated>, c: ChangeRow): void {
+  let a = acc.get(c.uid);
+  if (!a) {
+    a = { addFlags: 0, removeFlags: 0, kwAdd: new Set(), kwRemove: new Set(), changedAt: 0 };
+    acc.set(c.uid, a);
+  }
+  a.changedAt = Math.max(a.changedAt, c.ts);
+  if (c.kind === 'expunge') {
+    a.expungedGuid = c.guid;
+    return;
+  }
+  // A later add cancels an earlier remove of the same flag and vice versa.
+  a.addFlags = (a.addFlags & ~c.removeFlags) | c.addFlags;
+  a.removeFlags = (a.removeFlags & ~c.addFlags) | c.removeFlags;
+  for (const k of c.kwAdd) {
+    a.kwRemove.delete(k);
+    a.kwAdd.add(k);
+  }
+  for (const k of c.kwRemove) {
+    a.kwAdd.delete(k);
+    a.kwRemove.add(k);
+  }
+}
+
+function sameKeywords(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  const s = new Set(a);
+  return b.every((k) => s.has(k));
+}
+
+/** A stream that opens its source only when first read, so thousands can be queued cheaply. */
+function lazyStream(open: () => Promise<Readable>): Readable {
+  return Readable.from(
+    (async function* () {
+      const s = await open();
+      for await (const chunk of s) yield chunk as Buffer;
+    })(),
+    { objectMode: false },
+  );
+}

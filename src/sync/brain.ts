@@ -1,0 +1,451 @@
+// A brain owns one location and syncs it with the peer brain at the other end of a channel
+// (dsync-design.md §3). Both brains run the same code; the master decides the settings, and all
+// decisions both must agree on are pure functions of data both sides have.
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import type { Channel } from '../transport/channel.js';
+import { ProtocolError, expectRecord, recvList } from '../transport/channel.js';
+import type { Location } from '../location/location.js';
+import type { LocationMailbox } from '../location/mailbox.js';
+import type { Logger } from '../util/log.js';
+import type {
+  HandshakeRecord,
+  MailChangeRecord,
+  MailRecord,
+  MailboxRecord,
+  MailboxTreeNodeRecord,
+  SyncType,
+} from './records.js';
+import { planTree, type TreeMode } from './decide/tree-plan.js';
+import { planMailbox, type MessageView, type SideView } from './decide/mailbox-plan.js';
+import { nameKey } from './decide/name-hash.js';
+import { applyTreeActions } from './tree-apply.js';
+import { forbiddenChars, makeNameNormalizer } from './names.js';
+
+export const PROTOCOL = 1;
+
+export interface MasterSettings {
+  syncType: SyncType;
+  /** 'send': the master is the backup source; 'recv': the master is the backup destination. */
+  backup: 'none' | 'send' | 'recv';
+  syncBox?: string[];
+  altChar: string;
+}
+
+export interface BrainOptions {
+  role: 'master' | 'slave';
+  location: Location;
+  channel: Channel;
+  log: Logger;
+  /** Required for the master; the slave adopts the master's. */
+  settings?: MasterSettings;
+}
+
+export interface BrainResult {
+  changesDuringSync: boolean;
+  summary: string[];
+}
+
+interface Ctx {
+  role: 'master' | 'slave';
+  loc: Location;
+  ch: Channel;
+  log: Logger;
+  settings: MasterSettings;
+  peerId: string;
+  /** This side is the backup source (never changed) / destination (made identical). */
+  isSource: boolean;
+  isDestination: boolean;
+  open: Map<string, LocationMailbox>;
+  changesDuringSync: boolean;
+  summary: string[];
+  show: (n: string[]) => string;
+}
+
+export async function runBrain(o: BrainOptions): Promise<BrainResult> {
+  try {
+    return await brain(o);
+  } catch (err) {
+    o.channel.abort(err as Error);
+    throw err;
+  }
+}
+
+async function brain(o: BrainOptions): Promise<BrainResult> {
+  const { role, location: loc, channel: ch, log } = o;
+  const mine: HandshakeRecord = {
+    type: 'handshake',
+    hostname: hostname(),
+    protocol: PROTOCOL,
+    locationId: loc.id,
+    syncType: o.settings?.syncType ?? 'changed',
+    backupSend: o.settings?.backup === 'recv',
+    backupRecv: o.settings?.backup === 'send',
+    syncBox: o.settings?.syncBox,
+    altChar: o.settings?.altChar ?? '_',
+    haveSaveGuids: loc.store.caps.saveGuids,
+    nameForbidden: forbiddenChars(loc.separator),
+  };
+  ch.send(mine);
+  const peer = await expectRecord(ch, 'handshake');
+  if (peer.protocol !== PROTOCOL) throw new ProtocolError(`the peer speaks protocol ${peer.protocol}, we speak ${PROTOCOL}`);
+  if (peer.locationId === loc.id) throw new ProtocolError('both sides are the same location (same change index): refusing to sync a mailbox with itself');
+  let settings: MasterSettings;
+  if (role === 'master') settings = o.settings!;
+  else
+    settings = {
+      syncType: peer.syncType,
+      backup: peer.backupRecv ? 'recv' : peer.backupSend ? 'send' : 'none',
+      syncBox: peer.syncBox,
+      altChar: peer.altChar,
+    };
+  const ctx: Ctx = {
+    role,
+    loc,
+    ch,
+    log,
+    settings,
+    peerId: peer.locationId,
+    isSource: settings.backup === 'send',
+    isDestination: settings.backup === 'recv',
+    open: new Map(),
+    changesDuringSync: false,
+    summary: [],
+    show: (n) => n.join(loc.separator),
+  };
+  // Settings are described from this side's point of view from here on (the slave's 'recv' means
+  // "I am the destination"), so a master that is the source has backup 'send' and isSource.
+  if (role === 'master') {
+    ctx.isSource = settings.backup === 'send';
+    ctx.isDestination = settings.backup === 'recv';
+  }
+
+  const normalize = makeNameNormalizer(mine.nameForbidden + peer.nameForbidden, settings.altChar);
+  try {
+    await syncTree(ctx, normalize);
+    if (role === 'master') await masterMailboxes(ctx);
+    else await slaveMailboxes(ctx);
+  } finally {
+    for (const box of ctx.open.values()) await box.close();
+  }
+  return { changesDuringSync: ctx.changesDuringSync, summary: ctx.summary };
+}
+
+// ---------------------------------------------------------------- tree
+
+function wanted(ctx: Ctx, name: string[]): boolean {
+  const box = ctx.settings.syncBox;
+  return !box || nameKey(box) === nameKey(name);
+}
+
+async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise<void> {
+  const { loc, ch } = ctx;
+  await loc.refreshTree();
+  // Scan every mailbox now: the tree needs to know which changed since the last sync.
+  for (const row of loc.mailboxes()) {
+    if (!wanted(ctx, row.name)) continue;
+    const box = await loc.openMailbox(row.guid);
+    if (!box) continue;
+    await box.refresh();
+    ctx.open.set(box.guid, box);
+  }
+  const localNodes = loc.treeNodes(ctx.peerId).filter((n) => wanted(ctx, n.name));
+  const localToNorm = new Map<string, string[]>();
+  const normToLocal = new Map<string, string[]>();
+  for (const n of localNodes) {
+    const norm = normalize(n.name);
+    if (nameKey(norm) !== nameKey(n.name)) {
+      ctx.log.warn(`mailbox name ${ctx.show(n.name)} cannot exist on the other side; it is called ${norm.join(loc.separator)} there`);
+    }
+    localToNorm.set(nameKey(n.name), norm);
+    normToLocal.set(nameKey(norm), n.name);
+  }
+  for (const n of localNodes) ch.send(n);
+  ch.send({ type: 'end' });
+  const deletes = ctx.settings.syncBox ? { ...loc.deletes(), mailboxes: [], dirs: [], unsubscribes: [] } : loc.deletes();
+  ch.send(deletes);
+  const peerNodes = await recvList(ch, 'node');
+  const peerDeletes = await expectRecord(ch, 'deletes');
+
+  const seen = new Set<string>();
+  for (const n of peerNodes) {
+    if (n.mailboxGuid) {
+      if (seen.has(n.mailboxGuid)) throw new ProtocolError(`the peer sent duplicate mailbox GUID ${n.mailboxGuid}`);
+      seen.add(n.mailboxGuid);
+    }
+  }
+  const norm = (nodes: MailboxTreeNodeRecord[]) => nodes.map((n) => ({ ...n, name: normalize(n.name) }));
+  const myTree = { nodes: norm(localNodes), deletes };
+  const peerTree = { nodes: norm(peerNodes.filter((n) => wanted(ctx, n.name))), deletes: peerDeletes };
+  const master = ctx.role === 'master' ? myTree : peerTree;
+  const slave = ctx.role === 'master' ? peerTree : myTree;
+  const sourceIsMaster = (ctx.role === 'master') === ctx.isSource;
+  const mode: TreeMode = ctx.settings.backup === 'none' ? 'mirror' : sourceIsMaster ? 'backup-master-to-slave' : 'backup-slave-to-master';
+  const plan = planTree(master, slave, mode);
+  const actions = ctx.role === 'master' ? plan.master : plan.slave;
+  if (actions.length === 0) return;
+  if (ctx.isSource) throw new Error('internal error: the backup source was asked to change its mailbox tree');
+  const toLocal = (n: string[]) => normToLocal.get(nameKey(n)) ?? n;
+  const res = await applyTreeActions(ctx.loc, actions, toLocal);
+  for (const guid of res.touched) {
+    const box = ctx.open.get(guid);
+    if (box) {
+      await box.close();
+      ctx.open.delete(guid);
+    }
+  }
+  if (res.changesDuringSync) ctx.changesDuringSync = true;
+  ctx.summary.push(...res.summary);
+  void localToNorm;
+}
+
+// ---------------------------------------------------------------- mailboxes
+
+async function getBox(ctx: Ctx, guid: string): Promise<LocationMailbox | undefined> {
+  let box = ctx.open.get(guid);
+  if (!box) {
+    box = await ctx.loc.openMailbox(guid);
+    if (!box) return undefined;
+    await box.refresh();
+    ctx.open.set(guid, box);
+  }
+  return box;
+}
+
+function mailboxRecord(ctx: Ctx, box: LocationMailbox): MailboxRecord {
+  const st = box.status();
+  const state = box.peerState(ctx.peerId);
+  return {
+    type: 'mailbox',
+    mailboxGuid: box.guid,
+    uidValidity: st.uidValidity,
+    uidNext: st.uidNext,
+    messagesCount: st.messagesCount,
+    firstRecentUid: st.firstRecentUid,
+    highestModseq: st.highestModseq,
+    highestPvtModseq: 0,
+    haveGuids: true,
+    haveSaveGuids: ctx.loc.store.caps.saveGuids,
+    lastSyncId: state && state.uidValidity === st.uidValidity ? state.syncId : '',
+    unchangedSinceSync: box.unchangedSince(state),
+  };
+}
+
+function lostRecord(guid: string): MailboxRecord {
+  return {
+    type: 'mailbox',
+    mailboxGuid: guid,
+    uidValidity: 0,
+    uidNext: 0,
+    messagesCount: 0,
+    firstRecentUid: 0,
+    highestModseq: 0,
+    highestPvtModseq: 0,
+    mailboxLost: true,
+    haveGuids: false,
+    haveSaveGuids: false,
+    lastSyncId: '',
+    unchangedSinceSync: false,
+  };
+}
+
+async function masterMailboxes(ctx: Ctx): Promise<void> {
+  const rows = ctx.loc
+    .mailboxes()
+    .filter((r) => wanted(ctx, r.name))
+    .sort((a, b) => (nameKey(a.name) < nameKey(b.name) ? -1 : 1));
+  for (const row of rows) {
+    const box = await getBox(ctx, row.guid);
+    if (!box) continue;
+    const mine = mailboxRecord(ctx, box);
+    ctx.ch.send(mine);
+    const theirs = await expectRecord(ctx.ch, 'mailbox');
+    if (theirs.mailboxLost) {
+      ctx.log.warn(`mailbox ${ctx.show(box.name)} vanished on the other side during the sync`);
+      ctx.changesDuringSync = true;
+      continue;
+    }
+    await syncMailbox(ctx, box, mine, theirs);
+  }
+  ctx.ch.send({ type: 'end' });
+  const fin = await expectRecord(ctx.ch, 'finish');
+  if (fin.error) throw new Error(`the other side failed: ${fin.error}`);
+  if (fin.requireFullResync) ctx.changesDuringSync = true;
+}
+
+async function slaveMailboxes(ctx: Ctx): Promise<void> {
+  for (;;) {
+    const rec = await ctx.ch.recv();
+    if (rec.type === 'end') break;
+    if (rec.type !== 'mailbox') throw new ProtocolError(`expected a mailbox record, got ${rec.type}`);
+    const box = await getBox(ctx, rec.mailboxGuid);
+    if (!box) {
+      ctx.ch.send(lostRecord(rec.mailboxGuid));
+      ctx.changesDuringSync = true;
+      continue;
+    }
+    const mine = mailboxRecord(ctx, box);
+    ctx.ch.send(mine);
+    await syncMailbox(ctx, box, mine, rec);
+  }
+  ctx.ch.send({ type: 'finish', requireFullResync: ctx.changesDuringSync });
+}
+
+function viewFromRecords(records: MailChangeRecord[], uidNext: number, complete: boolean): SideView {
+  const messages: MessageView[] = [];
+  const expunges: SideView['expunges'] = [];
+  for (const r of records) {
+    if (r.changeType === 'expunge') {
+      expunges.push({ uid: r.uid, key: r.guid ?? r.hdrHash ?? '' });
+      continue;
+    }
+    const keywords: string[] = [];
+    const kwAdd: string[] = [];
+    const kwRemove: string[] = [];
+    for (const c of r.keywordChanges) {
+      const kw = c.slice(1);
+      if (c[0] === '=' || c[0] === '&') keywords.push(kw);
+      if (c[0] === '+' || c[0] === '&') kwAdd.push(kw);
+      if (c[0] === '-') kwRemove.push(kw);
+    }
+    messages.push({
+      uid: r.uid,
+      key: r.guid ?? r.hdrHash ?? '',
+      kind: r.changeType === 'save' ? 'save' : 'flags',
+      flags: r.finalFlags,
+      keywords: keywords.sort(),
+      addFlags: r.addFlags,
+      removeFlags: r.removeFlags,
+      kwAdd,
+      kwRemove,
+      changedAt: r.changeTimestamp ?? 0,
+      internalDate: r.receivedTimestamp ?? 0,
+    });
+  }
+  return { uidNext, complete, messages, expunges };
+}
+
+async function syncMailbox(ctx: Ctx, box: LocationMailbox, mine: MailboxRecord, theirs: MailboxRecord): Promise<void> {
+  const { ch } = ctx;
+  const name = ctx.show(box.name);
+  const full = ctx.settings.syncType === 'full';
+  const stateful = mine.lastSyncId !== '' && mine.lastSyncId === theirs.lastSyncId && mine.uidValidity === theirs.uidValidity;
+  if (!full && stateful && mine.unchangedSinceSync && theirs.unchangedSinceSync && mine.uidNext === theirs.uidNext) {
+    ctx.log.debug(`mailbox ${name}: unchanged on both sides, skipped`);
+    return;
+  }
+  let uidValidity = mine.uidValidity;
+  if (mine.uidValidity !== theirs.uidValidity) {
+    const masterRec = ctx.role === 'master' ? mine : theirs;
+    const slaveRec = ctx.role === 'master' ? theirs : mine;
+    const winner = ctx.settings.backup !== 'none'
+      ? (ctx.isSource ? mine : theirs).uidValidity
+      : uidValidityWinner(masterRec, slaveRec);
+    if (winner !== mine.uidValidity) {
+      if (ctx.isSource) throw new Error('internal error: the backup source was asked to change its UIDVALIDITY');
+      ctx.log.info(`mailbox ${name}: UIDVALIDITY ${mine.uidValidity} changed to ${winner} to match the other side`);
+      await box.setUidValidity(winner);
+    }
+    uidValidity = winner;
+  }
+  const state = stateful ? box.peerState(ctx.peerId) : undefined;
+  const lastCommonUid = state?.lastCommonUid ?? 0;
+  const complete = full || !state;
+  const exported = box.exportChanges(ctx.peerId, { lastCommonUid, sinceModseq: state?.myModseq ?? 0, complete });
+  for (const r of exported.records) ch.send(r);
+  ch.send({ type: 'end' });
+  const peerRecords = await recvList(ch, 'change');
+  const myView = exported.view;
+  const peerView = viewFromRecords(peerRecords, theirs.uidNext, complete);
+  const plan = planMailbox({
+    master: ctx.role === 'master' ? myView : peerView,
+    slave: ctx.role === 'master' ? peerView : myView,
+    lastCommonUid,
+  });
+  const actions = ctx.role === 'master' ? plan.master : plan.slave;
+  if (ctx.isSource && (actions.saves.length || actions.expunges.length || actions.flagUpdates.length)) {
+    throw new Error('internal error: the backup source was asked to change mail');
+  }
+
+  // Bodies: ask the peer for what we lack; answer the peer's requests.
+  const fromPeer = actions.saves.filter((s) => s.from === 'peer');
+  for (const s of fromPeer) ch.send({ type: 'request', guid: s.key, uid: s.sourceUid });
+  ch.send({ type: 'end' });
+  const requests = await recvList(ch, 'request');
+  for (const r of requests) {
+    const body = box.openBody(r.uid ?? 0, r.guid);
+    const msg = box.message(r.uid ?? 0);
+    ch.send({ type: 'mail', guid: r.guid ?? '', uid: r.uid ?? 0, receivedDate: msg?.internalDate ?? 0, body });
+  }
+  ch.send({ type: 'end' });
+  const mails = new Map<number, MailRecord>();
+  for (const m of await recvList(ch, 'mail')) mails.set(m.uid, m);
+
+  // Saves first (a UID move copies before it expunges), then the barrier: after it the peer
+  // may expunge the mails whose bodies we were reading.
+  let changesDuringSync = false;
+  const saves = [...actions.saves].sort((a, b) => a.uid - b.uid);
+  const requestsToSave = [];
+  for (const s of saves) {
+    const body = s.from === 'local' ? box.openBody(s.sourceUid, s.key) : mails.get(s.sourceUid)?.body ?? null;
+    if (!body) {
+      ctx.log.warn(`mailbox ${name}: mail ${s.key} vanished before it could be copied (run dsync again)`);
+      changesDuringSync = true;
+      continue;
+    }
+    requestsToSave.push({ uid: s.uid, guid: s.key, flags: s.flags, keywords: s.keywords, internalDate: s.internalDate, body });
+  }
+  if (requestsToSave.length > 0) {
+    const st = await box.store.status();
+    if (st.uidNext > requestsToSave[0].uid) {
+      // Mail was delivered here during the sync and took UIDs we planned to use.
+      ctx.log.warn(`mailbox ${name}: new mail arrived during the sync; ${requestsToSave.length} mails get other UIDs (run dsync again)`);
+      changesDuringSync = true;
+      let next = st.uidNext;
+      for (const r of requestsToSave) r.uid = next++;
+    }
+    for (let i = 0; i < requestsToSave.length; i += 100) await box.save(requestsToSave.slice(i, i + 100));
+  }
+  const syncId = ctx.role === 'master' ? randomBytes(8).toString('hex') : '';
+  ch.send({
+    type: 'state',
+    mailboxGuid: box.guid,
+    lastUidvalidity: uidValidity,
+    lastCommonUid: plan.lastCommonUid,
+    lastCommonModseq: box.status().highestModseq,
+    lastCommonPvtModseq: 0,
+    lastMessagesCount: box.messageCount,
+    changesDuringSync,
+    syncId,
+  });
+  const peerState = await expectRecord(ch, 'state');
+
+  const keys = new Map(actions.expunges.map((e) => [e.uid, e.key]));
+  const expungeUids = [...keys].filter(([uid, key]) => box.message(uid)?.guid === key).map(([uid]) => uid);
+  const expunged = await box.expunge(expungeUids, ctx.peerId);
+  const flagged = await box.updateFlags(actions.flagUpdates, ctx.peerId);
+  await box.raiseUidNext(plan.uidNext);
+
+  if (changesDuringSync || peerState.changesDuringSync) {
+    box.forgetPeerState(ctx.peerId);
+    ctx.changesDuringSync = true;
+  } else {
+    box.savePeerState(ctx.peerId, {
+      uidValidity,
+      lastCommonUid: plan.lastCommonUid,
+      syncId: ctx.role === 'master' ? syncId : peerState.syncId,
+    });
+  }
+  const parts: string[] = [];
+  if (requestsToSave.length) parts.push(`${requestsToSave.length} new`);
+  if (expunged) parts.push(`${expunged} expunged`);
+  if (flagged) parts.push(`${flagged} flag changes`);
+  if (plan.renumbered) parts.push(`${plan.renumbered} mails renumbered after a UID conflict`);
+  if (parts.length) ctx.summary.push(`mailbox ${name}: ${parts.join(', ')}`);
+}
+
+/** The mailbox with more messages keeps its UIDVALIDITY; on a tie the higher value wins. */
+export function uidValidityWinner(master: MailboxRecord, slave: MailboxRecord): number {
+  if (master.messagesCount !== slave.messagesCount) return master.messagesCount > slave.messagesCount ? master.uidValidity : slave.uidValidity;
+  return Math.max(master.uidValidity, slave.uidValidity);
+}

@@ -1,0 +1,124 @@
+// Engine entry points: wires locations, locks, transports and the two brains together.
+import { join } from 'node:path';
+import { realpathSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { createHash } from 'node:crypto';
+import type { MailLocation } from '../storage/location.js';
+import { openStore } from '../storage/open.js';
+import type { Logger } from '../util/log.js';
+import { Location } from '../location/location.js';
+import { acquireLock } from '../location/lock.js';
+import { createPipePair } from '../transport/pipe.js';
+import { runBrain, type MasterSettings } from './brain.js';
+
+export interface RunSyncOptions {
+  mode: 'mirror' | 'backup';
+  reverse: boolean;
+  full: boolean;
+  mailbox?: string;
+  altChar: string;
+  local: MailLocation;
+  remote: RemoteSpec;
+  owner?: { uid: number; gid: number };
+  log: Logger;
+  /** Seconds to wait for another dsync holding a location's lock (default 30). */
+  lockTimeout?: number;
+}
+
+export type RemoteSpec = { kind: 'location'; location: MailLocation } | { kind: 'command'; argv: string[] };
+
+export interface RunSyncResult {
+  exitCode: 0 | 2;
+  summary: string[];
+}
+
+export const INDEX_FILE = 'dsync-index.sqlite';
+const LOCK_FILE = 'dsync.lock';
+
+export interface OpenedLocation {
+  location: Location;
+  release: () => Promise<void>;
+}
+
+/** Opens a mail location with its change index under the location's lock. */
+export async function openLocation(
+  spec: MailLocation,
+  o: { owner?: { uid: number; gid: number }; log: Logger; readOnly: boolean; lockTimeout?: number },
+): Promise<OpenedLocation> {
+  const store = await openStore(spec, { owner: o.owner, readOnly: o.readOnly, warn: (m: string) => o.log.warn(m) });
+  let unlock: (() => void) | undefined;
+  try {
+    const controlDir = store.controlDir;
+    const lockPath = o.readOnly
+      ? join(tmpdir(), `dsync-${createHash('sha1').update(realpathSync(spec.path)).digest('hex').slice(0, 16)}.lock`)
+      : join(controlDir, LOCK_FILE);
+    unlock = await acquireLock(lockPath, o.lockTimeout ?? 30);
+    let indexPath = ':memory:';
+    if (!o.readOnly) {
+      const dir = spec.params['DSYNC_INDEX'] ?? controlDir;
+      mkdirSync(dir, { recursive: true });
+      indexPath = join(dir, INDEX_FILE);
+    }
+    const location = Location.open(store, { indexPath, log: o.log, readOnly: o.readOnly });
+    return {
+      location,
+      release: async () => {
+        try {
+          await location.close();
+        } finally {
+          unlock?.();
+        }
+      },
+    };
+  } catch (err) {
+    unlock?.();
+    await store.close();
+    throw err;
+  }
+}
+
+function sameDirectory(a: string, b: string): boolean {
+  try {
+    return realpathSync(a) === realpathSync(b);
+  } catch {
+    return false;
+  }
+}
+
+export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
+  if (o.remote.kind !== 'location') throw new Error('syncing with a remote dsync server is not implemented yet');
+  const remote = o.remote.location;
+  if (sameDirectory(o.local.path, remote.path)) throw new Error(`both locations point to the same directory (${o.local.path})`);
+  const backup = o.mode === 'backup' ? (o.reverse ? 'recv' : 'send') : 'none';
+  const settings: MasterSettings = {
+    syncType: o.full ? 'full' : 'changed',
+    backup,
+    altChar: o.altChar,
+  };
+  const a = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: false, lockTimeout: o.lockTimeout });
+  let b: OpenedLocation | undefined;
+  try {
+    if (o.mailbox !== undefined) settings.syncBox = o.mailbox.split(a.location.separator).filter((p) => p !== '');
+    b = await openLocation(remote, { owner: o.owner, log: o.log, readOnly: false, lockTimeout: o.lockTimeout });
+    const [chA, chB] = createPipePair();
+    const [ra, rb] = await Promise.all([
+      runBrain({ role: 'master', location: a.location, channel: chA, log: o.log, settings }),
+      runBrain({ role: 'slave', location: b.location, channel: chB, log: o.log }),
+    ]);
+    const summary = [...ra.summary.map((l) => `${o.local.path}: ${l}`), ...rb.summary.map((l) => `${remote.path}: ${l}`)];
+    return { exitCode: ra.changesDuringSync || rb.changesDuringSync ? 2 : 0, summary };
+  } finally {
+    await b?.release();
+    await a.release();
+  }
+}
+
+export function runServer(_o: {
+  local: MailLocation;
+  owner?: { uid: number; gid: number };
+  log: Logger;
+  input: NodeJS.ReadableStream;
+  output: NodeJS.WritableStream;
+}): Promise<number> {
+  return Promise.reject(new Error('dsync server is not implemented yet'));
+}

@@ -1,0 +1,108 @@
+// Executes one side's half of a tree plan against its location. Renames whose target is still
+// taken by another mailbox that is itself about to move go through a temporary name first.
+import type { Location } from '../location/location.js';
+import type { TreeAction } from './decide/tree-plan.js';
+import { nameKey } from './decide/name-hash.js';
+import { StorageError } from '../storage/types.js';
+
+export interface TreeApplyResult {
+  /** GUIDs whose mailbox was renamed, re-identified or deleted (open handles are stale). */
+  touched: Set<string>;
+  /** Something could not be applied because the store changed under us. */
+  changesDuringSync: boolean;
+  summary: string[];
+}
+
+export async function applyTreeActions(
+  loc: Location,
+  actions: TreeAction[],
+  toLocalName: (name: string[]) => string[],
+): Promise<TreeApplyResult> {
+  const res: TreeApplyResult = { touched: new Set(), changesDuringSync: false, summary: [] };
+  const sep = loc.separator;
+  const show = (n: string[]) => n.join(sep);
+  const tolerate = async (what: string, fn: () => Promise<void>) => {
+    try {
+      await fn();
+    } catch (err) {
+      if (err instanceof StorageError && (err.code === 'EXISTS' || err.code === 'NOTFOUND')) {
+        loc.log.warn(`${what}: ${err.message} (changed during the sync; run dsync again)`);
+        res.changesDuringSync = true;
+        return;
+      }
+      throw err;
+    }
+  };
+
+  for (const a of actions.filter((x) => x.op === 'setGuid')) {
+    if (a.op !== 'setGuid') continue;
+    await loc.setMailboxGuid(a.from, a.to);
+    res.touched.add(a.from).add(a.to);
+    res.summary.push(`mailbox ${show(a.name)}: merged with the peer's mailbox of the same name (GUID ${a.to})`);
+  }
+
+  // Renames: move everything whose target is free; park blocked ones under temporary names.
+  let pending = actions.filter((x): x is Extract<TreeAction, { op: 'rename' }> => x.op === 'rename');
+  for (let round = 0; pending.length > 0 && round < pending.length * 3 + 3; round++) {
+    const blocked: typeof pending = [];
+    for (const r of pending) {
+      const row = loc.index.mailbox(r.guid);
+      if (!row) continue;
+      const to = toLocalName(r.to);
+      if (nameKey(row.name) === nameKey(to)) continue; // moved along with its parent
+      const holder = loc.mailboxByName(to);
+      if (holder && holder.guid !== r.guid) {
+        blocked.push(r);
+        continue;
+      }
+      await tolerate(`renaming ${show(row.name)} to ${show(to)}`, () => loc.renameMailbox(r.guid, to));
+      res.touched.add(r.guid);
+      res.summary.push(`mailbox ${show(row.name)}: renamed to ${show(to)}`);
+    }
+    if (blocked.length === pending.length) {
+      const r = blocked[0];
+      const row = loc.index.mailbox(r.guid)!;
+      const holder = loc.mailboxByName(toLocalName(r.to))!;
+      const temp = [...holder.name.slice(0, -1), `${holder.name[holder.name.length - 1]}-temp-${holder.guid}`];
+      await tolerate(`renaming ${show(holder.name)} out of the way`, () => loc.renameMailbox(holder.guid, temp));
+      res.touched.add(holder.guid);
+      void row;
+    }
+    pending = blocked;
+  }
+
+  for (const a of actions) {
+    switch (a.op) {
+      case 'create': {
+        const name = toLocalName(a.name);
+        await tolerate(`creating ${show(name)}`, () => loc.createMailbox(name, a.guid, a.uidValidity));
+        res.summary.push(`mailbox ${show(name)}: created`);
+        break;
+      }
+      case 'delete': {
+        const row = loc.index.mailbox(a.guid);
+        if (!row) break;
+        await tolerate(`deleting ${show(row.name)}`, () => loc.deleteMailbox(a.guid));
+        res.touched.add(a.guid);
+        res.summary.push(`mailbox ${show(row.name)}: deleted`);
+        break;
+      }
+      case 'createDir':
+        await tolerate(`creating directory ${show(a.name)}`, () => loc.createDir(toLocalName(a.name)));
+        break;
+      case 'deleteDir':
+        await tolerate(`deleting directory ${show(a.name)}`, () => loc.deleteDir(toLocalName(a.name)));
+        break;
+      case 'subscribe':
+      case 'unsubscribe': {
+        const name = toLocalName(a.name);
+        await loc.setSubscribed(name, a.op === 'subscribe', a.timestamp);
+        res.summary.push(`mailbox ${show(name)}: ${a.op}d`);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  return res;
+}

@@ -1,0 +1,37 @@
+// A channel carries sync records between two brains, in order, in both directions.
+import type { RecordOf, RecordType, SyncRecord } from '../sync/records.js';
+
+export interface Channel {
+  send(rec: SyncRecord): void;
+  /** Resolves with the next record; rejects when the peer failed or went away. */
+  recv(): Promise<SyncRecord>;
+  /** Resolves once everything sent so far has been handed to the transport (backpressure point). */
+  flush(): Promise<void>;
+  /** Tells the peer we failed; its pending and future recv() reject with this reason. */
+  abort(reason: Error): void;
+  close(): void;
+}
+
+export class ProtocolError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ProtocolError';
+  }
+}
+
+export async function expectRecord<T extends RecordType>(ch: Channel, type: T): Promise<RecordOf<T>> {
+  const rec = await ch.recv();
+  if (rec.type !== type) throw new ProtocolError(`expected a ${type} record from the peer, got ${rec.type}`);
+  return rec as RecordOf<T>;
+}
+
+/** Receives records of one type until the end-of-list marker. */
+export async function recvList<T extends RecordType>(ch: Channel, type: T): Promise<RecordOf<T>[]> {
+  const out: RecordOf<T>[] = [];
+  for (;;) {
+    const rec = await ch.recv();
+    if (rec.type === 'end') return out;
+    if (rec.type !== type) throw new ProtocolError(`expected a ${type} record or end of list, got ${rec.type}`);
+    out.push(rec as RecordOf<T>);
+  }
+}

@@ -1,0 +1,62 @@
+// In-process channel pair: both brains in one process, records handed over as structured
+// clones (never shared objects) except message bodies, which are lazy stream factories.
+import type { SyncRecord } from '../sync/records.js';
+import type { Channel } from './channel.js';
+
+class Queue {
+  private items: SyncRecord[] = [];
+  private waiters: { resolve: (r: SyncRecord) => void; reject: (e: Error) => void }[] = [];
+  private failure: Error | undefined;
+
+  push(rec: SyncRecord): void {
+    if (this.failure) return;
+    const w = this.waiters.shift();
+    if (w) w.resolve(rec);
+    else this.items.push(rec);
+  }
+  fail(err: Error): void {
+    if (this.failure) return;
+    this.failure = err;
+    for (const w of this.waiters.splice(0)) w.reject(err);
+  }
+  pop(): Promise<SyncRecord> {
+    const rec = this.items.shift();
+    if (rec) return Promise.resolve(rec);
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+}
+
+function copyRecord(rec: SyncRecord): SyncRecord {
+  if (rec.type === 'mail') return { ...rec };
+  return structuredClone(rec);
+}
+
+class PipeEnd implements Channel {
+  constructor(
+    private readonly inbox: Queue,
+    private readonly outbox: Queue,
+  ) {}
+  send(rec: SyncRecord): void {
+    this.outbox.push(copyRecord(rec));
+  }
+  recv(): Promise<SyncRecord> {
+    return this.inbox.pop();
+  }
+  flush(): Promise<void> {
+    return Promise.resolve();
+  }
+  abort(reason: Error): void {
+    this.outbox.fail(new Error(`peer failed: ${reason.message}`));
+    this.inbox.fail(reason);
+  }
+  close(): void {
+    this.outbox.fail(new Error('peer closed the connection'));
+  }
+}
+
+export function createPipePair(): [Channel, Channel] {
+  const aToB = new Queue();
+  const bToA = new Queue();
+  return [new PipeEnd(bToA, aToB), new PipeEnd(aToB, bToA)];
+}

@@ -1,0 +1,98 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { planMailbox, type MessageView, type SideView } from '../../src/sync/decide/mailbox-plan.js';
+import { Flag } from '../../src/model/flags.js';
+
+const msg = (uid: number, key: string, p: Partial<MessageView> = {}): MessageView => ({
+  uid,
+  key,
+  kind: 'save',
+  flags: 0,
+  keywords: [],
+  addFlags: 0,
+  removeFlags: 0,
+  kwAdd: [],
+  kwRemove: [],
+  changedAt: 0,
+  internalDate: 1_700_000_000,
+  ...p,
+});
+const view = (uidNext: number, messages: MessageView[], p: Partial<SideView> = {}): SideView => ({ uidNext, complete: true, messages, expunges: [], ...p });
+
+test('first sync into an empty side copies every mail with its UID', () => {
+  const plan = planMailbox({ master: view(4, [msg(1, 'a'), msg(3, 'b')]), slave: view(1, []), lastCommonUid: 0 });
+  assert.deepEqual(plan.slave.saves.map((s) => [s.uid, s.key, s.from]), [
+    [1, 'a', 'peer'],
+    [3, 'b', 'peer'],
+  ]);
+  assert.deepEqual(plan.master, { expunges: [], flagUpdates: [], saves: [] });
+  assert.equal(plan.uidNext, 4);
+});
+
+test('UID conflict: both sides move their mail to fresh UIDs and copy the other one', () => {
+  const common = [msg(1, 'c', { kind: 'flags' })];
+  const plan = planMailbox({
+    master: view(3, [...common, msg(2, 'A')], { complete: false }),
+    slave: view(3, [...common, msg(2, 'B')], { complete: false }),
+    lastCommonUid: 1,
+  });
+  // Master: moves A 2 -> 3, receives B as 4. Slave: receives A as 3, moves B 2 -> 4.
+  assert.deepEqual(plan.master.saves.map((s) => [s.uid, s.key, s.from]), [
+    [3, 'A', 'local'],
+    [4, 'B', 'peer'],
+  ]);
+  assert.deepEqual(plan.slave.saves.map((s) => [s.uid, s.key, s.from]), [
+    [3, 'A', 'peer'],
+    [4, 'B', 'local'],
+  ]);
+  assert.deepEqual(plan.master.expunges, [{ uid: 2, key: 'A' }]);
+  assert.deepEqual(plan.slave.expunges, [{ uid: 2, key: 'B' }]);
+  assert.equal(plan.uidNext, 5);
+  assert.equal(plan.renumbered, 2);
+});
+
+test('with state, an expunge on one side is applied on the other', () => {
+  const plan = planMailbox({
+    master: view(3, [], { complete: false, expunges: [{ uid: 1, key: 'a' }] }),
+    slave: view(3, [], { complete: false }),
+    lastCommonUid: 2,
+  });
+  assert.deepEqual(plan.slave.expunges, [{ uid: 1, key: 'a' }]);
+});
+
+test('with state and a complete view, a common mail missing on one side was expunged there', () => {
+  const plan = planMailbox({
+    master: view(3, [msg(1, 'a', { kind: 'flags' }), msg(2, 'b', { kind: 'flags' })]),
+    slave: view(3, [msg(2, 'b', { kind: 'flags' })]),
+    lastCommonUid: 2,
+  });
+  assert.deepEqual(plan.master.expunges, [{ uid: 1, key: 'a' }]);
+  assert.equal(plan.slave.saves.length, 0);
+});
+
+test('flag changed on one side only is copied to the other', () => {
+  const plan = planMailbox({
+    master: view(2, [msg(1, 'a', { kind: 'flags', flags: Flag.Seen, addFlags: Flag.Seen })], { complete: false }),
+    slave: view(2, [], { complete: false }),
+    lastCommonUid: 1,
+  });
+  assert.deepEqual(plan.slave.flagUpdates, [{ uid: 1, flags: Flag.Seen, keywords: [] }]);
+});
+
+test('without state, a mail the other side logged as expunged is expunged, not copied back', () => {
+  const plan = planMailbox({
+    master: view(3, [msg(1, 'a'), msg(2, 'b')]),
+    slave: view(3, [msg(2, 'b')], { expunges: [{ uid: 1, key: 'a' }] }),
+    lastCommonUid: 0,
+  });
+  assert.deepEqual(plan.master.expunges, [{ uid: 1, key: 'a' }]);
+  assert.equal(plan.slave.saves.length, 0);
+});
+
+test('without state and without any log, a mail missing on one side is copied (never lost)', () => {
+  const plan = planMailbox({ master: view(3, [msg(1, 'a'), msg(2, 'b')]), slave: view(3, [msg(2, 'b')]), lastCommonUid: 0 });
+  // UID 1 was allocated on the slave already (UIDNEXT 3), so the copy gets a fresh UID everywhere.
+  assert.deepEqual(plan.slave.saves.map((s) => [s.uid, s.key]), [[3, 'a']]);
+  assert.deepEqual(plan.master.saves.map((s) => [s.uid, s.key, s.from]), [[3, 'a', 'local']]);
+  assert.deepEqual(plan.master.expunges, [{ uid: 1, key: 'a' }]); // the move's old UID
+});
