@@ -244,6 +244,7 @@ export class ChangeIndex {
     this.stmts.delMailbox.run(guid);
     this.stmts.delMailboxMessages.run(guid);
     this.stmts.delMailboxChanges.run(guid);
+    this.stmts.delPeerStatesOf.run(guid);
   }
 
   messages(mailbox: string): MessageRow[] {

@@ -8,6 +8,7 @@ import { ProtocolError, expectRecord, recvList } from '../transport/channel.js';
 import type { Location } from '../location/location.js';
 import type { LocationMailbox } from '../location/mailbox.js';
 import type { Logger } from '../util/log.js';
+import type { SaveRequest } from '../storage/types.js';
 import type {
   HandshakeRecord,
   MailChangeRecord,
@@ -329,7 +330,15 @@ async function syncMailbox(ctx: Ctx, box: LocationMailbox, mine: MailboxRecord, 
   const { ch } = ctx;
   const name = ctx.show(box.name);
   const full = ctx.settings.syncType === 'full';
-  const stateful = mine.lastSyncId !== '' && mine.lastSyncId === theirs.lastSyncId && mine.uidValidity === theirs.uidValidity;
+  const saved = box.peerState(ctx.peerId);
+  // Both sides hold the state of the same completed sync (same id), and it still fits both.
+  const stateful =
+    !!saved &&
+    mine.lastSyncId !== '' &&
+    mine.lastSyncId === theirs.lastSyncId &&
+    mine.uidValidity === theirs.uidValidity &&
+    mine.uidNext > saved.lastCommonUid &&
+    theirs.uidNext > saved.lastCommonUid;
   if (!full && stateful && mine.unchangedSinceSync && theirs.unchangedSinceSync && mine.uidNext === theirs.uidNext) {
     ctx.log.debug(`mailbox ${name}: unchanged on both sides, skipped`);
     return;
@@ -348,7 +357,7 @@ async function syncMailbox(ctx: Ctx, box: LocationMailbox, mine: MailboxRecord, 
     }
     uidValidity = winner;
   }
-  const state = stateful ? box.peerState(ctx.peerId) : undefined;
+  const state = stateful ? saved : undefined;
   const lastCommonUid = state?.lastCommonUid ?? 0;
   const complete = full || !state;
   const exported = box.exportChanges(ctx.peerId, { lastCommonUid, sinceModseq: state?.myModseq ?? 0, complete });
@@ -385,7 +394,7 @@ async function syncMailbox(ctx: Ctx, box: LocationMailbox, mine: MailboxRecord, 
   // may expunge the mails whose bodies we were reading.
   let changesDuringSync = false;
   const saves = [...actions.saves].sort((a, b) => a.uid - b.uid);
-  const requestsToSave = [];
+  const requestsToSave: SaveRequest[] = [];
   for (const s of saves) {
     const body = s.from === 'local' ? box.openBody(s.sourceUid, s.key) : mails.get(s.sourceUid)?.body ?? null;
     if (!body) {
@@ -393,7 +402,14 @@ async function syncMailbox(ctx: Ctx, box: LocationMailbox, mine: MailboxRecord, 
       changesDuringSync = true;
       continue;
     }
-    requestsToSave.push({ uid: s.uid, guid: s.key, flags: s.flags, keywords: s.keywords, internalDate: s.internalDate, body });
+    requestsToSave.push({
+      uid: s.uid,
+      guid: s.key,
+      flags: s.flags,
+      keywords: s.keywords,
+      internalDate: s.internalDate,
+      body,
+    });
   }
   if (requestsToSave.length > 0) {
     const st = await box.store.status();

@@ -36,8 +36,10 @@ class PipeEnd implements Channel {
   constructor(
     private readonly inbox: Queue,
     private readonly outbox: Queue,
+    private readonly label: string,
   ) {}
   send(rec: SyncRecord): void {
+    if (process.env.DSYNC_TRACE) process.stderr.write(`${this.label} -> ${JSON.stringify(rec, (k, v) => (k === 'body' ? '<body>' : v))}\n`);
     this.outbox.push(copyRecord(rec));
   }
   recv(): Promise<SyncRecord> {
@@ -58,5 +60,5 @@ class PipeEnd implements Channel {
 export function createPipePair(): [Channel, Channel] {
   const aToB = new Queue();
   const bToA = new Queue();
-  return [new PipeEnd(bToA, aToB), new PipeEnd(aToB, bToA)];
+  return [new PipeEnd(bToA, aToB, 'master'), new PipeEnd(aToB, bToA, 'slave')];
 }
