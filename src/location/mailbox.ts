@@ -34,6 +34,8 @@ export interface AppliedCounts {
 export class LocationMailbox {
   private messages = new Map<number, MessageRow>();
   private loaded = false;
+  /** Settles when no UID move is under way (body readers wait for it). */
+  private moving: Promise<void> = Promise.resolve();
 
   constructor(
     readonly location: Location,
@@ -235,11 +237,26 @@ export class LocationMailbox {
     return { records, view: { uidNext: this.row.uidNext, complete: mode.complete, messages, expunges } };
   }
 
-  /** Exact bytes of a message for the peer; null if it is gone. */
+  /**
+   * Exact bytes of a message for the peer; null if it is gone. The body is read later, perhaps
+   * while this side moves the mail to another UID, so the UID is looked up again by GUID at read time.
+   */
   openBody(uid: number, guid?: string): (() => Readable) | null {
     const m = this.messages.get(uid);
     if (!m || (guid !== undefined && m.guid !== guid)) return null;
-    return () => lazyStream(() => this.store.openBody(uid));
+    const want = m.guid;
+    return () =>
+      lazyStream(async () => {
+        await this.moving;
+        const now = this.messages.get(uid)?.guid === want ? uid : this.uidOfGuid(want);
+        if (now === undefined) throw new Error(`mail ${want} was expunged while it was being copied`);
+        return this.store.openBody(now);
+      });
+  }
+
+  private uidOfGuid(guid: string): number | undefined {
+    for (const m of this.messages.values()) if (m.guid === guid) return m.uid;
+    return undefined;
   }
 
   message(uid: number): MessageRow | undefined {
@@ -267,6 +284,50 @@ export class LocationMailbox {
         this.messages.set(r.uid, row);
       }
       this.row.uidNext = Math.max(this.row.uidNext, requests[requests.length - 1].uid + 1);
+      this.index.putMailbox(this.row);
+    });
+  }
+
+  /** Gives local messages new UIDs (ascending, at or above UIDNEXT) atomically where the store can. */
+  async renumber(moves: { from: number; to: number; flags: number; keywords: string[] }[], origin: string): Promise<void> {
+    if (moves.length === 0) return;
+    if (!this.store.renumber) {
+      const requests: SaveRequest[] = [];
+      for (const m of moves) {
+        const old = this.messages.get(m.from);
+        const body = this.openBody(m.from);
+        if (!old || !body) continue;
+        requests.push({ uid: m.to, guid: old.guid, flags: m.flags, keywords: m.keywords, internalDate: old.internalDate, body });
+      }
+      await this.save(requests);
+      await this.expunge(moves.map((m) => m.from), origin);
+      return;
+    }
+    let done!: () => void;
+    this.moving = new Promise<void>((r) => (done = r));
+    try {
+      await this.store.renumber(moves.map(({ from, to }) => ({ from, to })));
+      this.recordMoves(moves, origin);
+    } finally {
+      done();
+    }
+    // The move keeps the old flags; the merged ones are applied like any flag update.
+    await this.updateFlags(moves.map((m) => ({ uid: m.to, flags: m.flags, keywords: m.keywords })), origin);
+  }
+
+  private recordMoves(moves: { from: number; to: number }[], origin: string): void {
+    const now = this.location.now();
+    this.index.transaction(() => {
+      for (const m of moves) {
+        const old = this.messages.get(m.from);
+        if (!old) continue;
+        this.journalExpunge(old, origin, now);
+        this.messages.delete(m.from);
+        const row: MessageRow = { ...old, uid: m.to, modseq: this.nextModseq() };
+        this.index.putMessage(this.row.guid, row);
+        this.messages.set(m.to, row);
+      }
+      this.row.uidNext = Math.max(this.row.uidNext, moves[moves.length - 1].to + 1);
       this.index.putMailbox(this.row);
     });
   }

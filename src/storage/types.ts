@@ -69,6 +69,11 @@ export interface StoreMailbox {
   updateFlags(updates: FlagUpdate[]): Promise<void>;
   /** Missing UIDs are ignored. */
   expunge(uids: number[]): Promise<void>;
+  /**
+   * Optional: gives existing messages new UIDs (each `to` >= uidNext, ascending) in one atomic
+   * step, keeping their GUID, flags and date. Without it the engine copies and expunges.
+   */
+  renumber?(moves: { from: number; to: number }[]): Promise<void>;
   setGuid(guid: string): Promise<void>;
   setUidValidity(uidValidity: number): Promise<void>;
   /** uidNext only grows. */

@@ -394,33 +394,44 @@ async function syncMailbox(ctx: Ctx, box: LocationMailbox, mine: MailboxRecord, 
   // may expunge the mails whose bodies we were reading.
   let changesDuringSync = false;
   const saves = [...actions.saves].sort((a, b) => a.uid - b.uid);
-  const requestsToSave: SaveRequest[] = [];
-  for (const s of saves) {
-    const body = s.from === 'local' ? box.openBody(s.sourceUid, s.key) : mails.get(s.sourceUid)?.body ?? null;
-    if (!body) {
-      ctx.log.warn(`mailbox ${name}: mail ${s.key} vanished before it could be copied (run dsync again)`);
-      changesDuringSync = true;
-      continue;
-    }
-    requestsToSave.push({
-      uid: s.uid,
-      guid: s.key,
-      flags: s.flags,
-      keywords: s.keywords,
-      internalDate: s.internalDate,
-      body,
-    });
-  }
-  if (requestsToSave.length > 0) {
+  const applied = { fromPeer: 0, moved: 0 };
+  if (saves.length > 0) {
     const st = await box.store.status();
-    if (st.uidNext > requestsToSave[0].uid) {
+    if (st.uidNext > saves[0].uid) {
       // Mail was delivered here during the sync and took UIDs we planned to use.
-      ctx.log.warn(`mailbox ${name}: new mail arrived during the sync; ${requestsToSave.length} mails get other UIDs (run dsync again)`);
+      ctx.log.warn(`mailbox ${name}: new mail arrived during the sync; ${saves.length} mails get other UIDs (run dsync again)`);
       changesDuringSync = true;
       let next = st.uidNext;
-      for (const r of requestsToSave) r.uid = next++;
+      for (const s of saves) s.uid = next++;
     }
-    for (let i = 0; i < requestsToSave.length; i += 100) await box.save(requestsToSave.slice(i, i + 100));
+  }
+  // Apply in ascending UID order, in runs of the same kind: local UID moves, then saves of the
+  // peer's mails (committed every 100), so every UID is above UIDNEXT when it is used.
+  for (let i = 0; i < saves.length; ) {
+    const from = saves[i].from;
+    let j = i;
+    while (j < saves.length && saves[j].from === from && j - i < 100) j++;
+    const run = saves.slice(i, j);
+    i = j;
+    if (from === 'local') {
+      const moves = run.filter((s) => box.message(s.sourceUid)?.guid === s.key);
+      if (moves.length < run.length) changesDuringSync = true;
+      await box.renumber(moves.map((s) => ({ from: s.sourceUid, to: s.uid, flags: s.flags, keywords: s.keywords })), ctx.peerId);
+      applied.moved += moves.length;
+      continue;
+    }
+    const requests: SaveRequest[] = [];
+    for (const s of run) {
+      const body = mails.get(s.sourceUid)?.body ?? null;
+      if (!body) {
+        ctx.log.warn(`mailbox ${name}: mail ${s.key} vanished on the other side before it could be copied (run dsync again)`);
+        changesDuringSync = true;
+        continue;
+      }
+      requests.push({ uid: s.uid, guid: s.key, flags: s.flags, keywords: s.keywords, internalDate: s.internalDate, body });
+    }
+    await box.save(requests);
+    applied.fromPeer += requests.length;
   }
   const syncId = ctx.role === 'master' ? randomBytes(8).toString('hex') : '';
   ch.send({
@@ -436,7 +447,8 @@ async function syncMailbox(ctx: Ctx, box: LocationMailbox, mine: MailboxRecord, 
   });
   const peerState = await expectRecord(ch, 'state');
 
-  const keys = new Map(actions.expunges.map((e) => [e.uid, e.key]));
+  const moved = new Set(actions.saves.filter((s) => s.from === 'local').map((s) => s.sourceUid));
+  const keys = new Map(actions.expunges.filter((e) => !moved.has(e.uid)).map((e) => [e.uid, e.key]));
   const expungeUids = [...keys].filter(([uid, key]) => box.message(uid)?.guid === key).map(([uid]) => uid);
   const expunged = await box.expunge(expungeUids, ctx.peerId);
   const flagged = await box.updateFlags(actions.flagUpdates, ctx.peerId);
@@ -453,7 +465,8 @@ async function syncMailbox(ctx: Ctx, box: LocationMailbox, mine: MailboxRecord, 
     });
   }
   const parts: string[] = [];
-  if (requestsToSave.length) parts.push(`${requestsToSave.length} new`);
+  if (applied.fromPeer) parts.push(`${applied.fromPeer} new`);
+  if (applied.moved) parts.push(`${applied.moved} moved to new UIDs`);
   if (expunged) parts.push(`${expunged} expunged`);
   if (flagged) parts.push(`${flagged} flag changes`);
   if (plan.renumbered) parts.push(`${plan.renumbered} mails renumbered after a UID conflict`);

@@ -96,3 +96,10 @@ test('without state and without any log, a mail missing on one side is copied (n
   assert.deepEqual(plan.master.saves.map((s) => [s.uid, s.key, s.from]), [[3, 'a', 'local']]);
   assert.deepEqual(plan.master.expunges, [{ uid: 1, key: 'a' }]); // the move's old UID
 });
+
+test('a mail present twice on one side (interrupted UID move) is kept once, not copied twice', () => {
+  const plan = planMailbox({ master: view(10, [msg(5, 'g'), msg(9, 'g')]), slave: view(6, [msg(5, 'g')]), lastCommonUid: 0 });
+  assert.deepEqual(plan.master.expunges, [{ uid: 9, key: 'g' }]);
+  assert.equal(plan.slave.saves.length, 0);
+  assert.equal(plan.master.saves.length, 0);
+});

@@ -118,6 +118,9 @@ export function planMailbox({ master, slave, lastCommonUid: L }: PlanInput): Mai
     mNew = gone(mNew, sExp, sKeys, out.master);
     sNew = gone(sNew, mExp, mKeys, out.slave);
   }
+  // The same mail twice on one side (left by an interrupted UID move): keep the lowest UID.
+  mNew = dropDuplicates(mNew, out.master);
+  sNew = dropDuplicates(sNew, out.slave);
   const assignment = assignUids(
     mNew.map((m) => ({ uid: m.uid, key: m.key })),
     sNew.map((m) => ({ uid: m.uid, key: m.key })),
@@ -163,4 +166,18 @@ function placeOn(
     : { uid: finalUid, key, ...merged, from: 'peer', sourceUid: peer!.uid, internalDate };
   mine.saves.push(save);
   if (own) mine.expunges.push({ uid: own.uid, key });
+}
+
+function dropDuplicates(list: MessageView[], mine: SideActions): MessageView[] {
+  const seen = new Set<string>();
+  return [...list]
+    .sort((a, b) => a.uid - b.uid)
+    .filter((m) => {
+      if (m.key === '' || !seen.has(m.key)) {
+        seen.add(m.key);
+        return true;
+      }
+      mine.expunges.push({ uid: m.uid, key: m.key });
+      return false;
+    });
 }

@@ -1,0 +1,198 @@
+// Small filesystem helpers shared by the maildir modules: OS error -> StorageError, ownership,
+// directory creation, fsync and atomic file replacement.
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { StorageError } from '../types.js';
+
+export type Warn = (msg: string) => void;
+
+/** Per-store I/O settings every write goes through. */
+export interface FsContext {
+  /** chown every created file/dir to this owner (only set when running as root). */
+  owner?: { uid: number; gid: number };
+  readOnly: boolean;
+  warn: Warn;
+  /** Mode for new directories (and, masked with 0o666, for new files). */
+  dirMode: number;
+  fileMode: number;
+}
+
+export function errCode(e: unknown): string | undefined {
+  return e && typeof e === 'object' && 'code' in e ? String((e as { code: unknown }).code) : undefined;
+}
+
+export function isNotFound(e: unknown): boolean {
+  const c = errCode(e);
+  return c === 'ENOENT' || c === 'ENOTDIR';
+}
+
+/** Converts an OS error into a StorageError naming the path. StorageErrors pass through. */
+export function toStorageError(e: unknown, what: string, p: string): StorageError {
+  if (e instanceof StorageError) return e;
+  const code = errCode(e);
+  const msg = e instanceof Error ? e.message : String(e);
+  const text = `${what} ${p}: ${msg}`;
+  switch (code) {
+    case 'EACCES':
+    case 'EPERM':
+    case 'EROFS':
+      return new StorageError(text, 'PERM');
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new StorageError(text, 'NOSPACE');
+    case 'ENOENT':
+    case 'ENOTDIR':
+      return new StorageError(text, 'NOTFOUND');
+    default:
+      return new StorageError(text, 'IO');
+  }
+}
+
+/** Runs fn and converts thrown OS errors with toStorageError. */
+export async function io<T>(what: string, p: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    throw toStorageError(e, what, p);
+  }
+}
+
+export function assertWritable(ctx: FsContext, what: string): void {
+  if (ctx.readOnly) throw new StorageError(`cannot ${what}: the mail store is opened read-only`, 'PERM');
+}
+
+export async function chownIfNeeded(ctx: FsContext, p: string): Promise<void> {
+  if (!ctx.owner) return;
+  try {
+    await fsp.lchown(p, ctx.owner.uid, ctx.owner.gid);
+  } catch (e) {
+    throw toStorageError(e, 'chown', p);
+  }
+}
+
+export function chownIfNeededSync(ctx: FsContext, p: string): void {
+  if (!ctx.owner) return;
+  try {
+    fs.lchownSync(p, ctx.owner.uid, ctx.owner.gid);
+  } catch (e) {
+    throw toStorageError(e, 'chown', p);
+  }
+}
+
+/** mkdir -p that chowns every directory it creates. Returns true if the leaf was created. */
+export async function mkdirp(ctx: FsContext, dir: string): Promise<boolean> {
+  const missing: string[] = [];
+  let cur = path.resolve(dir);
+  for (;;) {
+    try {
+      const st = await fsp.stat(cur);
+      if (!st.isDirectory()) throw new StorageError(`mkdir ${dir}: ${cur} exists and is not a directory`, 'IO');
+      break;
+    } catch (e) {
+      if (e instanceof StorageError) throw e;
+      if (!isNotFound(e)) throw toStorageError(e, 'stat', cur);
+      missing.push(cur);
+      const parent = path.dirname(cur);
+      if (parent === cur) break;
+      cur = parent;
+    }
+  }
+  for (let i = missing.length - 1; i >= 0; i--) {
+    const d = missing[i]!;
+    try {
+      await fsp.mkdir(d, { mode: ctx.dirMode });
+    } catch (e) {
+      if (errCode(e) === 'EEXIST') continue;
+      throw toStorageError(e, 'mkdir', d);
+    }
+    await chownIfNeeded(ctx, d);
+  }
+  return missing.length > 0;
+}
+
+export async function fsyncDir(dir: string): Promise<void> {
+  let fh: fsp.FileHandle | undefined;
+  try {
+    fh = await fsp.open(dir, 'r');
+    await fh.sync();
+  } catch (e) {
+    const c = errCode(e);
+    // Some filesystems cannot fsync a directory; that is not worth failing a save over.
+    if (c === 'EINVAL' || c === 'EISDIR' || c === 'EBADF' || c === 'ENOTSUP' || c === 'EPERM') return;
+    throw toStorageError(e, 'fsync', dir);
+  } finally {
+    await fh?.close().catch(() => undefined);
+  }
+}
+
+export function randomHex(bytes: number): string {
+  return randomBytes(bytes).toString('hex');
+}
+
+/** A temp name in the same directory that no maildir reader mistakes for mail or a mailbox. */
+export function tempNameFor(target: string): string {
+  return path.join(path.dirname(target), `${path.basename(target)}.${process.pid}.${randomHex(4)}.tmp`);
+}
+
+/** Writes data to a new file (O_EXCL), fsyncs it and chowns it. The file must not exist. */
+export async function writeNewFile(ctx: FsContext, p: string, data: string | Buffer, mode = ctx.fileMode): Promise<void> {
+  let fh: fsp.FileHandle | undefined;
+  try {
+    fh = await fsp.open(p, 'wx', mode);
+    await fh.writeFile(data);
+    await fh.sync();
+  } catch (e) {
+    throw toStorageError(e, 'write', p);
+  } finally {
+    await fh?.close().catch(() => undefined);
+  }
+  await chownIfNeeded(ctx, p);
+}
+
+/** Replaces target atomically: temp file in the same dir, fsync, rename. */
+export async function writeFileAtomic(ctx: FsContext, target: string, data: string | Buffer): Promise<void> {
+  const tmp = tempNameFor(target);
+  try {
+    await writeNewFile(ctx, tmp, data);
+    await io('rename', target, () => fsp.rename(tmp, target));
+  } catch (e) {
+    await fsp.unlink(tmp).catch(() => undefined);
+    throw e;
+  }
+  await fsyncDir(path.dirname(target)).catch(() => undefined);
+}
+
+/** Reads a file as UTF-8, or returns null if it does not exist. */
+export async function readFileOrNull(p: string): Promise<string | null> {
+  try {
+    return await fsp.readFile(p, 'utf8');
+  } catch (e) {
+    if (isNotFound(e)) return null;
+    throw toStorageError(e, 'read', p);
+  }
+}
+
+export async function exists(p: string): Promise<boolean> {
+  try {
+    await fsp.lstat(p);
+    return true;
+  } catch (e) {
+    if (isNotFound(e)) return false;
+    throw toStorageError(e, 'stat', p);
+  }
+}
+
+export async function isDir(p: string): Promise<boolean> {
+  try {
+    return (await fsp.stat(p)).isDirectory();
+  } catch (e) {
+    if (isNotFound(e)) return false;
+    throw toStorageError(e, 'stat', p);
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

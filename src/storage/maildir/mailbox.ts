@@ -1,0 +1,987 @@
+// One maildir mailbox: scanning cur/ + new/ against dovecot-uidlist, saving, flag changes, expunges.
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import type { Dirent, Stats } from 'node:fs';
+import type { Readable } from 'node:stream';
+import { createHash } from 'node:crypto';
+import {
+  StorageError,
+  type FlagUpdate,
+  type MailboxName,
+  type SaveRequest,
+  type StoreMailbox,
+  type StoreMailboxStatus,
+  type StoreMessage,
+} from '../types.js';
+import {
+  assertWritable,
+  chownIfNeeded,
+  errCode,
+  fsyncDir,
+  io,
+  isNotFound,
+  mkdirp,
+  randomHex,
+  toStorageError,
+  writeFileAtomic,
+  type FsContext,
+} from './io.js';
+import { withDotLock, type DotLock } from './lock.js';
+import {
+  emptyUidlist,
+  entryGuid,
+  formatEntry,
+  isMailboxGuid,
+  readUidlist,
+  serializeUidlist,
+  UIDLIST_NAME,
+  type Uidlist,
+  type UidlistEntry,
+} from './uidlist.js';
+import { invalidKeywordReason, KeywordMap, KEYWORDS_NAME, MAX_KEYWORDS } from './keywords.js';
+import {
+  buildInfo,
+  decodeLetters,
+  fileNameOf,
+  generateBaseName,
+  isStorableGuidValue,
+  isUsableBaseName,
+  parseFileName,
+  parseInfo,
+  sizeHints,
+} from './filename.js';
+
+/** Size and mtime of a message file, remembered across scans (maildir files are immutable). */
+export interface FileStat {
+  size: number;
+  mtimeMs: number;
+}
+
+/** What a mailbox needs from its store. */
+export interface MailboxEnv {
+  ctx: FsContext;
+  allocateUidValidity(): Promise<number>;
+  /** Stat strategy for scans (see statFiles). */
+  statMode?: 'sync' | 'async';
+  /**
+   * "sub/file name" -> stat result of earlier scans of this mailbox (shared by all objects of the
+   * same mailbox in a store). Message files never change in place: a flag change is a rename, so
+   * a known name needs no new stat.
+   */
+  statCache?: Map<string, FileStat>;
+  /** The last parsed uidlist of this mailbox with its identity (inode, size, mtime). Never mutated. */
+  uidlistCache?: { key: string; ul: Uidlist } | null;
+}
+
+type Sub = 'cur' | 'new';
+
+interface MsgFile {
+  uid: number;
+  base: string;
+  sub: Sub;
+  name: string;
+  guid: string;
+}
+
+interface FoundFile {
+  sub: Sub;
+  name: string;
+}
+
+const MAX_UID = 0xffffffff;
+const STAT_CONCURRENCY = 64;
+
+/**
+ * Stats files; null for files that vanished. 'sync' (statSync in a tight loop) measured about 3-5x
+ * faster than 64 concurrent fs.promises.stat calls for 10,000 files on Linux, and plain statSync +
+ * catch is faster than statSync with { throwIfNoEntry: false }.
+ */
+export async function statFiles(paths: string[], mode: 'sync' | 'async'): Promise<(Stats | null)[]> {
+  const out: (Stats | null)[] = new Array(paths.length).fill(null);
+  if (mode === 'sync') {
+    for (let i = 0; i < paths.length; i++) {
+      try {
+        out[i] = fs.statSync(paths[i]!);
+      } catch (e) {
+        if (!isNotFound(e)) throw e;
+      }
+    }
+    return out;
+  }
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < paths.length) {
+      const i = next++;
+      try {
+        out[i] = await fsp.stat(paths[i]!);
+      } catch (e) {
+        if (!isNotFound(e)) throw e;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(STAT_CONCURRENCY, paths.length) }, worker));
+  return out;
+}
+
+/** Counts the size a message would have with CRLF line ends (Dovecot's W= "virtual size"). */
+class SizeCounter {
+  size = 0;
+  bareLf = 0;
+  private prev = -1;
+  add(buf: Uint8Array): void {
+    let prev = this.prev;
+    for (let i = 0; i < buf.length; i++) {
+      const b = buf[i]!;
+      if (b === 0x0a && prev !== 0x0d) this.bareLf++;
+      prev = b;
+    }
+    this.prev = prev;
+    this.size += buf.length;
+  }
+  get vsize(): number {
+    return this.size + this.bareLf;
+  }
+}
+
+interface Prepared {
+  req: SaveRequest;
+  tmpBase: string;
+  tmpPath: string;
+  size: number;
+  vsize: number;
+  linked: boolean;
+}
+
+export class MaildirMailbox implements StoreMailbox {
+  private files = new Map<number, MsgFile>();
+  /** Base names present in cur/new as of the last scan/save (plus what we saved since). */
+  private bases: Set<string> | null = null;
+  private queue: Promise<unknown> = Promise.resolve();
+  private kwCache: { key: string; map: KeywordMap } | null = null;
+  private closed = false;
+  private scanned = false;
+  readonly uidlistPath: string;
+  readonly keywordsPath: string;
+
+  constructor(
+    private readonly env: MailboxEnv,
+    readonly name: MailboxName,
+    readonly mailDir: string,
+    readonly ctlDir: string,
+  ) {
+    this.uidlistPath = path.join(ctlDir, UIDLIST_NAME);
+    this.keywordsPath = path.join(ctlDir, KEYWORDS_NAME);
+  }
+
+  private get ctx(): FsContext {
+    return this.env.ctx;
+  }
+
+  private get label(): string {
+    return this.name.join('/');
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.closed) return Promise.reject(new Error(`mailbox ${this.label} is closed`));
+    const run = this.queue.then(
+      () => fn(),
+      () => fn(),
+    );
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  private async assertExists(): Promise<void> {
+    try {
+      const st = await fsp.stat(path.join(this.mailDir, 'cur'));
+      if (st.isDirectory()) return;
+    } catch (e) {
+      if (!isNotFound(e)) throw toStorageError(e, 'stat', path.join(this.mailDir, 'cur'));
+    }
+    throw new StorageError(`mailbox ${this.label} does not exist (no ${path.join(this.mailDir, 'cur')})`, 'NOTFOUND');
+  }
+
+  private async readDir(sub: Sub): Promise<Dirent[]> {
+    const dir = path.join(this.mailDir, sub);
+    try {
+      return await fsp.readdir(dir, { withFileTypes: true });
+    } catch (e) {
+      if (isNotFound(e) && sub === 'new') return [];
+      if (isNotFound(e)) throw new StorageError(`mailbox ${this.label} does not exist (no ${dir})`, 'NOTFOUND');
+      throw toStorageError(e, 'readdir', dir);
+    }
+  }
+
+  private async readKeywords(fresh = false): Promise<KeywordMap> {
+    let st: Stats | null = null;
+    try {
+      st = await fsp.stat(this.keywordsPath);
+    } catch (e) {
+      if (!isNotFound(e)) throw toStorageError(e, 'stat', this.keywordsPath);
+    }
+    if (!st) {
+      this.kwCache = null;
+      return new KeywordMap();
+    }
+    const key = `${st.ino}:${st.size}:${st.mtimeMs}`;
+    if (!fresh && this.kwCache && this.kwCache.key === key) return this.kwCache.map;
+    let text: string;
+    try {
+      text = await fsp.readFile(this.keywordsPath, 'utf8');
+    } catch (e) {
+      if (isNotFound(e)) return new KeywordMap();
+      throw toStorageError(e, 'read', this.keywordsPath);
+    }
+    const map = KeywordMap.parse(text, this.ctx.warn, this.keywordsPath);
+    this.kwCache = { key, map };
+    return map;
+  }
+
+  /**
+   * Makes sure all keywords have letters, adding new ones to dovecot-keywords (caller holds the
+   * uidlist lock). Keywords that cannot be stored are dropped with a warning.
+   */
+  private async registerKeywords(names: Iterable<string>): Promise<KeywordMap> {
+    const kw = await this.readKeywords(true);
+    let changed = false;
+    for (const n of names) {
+      if (kw.letterOf(n) !== undefined) continue;
+      const bad = invalidKeywordReason(n);
+      if (bad) {
+        this.ctx.warn(`mailbox ${this.label}: keyword "${n}" cannot be stored (${bad}); dropped`);
+        continue;
+      }
+      if (kw.add(n) === undefined) {
+        this.ctx.warn(
+          `mailbox ${this.label}: keyword "${n}" cannot be stored: all ${MAX_KEYWORDS} maildir keyword letters are in use; dropped`,
+        );
+        continue;
+      }
+      changed = true;
+    }
+    if (changed) {
+      await writeFileAtomic(this.ctx, this.keywordsPath, kw.serialize());
+      this.kwCache = null;
+    }
+    return kw;
+  }
+
+  private keywordLetters(kw: KeywordMap, keywords: string[]): string {
+    let s = '';
+    for (const k of keywords) {
+      const l = kw.letterOf(k);
+      if (l !== undefined) s += l;
+    }
+    return s;
+  }
+
+  private async withLock<T>(fn: (lock: DotLock) => Promise<T>): Promise<T> {
+    await mkdirp(this.ctx, this.ctlDir);
+    return withDotLock(this.ctx, this.uidlistPath, fn);
+  }
+
+  /** Fills in a missing mailbox GUID / UIDVALIDITY. Returns true if the header changed. */
+  private async completeHeader(ul: Uidlist): Promise<boolean> {
+    let changed = false;
+    if (!ul.header.guid) {
+      ul.header.guid = randomHex(16);
+      changed = true;
+    }
+    if (!ul.header.uidValidity) {
+      ul.header.uidValidity = await this.env.allocateUidValidity();
+      changed = true;
+    }
+    return changed;
+  }
+
+  /** Appends entries (or rewrites when a rewrite is due anyway). Caller holds the lock. */
+  private async writeEntries(lock: DotLock, ul: Uidlist, added: UidlistEntry[], rewrite: boolean): Promise<void> {
+    if (rewrite) {
+      await lock.replaceTarget(serializeUidlist(ul));
+      return;
+    }
+    if (added.length === 0) return;
+    let text = added.map(formatEntry).join('\n') + '\n';
+    if (!ul.endsWithNewline) text = '\n' + text;
+    let fh: fsp.FileHandle | undefined;
+    try {
+      fh = await fsp.open(this.uidlistPath, 'a');
+      await fh.writeFile(text);
+      await fh.sync();
+    } catch (e) {
+      throw toStorageError(e, 'append to', this.uidlistPath);
+    } finally {
+      await fh?.close().catch(() => undefined);
+    }
+    ul.endsWithNewline = true;
+  }
+
+  /**
+   * The uidlist for scanning, re-parsed only when its inode, size or mtime changed (appends change
+   * the size, rewrites are renames and change the inode). The result must not be mutated.
+   */
+  private async readUidlistCached(): Promise<Uidlist | null> {
+    let st: Stats;
+    try {
+      st = await fsp.stat(this.uidlistPath);
+    } catch (e) {
+      if (isNotFound(e)) return null;
+      throw toStorageError(e, 'stat', this.uidlistPath);
+    }
+    const key = `${st.ino}:${st.size}:${st.mtimeMs}`;
+    const c = this.env.uidlistCache;
+    if (c && c.key === key) return c.ul;
+    const ul = await readUidlist(this.uidlistPath, this.ctx.warn);
+    if (ul) this.env.uidlistCache = { key, ul };
+    return ul;
+  }
+
+  /** Header values to report when the uidlist is missing/incomplete and we must not write. */
+  private async readOnlyHeader(ul: Uidlist): Promise<{ guid: string; uidValidity: number }> {
+    let uv = ul.header.uidValidity;
+    if (!uv) {
+      const st = await fsp.stat(this.mailDir).catch(() => null);
+      uv = Math.max(1, Math.floor((st?.mtimeMs ?? 1000) / 1000));
+    }
+    const guid = ul.header.guid ?? createHash('md5').update(`dsync-readonly:${path.resolve(this.mailDir)}`).digest('hex');
+    return { guid, uidValidity: uv };
+  }
+
+  /** Finds a message file by base name after it moved (flag change by someone else). */
+  private async relocate(base: string): Promise<FoundFile | null> {
+    for (const sub of ['cur', 'new'] as const) {
+      let names: string[];
+      try {
+        names = await fsp.readdir(path.join(this.mailDir, sub));
+      } catch (e) {
+        if (isNotFound(e)) continue;
+        throw toStorageError(e, 'readdir', path.join(this.mailDir, sub));
+      }
+      for (const n of names) {
+        if (n === base || (n.startsWith(base) && n[base.length] === ':')) return { sub, name: n };
+      }
+    }
+    return null;
+  }
+
+  private filePath(f: { sub: Sub; name: string }): string {
+    return path.join(this.mailDir, f.sub, f.name);
+  }
+
+  /** Base names currently present (from the last scan, else a fresh readdir). */
+  private async knownBases(): Promise<Set<string>> {
+    if (this.bases) return this.bases;
+    const set = new Set<string>();
+    for (const sub of ['cur', 'new'] as const) {
+      for (const d of await this.readDir(sub)) if (!d.name.startsWith('.')) set.add(parseFileName(d.name).base);
+    }
+    this.bases = set;
+    return set;
+  }
+
+  /** The file of a UID; rescans once when it is unknown (new since the last scan, or moved). */
+  private async lookup(uid: number): Promise<MsgFile | undefined> {
+    let f = this.files.get(uid);
+    if (!f) {
+      await this.doScan();
+      f = this.files.get(uid);
+    }
+    return f;
+  }
+
+  private async ensureScanned(): Promise<void> {
+    if (!this.scanned) await this.doScan();
+  }
+
+  // ---------------------------------------------------------------- scan
+
+  scan(): Promise<StoreMessage[]> {
+    return this.serial(() => this.doScan());
+  }
+
+  private async doScan(): Promise<StoreMessage[]> {
+    for (let attempt = 0; ; attempt++) {
+      const r = await this.scanOnce(attempt >= 3);
+      if (r) return r;
+    }
+  }
+
+  /** One scan pass; null when a concurrent change was detected and the scan should be repeated. */
+  private async scanOnce(final: boolean): Promise<StoreMessage[] | null> {
+    const { ctx } = this;
+    const warn = ctx.warn;
+    await this.assertExists();
+    let ul = await this.readUidlistCached();
+    const [curEnts, newEnts] = await Promise.all([this.readDir('cur'), this.readDir('new')]);
+
+    const found = new Map<string, FoundFile>();
+    const dupes: { sub: Sub; name: string; base: string }[] = [];
+    const consider = (sub: Sub, d: Dirent): string | null => {
+      if (d.name.startsWith('.')) {
+        warn(`mailbox ${this.label}: ignoring stray dot-file ${sub}/${d.name}`);
+        return null;
+      }
+      if (d.isDirectory()) {
+        warn(`mailbox ${this.label}: ignoring directory ${sub}/${d.name}`);
+        return null;
+      }
+      const colon = d.name.indexOf(':');
+      const base = colon < 0 ? d.name : d.name.slice(0, colon);
+      if (base === '') {
+        warn(`mailbox ${this.label}: ignoring file with an empty base name ${sub}/${d.name}`);
+        return null;
+      }
+      if (found.has(base)) {
+        dupes.push({ sub, name: d.name, base });
+        return null;
+      }
+      return base;
+    };
+    for (const d of curEnts) {
+      const base = consider('cur', d);
+      if (base !== null) found.set(base, { sub: 'cur', name: d.name });
+    }
+    let raced = false;
+    for (const d of newEnts) {
+      const base = consider('new', d);
+      if (base === null) continue;
+      if (ctx.readOnly) {
+        found.set(base, { sub: 'new', name: d.name });
+        continue;
+      }
+      const target = d.name.includes(':') ? d.name : `${d.name}:2,`;
+      try {
+        await fsp.rename(path.join(this.mailDir, 'new', d.name), path.join(this.mailDir, 'cur', target));
+        found.set(base, { sub: 'cur', name: target });
+      } catch (e) {
+        if (isNotFound(e)) {
+          raced = true; // someone else moved or expunged it
+          continue;
+        }
+        throw toStorageError(e, 'rename', path.join(this.mailDir, 'new', d.name));
+      }
+    }
+    if (raced && !final) return null;
+
+    // Duplicate base names (e.g. one copy in new/, one in cur/): keep the first, make the other a
+    // new message of its own (or drop it when it is the same inode).
+    for (const dup of dupes) {
+      const keep = found.get(dup.base)!;
+      const dupPath = path.join(this.mailDir, dup.sub, dup.name);
+      if (ctx.readOnly) {
+        warn(`mailbox ${this.label}: ${dup.sub}/${dup.name} has the same base name as ${keep.sub}/${keep.name}; ignoring it`);
+        continue;
+      }
+      const [a, b] = await statFiles([this.filePath(keep), dupPath], 'async');
+      if (!a || !b) {
+        if (!final) return null;
+        continue;
+      }
+      if (a.ino === b.ino && a.dev === b.dev) {
+        warn(`mailbox ${this.label}: removing ${dup.sub}/${dup.name}, a second link to ${keep.sub}/${keep.name}`);
+        await fsp.unlink(dupPath).catch(() => undefined);
+        continue;
+      }
+      const newBase = `${generateBaseName()},S=${b.size}`;
+      const info = parseFileName(dup.name).info ?? '2,';
+      warn(`mailbox ${this.label}: ${dup.sub}/${dup.name} duplicates the base name of ${keep.sub}/${keep.name}; renaming it to ${newBase}`);
+      const target = fileNameOf(newBase, info);
+      try {
+        await fsp.rename(dupPath, path.join(this.mailDir, 'cur', target));
+        found.set(newBase, { sub: 'cur', name: target });
+      } catch (e) {
+        if (!isNotFound(e)) throw toStorageError(e, 'rename', dupPath);
+      }
+    }
+
+    // Size and mtime (INTERNALDATE) of every message: cached ones from earlier scans, stat the rest.
+    const cache = this.env.statCache;
+    const present = new Map<string, { f: FoundFile; st: FileStat }>();
+    const toStat: string[] = [];
+    for (const [base, f] of found) {
+      const hit = cache?.get(statKey(f));
+      if (hit) present.set(base, { f, st: hit });
+      else toStat.push(base);
+    }
+    let stats: (Stats | null)[];
+    try {
+      stats = await statFiles(
+        toStat.map((b) => this.filePath(found.get(b)!)),
+        this.env.statMode ?? 'sync',
+      );
+    } catch (e) {
+      throw toStorageError(e, 'stat in', this.mailDir);
+    }
+    for (let i = 0; i < toStat.length; i++) {
+      const st = stats[i];
+      const f = found.get(toStat[i]!)!;
+      if (!st) {
+        if (!final) return null; // vanished (renamed by a flag change?) -> rescan
+        continue;
+      }
+      if (!st.isFile()) {
+        warn(`mailbox ${this.label}: ignoring non-regular file ${f.sub}/${f.name}`);
+        continue;
+      }
+      present.set(toStat[i]!, { f, st: { size: st.size, mtimeMs: st.mtimeMs } });
+    }
+    if (cache && (toStat.length > 0 || cache.size !== present.size)) {
+      cache.clear();
+      for (const { f, st } of present.values()) cache.set(statKey(f), st);
+    }
+
+    // UIDs.
+    let listed = new Map<string, UidlistEntry>();
+    if (ul) for (const e of ul.entries) listed.set(e.base, e);
+    const unlisted = [...present.keys()].filter((b) => !listed.has(b)).sort(cmpStr);
+    const needHeader = !ul || !ul.header.guid || !ul.header.uidValidity;
+    if (!ctx.readOnly && (needHeader || unlisted.length > 0)) {
+      ul = await this.withLock(async (lock) => {
+        const existing = await readUidlist(this.uidlistPath, () => undefined);
+        const fresh = existing ?? emptyUidlist();
+        const headerChanged = await this.completeHeader(fresh);
+        const freshBases = new Set(fresh.entries.map((e) => e.base));
+        const added: UidlistEntry[] = [];
+        for (const b of unlisted) {
+          if (freshBases.has(b)) continue;
+          if (fresh.nextUid > MAX_UID) throw new StorageError(`mailbox ${this.label}: UID space exhausted`, 'IO');
+          const e: UidlistEntry = { uid: fresh.nextUid++, base: b, ext: [] };
+          added.push(e);
+          fresh.entries.push(e);
+        }
+        await this.writeEntries(lock, fresh, added, headerChanged || fresh.needsRewrite || !existing);
+        fresh.needsRewrite = false;
+        return fresh;
+      });
+      listed = new Map(ul.entries.map((e) => [e.base, e]));
+    } else if (unlisted.length > 0) {
+      // Read-only: deterministic in-memory UIDs after the highest listed one, by base name.
+      let nextUid = (ul ?? emptyUidlist()).nextUid;
+      for (const b of unlisted) listed.set(b, { uid: nextUid++, base: b, ext: [] });
+    }
+
+    const kw = await this.readKeywords();
+    const msgs: StoreMessage[] = [];
+    const files = new Map<number, MsgFile>();
+    for (const [base, { f, st }] of present) {
+      const e = listed.get(base);
+      if (!e) continue; // cannot happen
+      const colon = f.name.indexOf(':');
+      const info = colon < 0 ? null : parseInfo(f.name.slice(colon + 1));
+      const { flags, keywords } = info ? decodeLetters(info.letters, kw) : { flags: 0, keywords: [] };
+      const guid = entryGuid(e);
+      msgs.push({
+        uid: e.uid,
+        guid,
+        flags,
+        keywords,
+        internalDate: Math.floor(st.mtimeMs / 1000),
+        size: st.size,
+      });
+      files.set(e.uid, { uid: e.uid, base, sub: f.sub, name: f.name, guid });
+    }
+    msgs.sort((a, b) => a.uid - b.uid);
+    this.files = files;
+    this.bases = new Set(present.keys());
+    this.scanned = true;
+    return msgs;
+  }
+
+  // ---------------------------------------------------------------- status
+
+  status(): Promise<StoreMailboxStatus> {
+    return this.serial(async () => {
+      await this.assertExists();
+      const ul = await readUidlist(this.uidlistPath, this.ctx.warn);
+      if (ul && ul.header.guid && ul.header.uidValidity) {
+        return { guid: ul.header.guid, uidValidity: ul.header.uidValidity, uidNext: ul.nextUid };
+      }
+      if (this.ctx.readOnly) {
+        const base = ul ?? emptyUidlist();
+        const h = await this.readOnlyHeader(base);
+        return { ...h, uidNext: base.nextUid };
+      }
+      const fresh = await this.withLock(async (lock) => {
+        const f = (await readUidlist(this.uidlistPath, () => undefined)) ?? emptyUidlist();
+        if (await this.completeHeader(f)) await this.writeEntries(lock, f, [], true);
+        return f;
+      });
+      return { guid: fresh.header.guid!, uidValidity: fresh.header.uidValidity, uidNext: fresh.nextUid };
+    });
+  }
+
+  // ---------------------------------------------------------------- bodies
+
+  openBody(uid: number): Promise<Readable> {
+    // Reads need no serialisation when the file is known: a save that is reading another
+    // mailbox's (or this mailbox's) bodies must not wait for itself.
+    const known = this.files.get(uid);
+    if (known && !this.closed) {
+      return fsp.open(this.filePath(known), 'r').then(
+        (fh) => fh.createReadStream({ autoClose: true }),
+        () => this.openBodySerial(uid),
+      );
+    }
+    return this.openBodySerial(uid);
+  }
+
+  private openBodySerial(uid: number): Promise<Readable> {
+    return this.serial(async () => {
+      let f = await this.lookup(uid);
+      if (!f) throw new StorageError(`mailbox ${this.label}: UID ${uid} does not exist (expunged?)`, 'EXPUNGED');
+      for (let attempt = 0; attempt < 2; attempt++) {
+        try {
+          const fh = await fsp.open(this.filePath(f), 'r');
+          return fh.createReadStream({ autoClose: true });
+        } catch (e) {
+          if (!isNotFound(e)) throw toStorageError(e, 'open', this.filePath(f));
+        }
+        const moved = await this.relocate(f.base);
+        if (!moved) break;
+        f = { ...f, ...moved };
+        this.files.set(uid, f);
+      }
+      this.files.delete(uid);
+      throw new StorageError(`mailbox ${this.label}: message UID ${uid} (${f.base}) was expunged`, 'EXPUNGED');
+    });
+  }
+
+  // ---------------------------------------------------------------- save
+
+  save(requests: SaveRequest[]): Promise<void> {
+    return this.serial(() => this.doSave(requests));
+  }
+
+  private async writeTmp(req: SaveRequest): Promise<Prepared> {
+    const tmpDir = path.join(this.mailDir, 'tmp');
+    for (let attempt = 0; ; attempt++) {
+      const tmpBase = generateBaseName();
+      const tmpPath = path.join(tmpDir, tmpBase);
+      let fh: fsp.FileHandle;
+      try {
+        fh = await fsp.open(tmpPath, 'wx', this.ctx.fileMode);
+      } catch (e) {
+        if (errCode(e) === 'EEXIST' && attempt < 10) continue;
+        throw toStorageError(e, 'create', tmpPath);
+      }
+      const counter = new SizeCounter();
+      try {
+        if (Buffer.isBuffer(req.body)) {
+          counter.add(req.body);
+          await fh.writeFile(req.body);
+        } else {
+          const stream = req.body();
+          for await (const chunk of stream) {
+            const buf = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
+            counter.add(buf);
+            let off = 0;
+            while (off < buf.length) {
+              const { bytesWritten } = await fh.write(buf, off, buf.length - off);
+              off += bytesWritten;
+            }
+          }
+        }
+        const t = new Date(req.internalDate * 1000);
+        await fh.utimes(t, t);
+        await fh.sync();
+        await fh.close();
+      } catch (e) {
+        await fh.close().catch(() => undefined);
+        await fsp.unlink(tmpPath).catch(() => undefined);
+        throw toStorageError(e, 'write', tmpPath);
+      }
+      try {
+        await chownIfNeeded(this.ctx, tmpPath);
+      } catch (e) {
+        await fsp.unlink(tmpPath).catch(() => undefined);
+        throw e;
+      }
+      return { req, tmpBase, tmpPath, size: counter.size, vsize: counter.vsize, linked: false };
+    }
+  }
+
+  /** Moves tmp/<tmpBase> to cur/<name> without ever replacing an existing file. */
+  private async place(tmpPath: string, target: string): Promise<boolean> {
+    try {
+      await fsp.link(tmpPath, target);
+    } catch (e) {
+      const c = errCode(e);
+      if (c === 'EEXIST') return false;
+      if (c === 'EPERM' || c === 'ENOTSUP' || c === 'EOPNOTSUPP' || c === 'ENOSYS' || c === 'EMLINK' || c === 'EXDEV') {
+        // File system without hard links: check, then rename.
+        if (await fsp.lstat(target).then(() => true, () => false)) return false;
+        await io('rename', target, () => fsp.rename(tmpPath, target));
+        return true;
+      }
+      throw toStorageError(e, 'link', target);
+    }
+    await fsp.unlink(tmpPath).catch(() => undefined);
+    return true;
+  }
+
+  private async doSave(requests: SaveRequest[]): Promise<void> {
+    if (requests.length === 0) return;
+    assertWritable(this.ctx, `save to ${this.label}`);
+    let prev = 0;
+    for (const r of requests) {
+      if (!Number.isInteger(r.uid) || r.uid <= prev || r.uid > MAX_UID) {
+        throw new Error(`mailbox ${this.label}: save requests need ascending UIDs in 1..${MAX_UID} (got ${r.uid} after ${prev})`);
+      }
+      if (!Number.isFinite(r.internalDate)) throw new Error(`mailbox ${this.label}: bad internalDate for UID ${r.uid}`);
+      prev = r.uid;
+    }
+    await this.assertExists();
+    for (const sub of ['tmp', 'new']) await mkdirp(this.ctx, path.join(this.mailDir, sub));
+
+    // Phase 1: bodies into tmp/ (no lock held: bodies may be large and slow to arrive).
+    const prepared: Prepared[] = [];
+    try {
+      for (const req of requests) prepared.push(await this.writeTmp(req));
+
+      // Phase 2: under the uidlist lock, move into cur/ and record the UIDs.
+      await this.withLock(async (lock) => {
+        const existing = await readUidlist(this.uidlistPath, () => undefined);
+        const ul = existing ?? emptyUidlist();
+        const headerChanged = await this.completeHeader(ul);
+        if (requests[0]!.uid < ul.nextUid) {
+          throw new StorageError(
+            `mailbox ${this.label}: cannot save UID ${requests[0]!.uid}: the mailbox's next UID is already ${ul.nextUid}`,
+            'EXISTS',
+          );
+        }
+        const allKeywords = new Set<string>();
+        for (const r of requests) for (const k of r.keywords) allKeywords.add(k);
+        const kw = allKeywords.size > 0 ? await this.registerKeywords(allKeywords) : await this.readKeywords();
+
+        const taken = new Set(await this.knownBases());
+        for (const e of ul.entries) taken.add(e.base);
+        const added: UidlistEntry[] = [];
+        const placed: MsgFile[] = [];
+        const curDir = path.join(this.mailDir, 'cur');
+        for (const p of prepared) {
+          const { req } = p;
+          const info = buildInfo(null, req.flags, this.keywordLetters(kw, req.keywords), kw);
+          let candidate: string | null = null;
+          if (isUsableBaseName(req.guid) && !taken.has(req.guid)) {
+            const hints = sizeHints(req.guid);
+            const sizesOk = (hints.size === undefined || hints.size === p.size) && (hints.vsize === undefined || hints.vsize === p.vsize);
+            const inNew = await fsp.lstat(path.join(this.mailDir, 'new', req.guid)).then(
+              () => true,
+              () => false,
+            );
+            if (sizesOk && !inNew) candidate = req.guid;
+          }
+          let base = candidate ?? `${p.tmpBase},S=${p.size},W=${p.vsize}`;
+          let name = fileNameOf(base, info);
+          let ok = await this.place(p.tmpPath, path.join(curDir, name));
+          for (let attempt = 0; !ok && attempt < 10; attempt++) {
+            base = `${generateBaseName()},S=${p.size},W=${p.vsize}`;
+            name = fileNameOf(base, info);
+            ok = await this.place(p.tmpPath, path.join(curDir, name));
+          }
+          if (!ok) throw new StorageError(`mailbox ${this.label}: could not find a free file name for UID ${req.uid}`, 'IO');
+          p.linked = true;
+          taken.add(base);
+          const ext: [string, string][] = [];
+          if (base !== req.guid) {
+            if (isStorableGuidValue(req.guid)) ext.push(['G', req.guid]);
+            else this.ctx.warn(`mailbox ${this.label}: GUID "${req.guid}" of UID ${req.uid} cannot be stored; the message's GUID becomes ${base}`);
+          }
+          const entry: UidlistEntry = { uid: req.uid, base, ext };
+          added.push(entry);
+          placed.push({ uid: req.uid, base, sub: 'cur', name, guid: entryGuid(entry) });
+        }
+        await fsyncDir(curDir);
+        ul.entries.push(...added);
+        ul.nextUid = Math.max(ul.nextUid, requests[requests.length - 1]!.uid + 1);
+        await this.writeEntries(lock, ul, added, headerChanged || ul.needsRewrite || !existing);
+        for (const f of placed) {
+          this.files.set(f.uid, f);
+          this.bases?.add(f.base);
+        }
+      });
+    } finally {
+      for (const p of prepared) if (!p.linked) await fsp.unlink(p.tmpPath).catch(() => undefined);
+    }
+  }
+
+  // ---------------------------------------------------------------- flags
+
+  updateFlags(updates: FlagUpdate[]): Promise<void> {
+    return this.serial(async () => {
+      if (updates.length === 0) return;
+      assertWritable(this.ctx, `change flags in ${this.label}`);
+      await this.assertExists();
+      await this.ensureScanned();
+      const wanted = new Set<string>();
+      for (const u of updates) for (const k of u.keywords) wanted.add(k);
+      let kw = await this.readKeywords();
+      if ([...wanted].some((k) => kw.letterOf(k) === undefined)) {
+        kw = await this.withLock(() => this.registerKeywords(wanted));
+      }
+      const curDir = path.join(this.mailDir, 'cur');
+      let renamed = false;
+      for (const u of updates) {
+        let f = this.files.get(u.uid);
+        if (!f) continue;
+        for (let attempt = 0; attempt < 3; attempt++) {
+          const oldInfo = f.sub === 'cur' ? parseFileName(f.name).info : null;
+          const newName = fileNameOf(f.base, buildInfo(oldInfo, u.flags, this.keywordLetters(kw, u.keywords), kw));
+          if (f.sub === 'cur' && newName === f.name) break;
+          try {
+            await fsp.rename(this.filePath(f), path.join(curDir, newName));
+            f = { ...f, sub: 'cur', name: newName };
+            this.files.set(u.uid, f);
+            renamed = true;
+            break;
+          } catch (e) {
+            if (!isNotFound(e)) throw toStorageError(e, 'rename', this.filePath(f));
+          }
+          const moved = await this.relocate(f.base);
+          if (!moved) {
+            this.files.delete(u.uid); // expunged by someone else
+            break;
+          }
+          f = { ...f, ...moved };
+        }
+      }
+      if (renamed) await fsyncDir(curDir);
+    });
+  }
+
+  // ---------------------------------------------------------------- expunge
+
+  expunge(uids: number[]): Promise<void> {
+    return this.serial(async () => {
+      if (uids.length === 0) return;
+      assertWritable(this.ctx, `expunge in ${this.label}`);
+      await this.assertExists();
+      await this.ensureScanned();
+      const gone = new Set<number>();
+      for (const uid of uids) {
+        let f = this.files.get(uid);
+        if (!f) continue;
+        for (let attempt = 0; attempt < 3; attempt++) {
+          try {
+            await fsp.unlink(this.filePath(f));
+            break;
+          } catch (e) {
+            if (!isNotFound(e)) throw toStorageError(e, 'unlink', this.filePath(f));
+          }
+          const moved = await this.relocate(f.base);
+          if (!moved) break;
+          f = { ...f, ...moved };
+        }
+        gone.add(uid);
+        this.files.delete(uid);
+        this.bases?.delete(f.base);
+      }
+      if (gone.size === 0) return;
+      await fsyncDir(path.join(this.mailDir, 'cur'));
+      await this.withLock(async (lock) => {
+        const ul = await readUidlist(this.uidlistPath, () => undefined);
+        if (!ul) return;
+        const before = ul.entries.length;
+        ul.entries = ul.entries.filter((e) => !gone.has(e.uid));
+        if (ul.entries.length !== before || ul.needsRewrite) await this.writeEntries(lock, ul, [], true);
+      });
+    });
+  }
+
+  /** Moves messages to new UIDs by rewriting the uidlist once: atomic, the files stay put. */
+  renumber(moves: { from: number; to: number }[]): Promise<void> {
+    return this.serial(async () => {
+      if (moves.length === 0) return;
+      assertWritable(this.ctx, `renumber in ${this.label}`);
+      await this.assertExists();
+      await this.ensureScanned();
+      await this.withLock(async (lock) => {
+        const ul = await readUidlist(this.uidlistPath, () => undefined);
+        if (!ul) throw new StorageError(`mailbox ${this.label}: no dovecot-uidlist to renumber`, 'NOTFOUND');
+        let prev = 0;
+        for (const m of moves) {
+          if (m.to < ul.nextUid || m.to <= prev || m.to > MAX_UID) {
+            throw new StorageError(`mailbox ${this.label}: cannot move UID ${m.from} to ${m.to} (UIDNEXT is ${ul.nextUid})`, 'EXISTS');
+          }
+          prev = m.to;
+        }
+        const byUid = new Map(ul.entries.map((e) => [e.uid, e]));
+        for (const m of moves) {
+          const e = byUid.get(m.from);
+          if (e) e.uid = m.to;
+        }
+        ul.entries.sort((a, b) => a.uid - b.uid);
+        ul.header.nextUid = Math.max(ul.header.nextUid, prev + 1);
+        ul.nextUid = Math.max(ul.nextUid, prev + 1);
+        await this.writeEntries(lock, ul, [], true);
+      });
+      for (const m of moves) {
+        const f = this.files.get(m.from);
+        if (!f) continue;
+        this.files.delete(m.from);
+        this.files.set(m.to, { ...f, uid: m.to });
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- header changes
+
+  private headerChange(what: string, change: (ul: Uidlist) => void): Promise<void> {
+    return this.serial(async () => {
+      assertWritable(this.ctx, `${what} of ${this.label}`);
+      await this.assertExists();
+      await this.withLock(async (lock) => {
+        const ul = (await readUidlist(this.uidlistPath, () => undefined)) ?? emptyUidlist();
+        change(ul);
+        await this.completeHeader(ul);
+        await this.writeEntries(lock, ul, [], true);
+      });
+    });
+  }
+
+  setGuid(guid: string): Promise<void> {
+    const g = guid.toLowerCase();
+    if (!isMailboxGuid(g)) return Promise.reject(new Error(`invalid mailbox GUID "${guid}" (need 32 hex digits)`));
+    return this.headerChange('set the GUID', (ul) => {
+      ul.header.guid = g;
+    });
+  }
+
+  setUidValidity(uidValidity: number): Promise<void> {
+    if (!Number.isInteger(uidValidity) || uidValidity < 1 || uidValidity > MAX_UID) {
+      return Promise.reject(new Error(`invalid UIDVALIDITY ${uidValidity}`));
+    }
+    return this.headerChange('set the UIDVALIDITY', (ul) => {
+      ul.header.uidValidity = uidValidity;
+    });
+  }
+
+  raiseUidNext(uidNext: number): Promise<void> {
+    if (!Number.isInteger(uidNext) || uidNext < 1 || uidNext > MAX_UID + 1) {
+      return Promise.reject(new Error(`invalid UIDNEXT ${uidNext}`));
+    }
+    return this.headerChange('raise the UIDNEXT', (ul) => {
+      ul.nextUid = Math.max(ul.nextUid, uidNext);
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.queue.catch(() => undefined);
+    this.closed = true;
+    this.files.clear();
+    this.bases = null;
+    this.scanned = false;
+  }
+}
+
+/** Stat cache key: the file name for cur/ (the common case, no string building), "new/<name>" else. */
+function statKey(f: FoundFile): string {
+  return f.sub === 'cur' ? f.name : `new/${f.name}`;
+}
+
+function cmpStr(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}

@@ -1,0 +1,297 @@
+// dovecot-uidlist: the maildir UID map.
+//
+// Version 3 (Dovecot 1.0+):   "3 V<uidvalidity> N<nextuid> G<mailbox guid>[ <key><value>...]"
+//                             "<uid>[ <key><value>...] :<base name>"     (one line per message)
+// Version 1 (Courier style):  "1 <uidvalidity> <nextuid>" and "<uid> <file name>"
+// Older 3-writers put the full file name incl. ":2,<flags>" after the colon; the base name is the
+// part before the first ':'. On read, next uid = max(header N, highest uid + 1), because writers
+// may append entries without touching the header (Dovecot does).
+import * as fsp from 'node:fs/promises';
+import { isNotFound, toStorageError, type Warn } from './io.js';
+
+export const UIDLIST_NAME = 'dovecot-uidlist';
+const MAX_UID = 0xffffffff;
+
+export interface UidlistHeader {
+  /** Version as read (1 or 3); writes are always version 3. */
+  version: number;
+  /** 0 when missing. */
+  uidValidity: number;
+  /** Header N as read (at least 1). */
+  nextUid: number;
+  /** Mailbox GUID, 32 lowercase hex, when present and valid. */
+  guid?: string;
+  /** Unknown header fields, kept verbatim (e.g. "Pxyz"). */
+  extra: string[];
+}
+
+export interface UidlistEntry {
+  uid: number;
+  /** Base file name (before the first ':'). */
+  base: string;
+  /** Extension fields in file order, e.g. [['G', '<guid>'], ['W', '1234']]. */
+  ext: [string, string][];
+}
+
+export interface Uidlist {
+  header: UidlistHeader;
+  /** Ascending by uid. */
+  entries: UidlistEntry[];
+  /** max(header N, highest uid + 1). */
+  nextUid: number;
+  /** The file had problems (garbled lines, old version, bad header) that a full rewrite fixes. */
+  needsRewrite: boolean;
+  /** False when the last line lacks its newline (an interrupted append). */
+  endsWithNewline: boolean;
+}
+
+export function emptyUidlist(): Uidlist {
+  return {
+    header: { version: 3, uidValidity: 0, nextUid: 1, extra: [] },
+    entries: [],
+    nextUid: 1,
+    needsRewrite: true,
+    endsWithNewline: true,
+  };
+}
+
+const GUID_RE = /^[0-9a-f]{32}$/;
+export function isMailboxGuid(s: string): boolean {
+  return GUID_RE.test(s);
+}
+
+function parseUint(s: string): number | null {
+  if (!/^\d{1,10}$/.test(s)) return null;
+  const n = Number(s);
+  return n <= MAX_UID ? n : null;
+}
+
+function parseHeader(line: string, warn: Warn, where: string): { header: UidlistHeader; ok: boolean } {
+  const header: UidlistHeader = { version: 3, uidValidity: 0, nextUid: 1, extra: [] };
+  const tok = line.split(' ').filter((t) => t !== '');
+  if (tok[0] === '1') {
+    const uv = parseUint(tok[1] ?? '');
+    const next = parseUint(tok[2] ?? '');
+    if (uv === null || next === null || tok.length !== 3) {
+      warn(`${where}: corrupt version 1 header "${line}"; assigning a new UIDVALIDITY`);
+      header.version = 1;
+      return { header, ok: false };
+    }
+    header.version = 1;
+    header.uidValidity = uv;
+    header.nextUid = Math.max(1, next);
+    return { header, ok: true };
+  }
+  if (tok[0] !== '3') {
+    warn(`${where}: unsupported or corrupt header "${line.slice(0, 80)}"; assigning a new UIDVALIDITY`);
+    return { header, ok: false };
+  }
+  let ok = true;
+  for (const t of tok.slice(1)) {
+    const key = t[0]!;
+    const value = t.slice(1);
+    if (key === 'V') {
+      const v = parseUint(value);
+      if (v === null) {
+        warn(`${where}: bad UIDVALIDITY field "${t}"`);
+        ok = false;
+      } else header.uidValidity = v;
+    } else if (key === 'N') {
+      const v = parseUint(value);
+      if (v === null) {
+        warn(`${where}: bad next-UID field "${t}"`);
+        ok = false;
+      } else header.nextUid = Math.max(1, v);
+    } else if (key === 'G') {
+      const g = value.toLowerCase();
+      if (isMailboxGuid(g)) header.guid = g;
+      else {
+        warn(`${where}: bad mailbox GUID field "${t}"; a new GUID will be assigned`);
+        ok = false;
+      }
+    } else {
+      header.extra.push(t);
+    }
+  }
+  return { header, ok };
+}
+
+/** Parses one entry line; returns null when it is garbled. */
+export function parseEntry(line: string, version: number): UidlistEntry | null {
+  const sp = line.indexOf(' ');
+  if (sp <= 0) return null;
+  const uid = parseUint(line.slice(0, sp));
+  if (uid === null || uid === 0) return null;
+  let rest = line.slice(sp + 1);
+  const ext: [string, string][] = [];
+  let fileName: string;
+  if (version === 1) {
+    fileName = rest;
+  } else {
+    for (;;) {
+      if (rest.startsWith(':')) {
+        fileName = rest.slice(1);
+        break;
+      }
+      const next = rest.indexOf(' ');
+      if (next < 0) return null; // no ":<file name>" part
+      const tok = rest.slice(0, next);
+      const key = tok[0];
+      if (key === undefined || key < 'A' || key > 'Z') return null;
+      ext.push([key, tok.slice(1)]);
+      rest = rest.slice(next + 1);
+    }
+  }
+  const colon = fileName.indexOf(':');
+  const base = colon < 0 ? fileName : fileName.slice(0, colon);
+  if (base === '' || base.includes('/') || base.includes('\0')) return null;
+  return { uid, base, ext };
+}
+
+/** Parses uidlist text. Garbled lines are skipped with a warning (their files later get new UIDs). */
+export function parseUidlist(text: string, warn: Warn, where = UIDLIST_NAME): Uidlist {
+  if (text === '') return emptyUidlist();
+  const endsWithNewline = text.endsWith('\n');
+  const lines = text.split('\n');
+  if (endsWithNewline) lines.pop();
+  const { header, ok } = parseHeader(lines[0]!, warn, where);
+  const entries: UidlistEntry[] = [];
+  const bases = new Set<string>();
+  let needsRewrite = !ok || header.version !== 3;
+  let prevUid = 0;
+  let garbled = 0;
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (line === '') continue;
+    const e = parseEntry(line, header.version);
+    if (!e) {
+      garbled++;
+      if (garbled <= 5) warn(`${where}:${i + 1}: skipping garbled line "${line.slice(0, 120)}"`);
+      needsRewrite = true;
+      continue;
+    }
+    if (e.uid <= prevUid) {
+      warn(`${where}:${i + 1}: UID ${e.uid} is not above the previous UID ${prevUid}; skipping the line`);
+      needsRewrite = true;
+      continue;
+    }
+    if (bases.has(e.base)) {
+      warn(`${where}:${i + 1}: file ${e.base} is listed twice; keeping the first UID`);
+      needsRewrite = true;
+      continue;
+    }
+    bases.add(e.base);
+    entries.push(e);
+    prevUid = e.uid;
+  }
+  if (garbled > 5) warn(`${where}: ${garbled} garbled lines skipped in total`);
+  const highest = entries.length > 0 ? entries[entries.length - 1]!.uid : 0;
+  return {
+    header,
+    entries,
+    nextUid: Math.max(header.nextUid, highest + 1),
+    needsRewrite,
+    endsWithNewline,
+  };
+}
+
+export function formatHeader(h: UidlistHeader, nextUid: number): string {
+  let s = `3 V${h.uidValidity} N${nextUid}`;
+  if (h.guid) s += ` G${h.guid}`;
+  for (const x of h.extra) s += ` ${x}`;
+  return s;
+}
+
+export function formatEntry(e: UidlistEntry): string {
+  let s = String(e.uid);
+  for (const [k, v] of e.ext) s += ` ${k}${v}`;
+  return `${s} :${e.base}`;
+}
+
+/** Serializes as version 3 with header N = the effective next uid. */
+export function serializeUidlist(ul: Uidlist): string {
+  const parts = [formatHeader(ul.header, ul.nextUid)];
+  for (const e of ul.entries) parts.push(formatEntry(e));
+  return parts.join('\n') + '\n';
+}
+
+export function entryExt(e: UidlistEntry, key: string): string | undefined {
+  for (const [k, v] of e.ext) if (k === key) return v;
+  return undefined;
+}
+
+/** The message GUID: the G extension if present, else the base file name (Dovecot's rule). */
+export function entryGuid(e: UidlistEntry): string {
+  return entryExt(e, 'G') ?? e.base;
+}
+
+export async function readUidlist(p: string, warn: Warn): Promise<Uidlist | null> {
+  let text: string;
+  try {
+    text = await fsp.readFile(p, 'utf8');
+  } catch (e) {
+    if (isNotFound(e)) return null;
+    throw toStorageError(e, 'read', p);
+  }
+  return parseUidlist(text, warn, p);
+}
+
+export interface UidlistSummary {
+  guid?: string;
+  uidValidity?: number;
+  uidNext: number;
+}
+
+/**
+ * Reads only the header and the last entry of a uidlist (two small reads), enough for a mailbox
+ * listing: entries are ascending, so the last one carries the highest UID. Null if missing.
+ */
+export async function readUidlistSummary(p: string): Promise<UidlistSummary | null> {
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(p, 'r');
+  } catch (e) {
+    if (isNotFound(e)) return null;
+    throw toStorageError(e, 'open', p);
+  }
+  try {
+    const CHUNK = 4096;
+    const size = (await fh.stat()).size;
+    const headBuf = Buffer.alloc(Math.min(CHUNK, size));
+    const { bytesRead } = await fh.read(headBuf, 0, headBuf.length, 0);
+    const head = headBuf.subarray(0, bytesRead).toString('utf8');
+    const nl = head.indexOf('\n');
+    const first = nl < 0 ? head : head.slice(0, nl);
+    const { header } = parseHeader(first, () => undefined, p);
+    let tail: string;
+    let tailIsWhole: boolean;
+    if (size <= CHUNK) {
+      tail = nl < 0 ? '' : head.slice(nl + 1);
+      tailIsWhole = true;
+    } else {
+      const buf = Buffer.alloc(CHUNK);
+      const r = await fh.read(buf, 0, CHUNK, size - CHUNK);
+      tail = buf.subarray(0, r.bytesRead).toString('utf8');
+      tailIsWhole = false;
+    }
+    const lines = tail.split('\n');
+    if (!tailIsWhole) lines.shift(); // probably a partial line
+    let highest = 0;
+    for (let i = lines.length - 1; i >= 0; i--) {
+      const e = parseEntry(lines[i]!, header.version);
+      if (e) {
+        highest = e.uid;
+        break;
+      }
+    }
+    return {
+      guid: header.guid,
+      uidValidity: header.uidValidity || undefined,
+      uidNext: Math.max(header.nextUid, highest + 1),
+    };
+  } catch (e) {
+    throw toStorageError(e, 'read', p);
+  } finally {
+    await fh.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,27 @@
+// Opens the MailStore for a parsed mail location.
+import type { MailStore } from './types.js';
+import type { MailLocation } from './location.js';
+import { MaildirStore } from './maildir/store.js';
+
+export interface OpenStoreOptions {
+  /**
+   * When running as root, chown everything the store creates to this owner. Without it, root
+   * uses the owner of the existing mail root (or its nearest existing parent).
+   */
+  owner?: { uid: number; gid: number };
+  /** Never write anything (no new/ -> cur/ moves, no uidlist writes; UIDs of unlisted files are in-memory only). */
+  readOnly?: boolean;
+  /** Create the root maildir (with cur/new/tmp) if missing. Default true. */
+  createIfMissing?: boolean;
+  /** Receives non-fatal warnings (garbled uidlist lines, stray files, ...). Default console.error. */
+  warn?: (msg: string) => void;
+}
+
+export async function openStore(loc: MailLocation, opts: OpenStoreOptions = {}): Promise<MailStore> {
+  switch (loc.format) {
+    case 'maildir':
+      return MaildirStore.open(loc, opts);
+    default:
+      throw new Error(`mail format "${loc.format}" is not supported yet`);
+  }
+}
