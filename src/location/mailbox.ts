@@ -370,6 +370,22 @@ export class LocationMailbox {
     return real.length;
   }
 
+  /** Empties the mailbox and restarts its UIDs at 1 (rebuilding a backup destination). */
+  async reset(uidValidity: number, origin: string): Promise<boolean> {
+    if (!this.store.reset) return false;
+    await this.store.reset(uidValidity);
+    const now = this.location.now();
+    this.index.transaction(() => {
+      for (const m of this.messages.values()) this.journalExpunge(m, origin, now);
+      this.index.deleteAllPeerStates(this.row.guid);
+      this.row.uidValidity = uidValidity;
+      this.row.uidNext = 1;
+      this.index.putMailbox(this.row);
+    });
+    this.messages.clear();
+    return true;
+  }
+
   async setUidValidity(uidValidity: number): Promise<void> {
     await this.store.setUidValidity(uidValidity);
     this.index.transaction(() => {

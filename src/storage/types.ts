@@ -74,6 +74,11 @@ export interface StoreMailbox {
    * step, keeping their GUID, flags and date. Without it the engine copies and expunges.
    */
   renumber?(moves: { from: number; to: number }[]): Promise<void>;
+  /**
+   * Optional: removes every message and restarts the UID space at 1 with this UIDVALIDITY,
+   * keeping the mailbox and its GUID (used to rebuild a backup destination, INBOX included).
+   */
+  reset?(uidValidity: number): Promise<void>;
   setGuid(guid: string): Promise<void>;
   setUidValidity(uidValidity: number): Promise<void>;
   /** uidNext only grows. */

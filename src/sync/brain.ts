@@ -18,7 +18,8 @@ import type {
   SyncType,
 } from './records.js';
 import { planTree, type TreeMode } from './decide/tree-plan.js';
-import { planMailbox, type MessageView, type SideView } from './decide/mailbox-plan.js';
+import { planMailbox, type MessageView, type SideActions, type SideView } from './decide/mailbox-plan.js';
+import { planBackup } from './decide/backup-plan.js';
 import { nameKey } from './decide/name-hash.js';
 import { applyTreeActions } from './tree-apply.js';
 import { forbiddenChars, makeNameNormalizer } from './names.js';
@@ -326,8 +327,10 @@ function viewFromRecords(records: MailChangeRecord[], uidNext: number, complete:
   return { uidNext, complete, messages, expunges };
 }
 
-async function syncMailbox(ctx: Ctx, box: LocationMailbox, mine: MailboxRecord, theirs: MailboxRecord): Promise<void> {
+async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxRecord, theirs: MailboxRecord): Promise<void> {
   const { ch } = ctx;
+  let box = openBox;
+  const backup = ctx.settings.backup !== 'none';
   const name = ctx.show(box.name);
   const full = ctx.settings.syncType === 'full';
   const saved = box.peerState(ctx.peerId);
@@ -344,14 +347,12 @@ async function syncMailbox(ctx: Ctx, box: LocationMailbox, mine: MailboxRecord, 
     return;
   }
   let uidValidity = mine.uidValidity;
-  if (mine.uidValidity !== theirs.uidValidity) {
+  if (backup) uidValidity = (ctx.isSource ? mine : theirs).uidValidity;
+  else if (mine.uidValidity !== theirs.uidValidity) {
     const masterRec = ctx.role === 'master' ? mine : theirs;
     const slaveRec = ctx.role === 'master' ? theirs : mine;
-    const winner = ctx.settings.backup !== 'none'
-      ? (ctx.isSource ? mine : theirs).uidValidity
-      : uidValidityWinner(masterRec, slaveRec);
+    const winner = uidValidityWinner(masterRec, slaveRec);
     if (winner !== mine.uidValidity) {
-      if (ctx.isSource) throw new Error('internal error: the backup source was asked to change its UIDVALIDITY');
       ctx.log.info(`mailbox ${name}: UIDVALIDITY ${mine.uidValidity} changed to ${winner} to match the other side`);
       await box.setUidValidity(winner);
     }
@@ -366,12 +367,8 @@ async function syncMailbox(ctx: Ctx, box: LocationMailbox, mine: MailboxRecord, 
   const peerRecords = await recvList(ch, 'change');
   const myView = exported.view;
   const peerView = viewFromRecords(peerRecords, theirs.uidNext, complete);
-  const plan = planMailbox({
-    master: ctx.role === 'master' ? myView : peerView,
-    slave: ctx.role === 'master' ? peerView : myView,
-    lastCommonUid,
-  });
-  const actions = ctx.role === 'master' ? plan.master : plan.slave;
+  const plan = backup ? backupPlan(ctx, myView, peerView, mine, theirs) : mirrorPlan(ctx, myView, peerView, lastCommonUid);
+  const actions = plan.actions;
   if (ctx.isSource && (actions.saves.length || actions.expunges.length || actions.flagUpdates.length)) {
     throw new Error('internal error: the backup source was asked to change mail');
   }
@@ -393,6 +390,21 @@ async function syncMailbox(ctx: Ctx, box: LocationMailbox, mine: MailboxRecord, 
   // Saves first (a UID move copies before it expunges), then the barrier: after it the peer
   // may expunge the mails whose bodies we were reading.
   let changesDuringSync = false;
+  if (plan.rebuild) {
+    ctx.log.warn(`mailbox ${name}: the destination cannot be made identical in place (${plan.rebuild}); rebuilding it from the source`);
+    if (!(await box.reset(uidValidity, ctx.peerId))) {
+      const { guid } = box;
+      const boxName = box.name;
+      await box.close();
+      ctx.open.delete(guid);
+      await ctx.loc.deleteMailbox(guid);
+      await ctx.loc.createMailbox(boxName, guid, uidValidity);
+      const fresh = await getBox(ctx, guid);
+      if (!fresh) throw new Error(`mailbox ${name} could not be recreated`);
+      box = fresh;
+    }
+    ctx.summary.push(`mailbox ${name}: rebuilt from the source (${plan.rebuild})`);
+  }
   const saves = [...actions.saves].sort((a, b) => a.uid - b.uid);
   const applied = { fromPeer: 0, moved: 0 };
   if (saves.length > 0) {
@@ -454,7 +466,10 @@ async function syncMailbox(ctx: Ctx, box: LocationMailbox, mine: MailboxRecord, 
   const flagged = await box.updateFlags(actions.flagUpdates, ctx.peerId);
   await box.raiseUidNext(plan.uidNext);
 
-  if (changesDuringSync || peerState.changesDuringSync) {
+  if (backup) {
+    // The backup source keeps no state (its index lives in memory), so neither side does.
+    if (changesDuringSync || peerState.changesDuringSync) ctx.changesDuringSync = true;
+  } else if (changesDuringSync || peerState.changesDuringSync) {
     box.forgetPeerState(ctx.peerId);
     ctx.changesDuringSync = true;
   } else {
@@ -471,6 +486,33 @@ async function syncMailbox(ctx: Ctx, box: LocationMailbox, mine: MailboxRecord, 
   if (flagged) parts.push(`${flagged} flag changes`);
   if (plan.renumbered) parts.push(`${plan.renumbered} mails renumbered after a UID conflict`);
   if (parts.length) ctx.summary.push(`mailbox ${name}: ${parts.join(', ')}`);
+}
+
+interface SidePlan {
+  actions: SideActions;
+  uidNext: number;
+  lastCommonUid: number;
+  renumbered: number;
+  /** Set (to the reason) when the backup destination must be recreated. */
+  rebuild?: string;
+}
+
+function mirrorPlan(ctx: Ctx, myView: SideView, peerView: SideView, lastCommonUid: number): SidePlan {
+  const plan = planMailbox({
+    master: ctx.role === 'master' ? myView : peerView,
+    slave: ctx.role === 'master' ? peerView : myView,
+    lastCommonUid,
+  });
+  return { actions: ctx.role === 'master' ? plan.master : plan.slave, uidNext: plan.uidNext, lastCommonUid: plan.lastCommonUid, renumbered: plan.renumbered };
+}
+
+function backupPlan(ctx: Ctx, myView: SideView, peerView: SideView, mine: MailboxRecord, theirs: MailboxRecord): SidePlan {
+  const source = ctx.isSource ? myView : peerView;
+  if (ctx.isSource) {
+    return { actions: { expunges: [], flagUpdates: [], saves: [] }, uidNext: source.uidNext, lastCommonUid: source.uidNext - 1, renumbered: 0 };
+  }
+  const p = planBackup(source, myView, mine.uidValidity === theirs.uidValidity);
+  return { actions: p.dest, uidNext: p.uidNext, lastCommonUid: p.uidNext - 1, renumbered: 0, rebuild: p.rebuild ? p.reason : undefined };
 }
 
 /** The mailbox with more messages keeps its UIDVALIDITY; on a tie the higher value wins. */

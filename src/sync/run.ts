@@ -95,11 +95,12 @@ export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
     backup,
     altChar: o.altChar,
   };
-  const a = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: false, lockTimeout: o.lockTimeout });
+  // The backup source is never written: its store is read-only and its index lives in memory.
+  const a = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: backup === 'send', lockTimeout: o.lockTimeout });
   let b: OpenedLocation | undefined;
   try {
     if (o.mailbox !== undefined) settings.syncBox = o.mailbox.split(a.location.separator).filter((p) => p !== '');
-    b = await openLocation(remote, { owner: o.owner, log: o.log, readOnly: false, lockTimeout: o.lockTimeout });
+    b = await openLocation(remote, { owner: o.owner, log: o.log, readOnly: backup === 'recv', lockTimeout: o.lockTimeout });
     const [chA, chB] = createPipePair();
     const [ra, rb] = await Promise.all([
       runBrain({ role: 'master', location: a.location, channel: chA, log: o.log, settings }),

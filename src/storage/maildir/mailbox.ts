@@ -891,6 +891,30 @@ export class MaildirMailbox implements StoreMailbox {
     });
   }
 
+  /** Empties the mailbox and restarts its UIDs at 1 under a new UIDVALIDITY (GUID kept). */
+  reset(uidValidity: number): Promise<void> {
+    return this.serial(async () => {
+      assertWritable(this.ctx, `reset ${this.label}`);
+      await this.assertExists();
+      await this.ensureScanned();
+      // The new (empty) uidlist goes first: a crash after it leaves unlisted files, which are
+      // treated as new mail and matched by GUID, never a UID pointing at the wrong file.
+      await this.withLock(async (lock) => {
+        const ul = (await readUidlist(this.uidlistPath, () => undefined)) ?? emptyUidlist();
+        ul.entries = [];
+        ul.header.uidValidity = uidValidity;
+        ul.header.nextUid = 1;
+        ul.nextUid = 1;
+        await this.completeHeader(ul);
+        await this.writeEntries(lock, ul, [], true);
+      });
+      for (const f of this.files.values()) await fsp.unlink(this.filePath(f)).catch(() => undefined);
+      await fsyncDir(path.join(this.mailDir, 'cur')).catch(() => undefined);
+      this.files.clear();
+      this.bases?.clear();
+    });
+  }
+
   /** Moves messages to new UIDs by rewriting the uidlist once: atomic, the files stay put. */
   renumber(moves: { from: number; to: number }[]): Promise<void> {
     return this.serial(async () => {
