@@ -189,9 +189,11 @@ async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise
   if (ctx.isSource) throw new Error('internal error: the backup source was asked to change its mailbox tree');
   const toLocal = (n: string[]) => normToLocal.get(nameKey(n)) ?? n;
   const res = await applyTreeActions(ctx.loc, actions, toLocal);
-  for (const guid of res.touched) {
-    const box = ctx.open.get(guid);
-    if (box) {
+  // Handles of renamed (also as children of a renamed parent), re-identified or deleted
+  // mailboxes point at old paths: drop them, they are reopened when needed.
+  for (const [guid, box] of [...ctx.open]) {
+    const row = ctx.loc.index.mailbox(guid);
+    if (res.touched.has(guid) || !row || nameKey(row.name) !== nameKey(box.name)) {
       await box.close();
       ctx.open.delete(guid);
     }
