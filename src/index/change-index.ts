@@ -126,7 +126,10 @@ export interface OpenIndexResult {
 export class ChangeIndex {
   private readonly stmts: ReturnType<ChangeIndex['prepare']>;
 
-  private constructor(readonly db: Database.Database) {
+  private constructor(
+    readonly db: Database.Database,
+    readonly path = ':memory:',
+  ) {
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = NORMAL');
     db.exec(SCHEMA);
@@ -145,7 +148,11 @@ export class ChangeIndex {
       db = new Database(path);
       const ok = db.pragma('quick_check', { simple: true });
       if (ok !== 'ok') throw new Error(`integrity check failed: ${String(ok)}`);
-      const index = new ChangeIndex(db);
+      const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[];
+      if (tables.length > 0 && !tables.some((t) => t.name === 'meta')) {
+        throw new Error(`not a dsync change index (tables: ${tables.map((t) => t.name).join(', ')})`);
+      }
+      const index = new ChangeIndex(db, path);
       const v = index.getMeta('schema_version');
       if (v !== SCHEMA_VERSION) throw new Error(`unknown schema version ${v}`);
       return { index };
@@ -159,7 +166,7 @@ export class ChangeIndex {
       for (const suffix of ['', '-wal', '-shm']) {
         if (existsSync(path + suffix)) renameSync(path + suffix, aside + suffix);
       }
-      const index = new ChangeIndex(new Database(path));
+      const index = new ChangeIndex(new Database(path), path);
       return { index, rebuiltReason: `${(err as Error).message}; moved it to ${aside} and rebuilt the index from the mail store` };
     }
   }
@@ -188,6 +195,7 @@ export class ChangeIndex {
            modseq = excluded.modseq, internal_date = excluded.internal_date, size = excluded.size`,
       ),
       delMessage: db.prepare('DELETE FROM messages WHERE mailbox = ? AND uid = ?'),
+      countMessages: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM messages WHERE mailbox = ?'),
       addChange: db.prepare(
         'INSERT INTO changes (mailbox, modseq, uid, kind, guid, add_flags, remove_flags, kw_add, kw_remove, origin, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
       ),
@@ -258,6 +266,9 @@ export class ChangeIndex {
       size: r.size,
     }));
   }
+  messageCount(mailbox: string): number {
+    return this.stmts.countMessages.get(mailbox)?.n ?? 0;
+  }
   putMessage(mailbox: string, m: MessageRow): void {
     this.stmts.putMessage.run(mailbox, m.uid, m.guid, m.flags, encKw(m.keywords), m.modseq, m.internalDate, m.size);
   }
@@ -320,6 +331,10 @@ export class ChangeIndex {
   }
   deletePeerState(peer: string, mailbox: string): void {
     this.stmts.delPeerState.run(peer, mailbox);
+  }
+  /** Forgets every peer (the index now describes another location). */
+  forgetAllPeers(): void {
+    this.db.exec('DELETE FROM peer_state');
   }
   deleteAllPeerStates(mailbox: string): void {
     this.stmts.delPeerStatesOf.run(mailbox);

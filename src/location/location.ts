@@ -3,6 +3,7 @@
 // each with a modseq and a timestamp, and applies a peer's changes while recording which peer
 // caused them (so they are never echoed back to that peer).
 import { randomBytes } from 'node:crypto';
+import { realpathSync } from 'node:fs';
 import type { MailStore, MailboxName, StoreMailboxInfo } from '../storage/types.js';
 import { ChangeIndex, type MailboxRow } from '../index/change-index.js';
 import type { MailboxDeleteRecord, MailboxTreeNodeRecord } from '../sync/records.js';
@@ -33,6 +34,18 @@ export class Location {
   static open(store: MailStore, opts: LocationOptions): Location {
     const { index, rebuiltReason } = ChangeIndex.open(opts.indexPath);
     if (rebuiltReason) opts.log.warn(`change index ${opts.indexPath}: ${rebuiltReason}`);
+    // An index copied along with a mail directory still carries the original's identity; two
+    // locations must never share one, so the copy takes a new identity and forgets all peers.
+    const root = realRoot(store.controlDir);
+    const recorded = index.getMeta('root');
+    if (recorded !== undefined && recorded !== root && opts.indexPath !== ':memory:') {
+      opts.log.warn(`change index ${opts.indexPath} was made for ${recorded}; this location (${root}) gets a new identity and compares everything with its peers once`);
+      index.transaction(() => {
+        index.setMeta('location_id', newGuid());
+        index.forgetAllPeers();
+      });
+    }
+    if (recorded !== root) index.setMeta('root', root);
     return new Location(store, index, opts.log, opts.readOnly ?? false, opts.now ?? (() => Math.floor(Date.now() / 1000)));
   }
 
@@ -286,5 +299,13 @@ export class Location {
   async close(): Promise<void> {
     this.index.close();
     await this.store.close();
+  }
+}
+
+function realRoot(dir: string): string {
+  try {
+    return realpathSync(dir);
+  } catch {
+    return dir;
   }
 }

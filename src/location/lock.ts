@@ -29,7 +29,17 @@ export async function acquireLock(path: string, timeoutSeconds: number): Promise
   for (;;) {
     try {
       const fd = openSync(path, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600);
-      writeSync(fd, `${process.pid} ${hostname()}\n`);
+      try {
+        writeSync(fd, `${process.pid} ${hostname()}\n`);
+      } catch (err) {
+        closeSync(fd);
+        try {
+          unlinkSync(path);
+        } catch {
+          /* nothing to clean */
+        }
+        throw new Error(`cannot write lock file ${path}: ${(err as Error).message}`, { cause: err });
+      }
       closeSync(fd);
       let released = false;
       return () => {
@@ -42,7 +52,11 @@ export async function acquireLock(path: string, timeoutSeconds: number): Promise
         }
       };
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'EEXIST') {
+        if (err instanceof Error && err.message.startsWith('cannot write lock file')) throw err;
+        throw new Error(`cannot create lock file ${path}: ${(err as Error).message}`, { cause: err });
+      }
     }
     try {
       holder = readFileSync(path, 'utf8').trim();

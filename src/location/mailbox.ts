@@ -32,7 +32,8 @@ export interface AppliedCounts {
 }
 
 export class LocationMailbox {
-  private messages = new Map<number, MessageRow>();
+  /** The index's messages of this mailbox, read only when needed (unchanged mailboxes are skipped). */
+  private loadedMessages: Map<number, MessageRow> | null = null;
   private loaded = false;
   /** Settles when no UID move is under way (body readers wait for it). */
   private moving: Promise<void> = Promise.resolve();
@@ -50,7 +51,12 @@ export class LocationMailbox {
     return this.row.name;
   }
   get messageCount(): number {
-    return this.messages.size;
+    return this.loadedMessages ? this.loadedMessages.size : this.index.messageCount(this.row.guid);
+  }
+
+  private get messages(): Map<number, MessageRow> {
+    if (!this.loadedMessages) this.loadedMessages = new Map(this.index.messages(this.row.guid).map((m) => [m.uid, m]));
+    return this.loadedMessages;
   }
 
   private get index() {
@@ -63,7 +69,13 @@ export class LocationMailbox {
   }
 
   /** Compares the store with the index and journals every difference as a change made outside dsync. */
-  async refresh(): Promise<void> {
+  async refresh(force = false): Promise<void> {
+    // Nothing on disk changed since the last scan: the index is up to date.
+    const token = this.store.changeToken ? await this.store.changeToken() : null;
+    if (!force && token !== null && token === this.row.scanToken) {
+      this.loaded = true;
+      return;
+    }
     const status = await this.store.status();
     const scanned = await this.store.scan();
     const now = this.location.now();
@@ -107,9 +119,10 @@ export class LocationMailbox {
       for (const gone of known.values()) this.journalExpunge(gone, '', now);
       const maxUid = scanned.length ? scanned[scanned.length - 1].uid : 0;
       this.row.uidNext = Math.max(status.uidNext, maxUid + 1);
+      this.row.scanToken = token;
       this.index.putMailbox(this.row);
     });
-    this.messages = new Map(this.index.messages(this.row.guid).map((m) => [m.uid, m]));
+    this.loadedMessages = null;
     this.loaded = true;
   }
 
@@ -152,7 +165,7 @@ export class LocationMailbox {
       uidValidity: this.row.uidValidity,
       uidNext: this.row.uidNext,
       highestModseq: this.row.highestModseq,
-      messagesCount: this.messages.size,
+      messagesCount: this.messageCount,
       firstRecentUid: this.row.firstRecentUid,
     };
   }
@@ -382,7 +395,7 @@ export class LocationMailbox {
       this.row.uidNext = 1;
       this.index.putMailbox(this.row);
     });
-    this.messages.clear();
+    this.loadedMessages = new Map();
     return true;
   }
 

@@ -62,6 +62,11 @@ export interface StoreMailbox {
    */
   scan(): Promise<StoreMessage[]>;
   status(): Promise<StoreMailboxStatus>;
+  /**
+   * Optional: a cheap value (no reading of messages) that changes whenever scan() could return
+   * something different, so an unchanged mailbox need not be scanned.
+   */
+  changeToken?(): Promise<string>;
   /** The message's exact bytes as a stream; rejects with code 'EXPUNGED' if it vanished. */
   openBody(uid: number): Promise<Readable>;
   /** Saves durably (tmp + fsync + rename, then the UID map) before resolving. */

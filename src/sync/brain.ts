@@ -69,6 +69,11 @@ export async function runBrain(o: BrainOptions): Promise<BrainResult> {
     return await brain(o);
   } catch (err) {
     o.channel.abort(err as Error);
+    const code = (err as { code?: unknown }).code;
+    if (typeof code === 'string' && code.startsWith('SQLITE_')) {
+      // SQLite's messages ("database or disk is full") do not say which file.
+      throw new Error(`change index ${o.location.index.path}: ${(err as Error).message}`, { cause: err });
+    }
     throw err;
   }
 }
@@ -148,7 +153,7 @@ async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise
     if (!wanted(ctx, row.name)) continue;
     const box = await loc.openMailbox(row.guid);
     if (!box) continue;
-    await box.refresh();
+    await box.refresh(ctx.settings.syncType === 'full');
     ctx.open.set(box.guid, box);
   }
   const localNodes = loc.treeNodes(ctx.peerId).filter((n) => wanted(ctx, n.name));
@@ -210,7 +215,7 @@ async function getBox(ctx: Ctx, guid: string): Promise<LocationMailbox | undefin
   if (!box) {
     box = await ctx.loc.openMailbox(guid);
     if (!box) return undefined;
-    await box.refresh();
+    await box.refresh(ctx.settings.syncType === 'full');
     ctx.open.set(guid, box);
   }
   return box;
@@ -481,6 +486,9 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
       syncId: ctx.role === 'master' ? syncId : peerState.syncId,
     });
   }
+  // Rescan now that our changes are on disk, so the next run can trust the store's change token;
+  // anything found here changed outside dsync during the sync and is journaled as such.
+  if (!ctx.isSource) await box.refresh();
   const parts: string[] = [];
   if (applied.fromPeer) parts.push(`${applied.fromPeer} new`);
   if (applied.moved) parts.push(`${applied.moved} moved to new UIDs`);

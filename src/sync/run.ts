@@ -59,7 +59,12 @@ export async function openLocation(
       mkdirSync(dir, { recursive: true });
       indexPath = join(dir, INDEX_FILE);
     }
-    const location = Location.open(store, { indexPath, log: o.log, readOnly: o.readOnly });
+    let location: Location;
+    try {
+      location = Location.open(store, { indexPath, log: o.log, readOnly: o.readOnly });
+    } catch (err) {
+      throw new Error(`change index ${indexPath}: ${(err as Error).message}`, { cause: err });
+    }
     return {
       location,
       release: async () => {
@@ -74,6 +79,14 @@ export async function openLocation(
     unlock?.();
     await store.close();
     throw err;
+  }
+}
+
+function canonical(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return p;
   }
 }
 
@@ -96,11 +109,22 @@ export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
     altChar: o.altChar,
   };
   // The backup source is never written: its store is read-only and its index lives in memory.
-  const a = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: backup === 'send', lockTimeout: o.lockTimeout });
+  // Locks are taken in one global order (by path) so that "a mirror b" and "b mirror a" started
+  // together wait for each other instead of deadlocking.
+  const openA = () => openLocation(o.local, { owner: o.owner, log: o.log, readOnly: backup === 'send', lockTimeout: o.lockTimeout });
+  const openB = () => openLocation(remote, { owner: o.owner, log: o.log, readOnly: backup === 'recv', lockTimeout: o.lockTimeout });
+  const localFirst = canonical(o.local.path) <= canonical(remote.path);
+  let a: OpenedLocation | undefined;
   let b: OpenedLocation | undefined;
   try {
+    if (localFirst) {
+      a = await openA();
+      b = await openB();
+    } else {
+      b = await openB();
+      a = await openA();
+    }
     if (o.mailbox !== undefined) settings.syncBox = o.mailbox.split(a.location.separator).filter((p) => p !== '');
-    b = await openLocation(remote, { owner: o.owner, log: o.log, readOnly: backup === 'recv', lockTimeout: o.lockTimeout });
     const [chA, chB] = createPipePair();
     const [ra, rb] = await Promise.all([
       runBrain({ role: 'master', location: a.location, channel: chA, log: o.log, settings }),
@@ -110,7 +134,7 @@ export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
     return { exitCode: ra.changesDuringSync || rb.changesDuringSync ? 2 : 0, summary };
   } finally {
     await b?.release();
-    await a.release();
+    await a?.release();
   }
 }
 

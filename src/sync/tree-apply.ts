@@ -30,6 +30,11 @@ export async function applyTreeActions(
         res.changesDuringSync = true;
         return;
       }
+      if (err instanceof StorageError && err.code === 'INVALIDNAME') {
+        loc.log.warn(`${what}: ${err.message}; this mailbox is left out (rename it, or choose another -C alt char)`);
+        res.changesDuringSync = true;
+        return;
+      }
       throw err;
     }
   };

@@ -186,3 +186,45 @@ export function isStorableGuidValue(s: string): boolean {
   // eslint-disable-next-line no-control-regex
   return s !== '' && !/[\x00-\x20\x7f]/.test(s);
 }
+
+/** Leading decimal digits of s as a number, and where they end. */
+function leadingNumber(s: string, from: number): { value: number; end: number } {
+  let value = 0;
+  let i = from;
+  for (; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x30 || c > 0x39) break;
+    value = value * 10 + (c - 0x30);
+  }
+  return { value, end: i };
+}
+
+/**
+ * Microseconds in the uniqueness part of a base name, given the rest after its leading seconds:
+ * ".<uniqueness>.<host>" where the uniqueness contains "M<digits>" (Dovecot "M123P45", postfix
+ * "V801I2M300"). Undefined when there is none (Dovecot's maildir_fname_get_usecs).
+ */
+function uniquenessUsecs(s: string, from: number): number | undefined {
+  if (s[from] !== '.') return undefined;
+  for (let i = from + 1; i < s.length && s[i] !== '.' && s[i] !== ':'; i++) {
+    if (s[i] === 'M') return leadingNumber(s, i + 1).value;
+  }
+  return undefined;
+}
+
+/**
+ * The order in which Dovecot gives UIDs to files not yet in dovecot-uidlist
+ * (maildir_filename_sort_cmp): leading seconds numerically, then the microseconds of the
+ * uniqueness part when both names have them, then the rest of the base name bytewise.
+ */
+export function compareForUidOrder(a: string, b: string): number {
+  const sa = leadingNumber(a, 0);
+  const sb = leadingNumber(b, 0);
+  if (sa.value !== sb.value) return sa.value < sb.value ? -1 : 1;
+  const ua = uniquenessUsecs(a, sa.end);
+  const ub = uniquenessUsecs(b, sb.end);
+  if (ua !== undefined && ub !== undefined && ua !== ub) return ua < ub ? -1 : 1;
+  const ra = parseFileName(a.slice(sa.end)).base;
+  const rb = parseFileName(b.slice(sb.end)).base;
+  return ra < rb ? -1 : ra > rb ? 1 : 0;
+}

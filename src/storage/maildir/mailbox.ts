@@ -42,6 +42,7 @@ import {
 import { invalidKeywordReason, KeywordMap, KEYWORDS_NAME, MAX_KEYWORDS } from './keywords.js';
 import {
   buildInfo,
+  compareForUidOrder,
   decodeLetters,
   fileNameOf,
   generateBaseName,
@@ -75,6 +76,9 @@ export interface MailboxEnv {
 }
 
 type Sub = 'cur' | 'new';
+
+/** Messages written to tmp/ concurrently during a save. */
+const SAVE_PARALLELISM = 16;
 
 interface MsgFile {
   uid: number;
@@ -536,7 +540,8 @@ export class MaildirMailbox implements StoreMailbox {
     // UIDs.
     let listed = new Map<string, UidlistEntry>();
     if (ul) for (const e of ul.entries) listed.set(e.base, e);
-    const unlisted = [...present.keys()].filter((b) => !listed.has(b)).sort(cmpStr);
+    // New files get UIDs in Dovecot's order (numeric seconds, then microseconds): clients take UID order as arrival order.
+    const unlisted = [...present.keys()].filter((b) => !listed.has(b)).sort(compareForUidOrder);
     const needHeader = !ul || !ul.header.guid || !ul.header.uidValidity;
     if (!ctx.readOnly && (needHeader || unlisted.length > 0)) {
       ul = await this.withLock(async (lock) => {
@@ -737,9 +742,23 @@ export class MaildirMailbox implements StoreMailbox {
     for (const sub of ['tmp', 'new']) await mkdirp(this.ctx, path.join(this.mailDir, sub));
 
     // Phase 1: bodies into tmp/ (no lock held: bodies may be large and slow to arrive).
+    // Several at once: their fsyncs then share journal commits instead of waiting in line.
     const prepared: Prepared[] = [];
     try {
-      for (const req of requests) prepared.push(await this.writeTmp(req));
+      let next = 0;
+      let failure: unknown;
+      const worker = async () => {
+        while (next < requests.length && failure === undefined) {
+          const i = next++;
+          try {
+            prepared[i] = await this.writeTmp(requests[i]!);
+          } catch (e) {
+            failure ??= e;
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(SAVE_PARALLELISM, requests.length) }, worker));
+      if (failure !== undefined) throw failure;
 
       // Phase 2: under the uidlist lock, move into cur/ and record the UIDs.
       await this.withLock(async (lock) => {
@@ -761,50 +780,59 @@ export class MaildirMailbox implements StoreMailbox {
         const added: UidlistEntry[] = [];
         const placed: MsgFile[] = [];
         const curDir = path.join(this.mailDir, 'cur');
-        for (const p of prepared) {
-          const { req } = p;
-          const info = buildInfo(null, req.flags, this.keywordLetters(kw, req.keywords), kw);
-          let candidate: string | null = null;
-          if (isUsableBaseName(req.guid) && !taken.has(req.guid)) {
-            const hints = sizeHints(req.guid);
-            const sizesOk = (hints.size === undefined || hints.size === p.size) && (hints.vsize === undefined || hints.vsize === p.vsize);
-            const inNew = await fsp.lstat(path.join(this.mailDir, 'new', req.guid)).then(
-              () => true,
-              () => false,
-            );
-            if (sizesOk && !inNew) candidate = req.guid;
+        try {
+          for (const p of prepared) {
+            const { req } = p;
+            const info = buildInfo(null, req.flags, this.keywordLetters(kw, req.keywords), kw);
+            let candidate: string | null = null;
+            if (isUsableBaseName(req.guid) && !taken.has(req.guid)) {
+              const hints = sizeHints(req.guid);
+              const sizesOk = (hints.size === undefined || hints.size === p.size) && (hints.vsize === undefined || hints.vsize === p.vsize);
+              const inNew = await fsp.lstat(path.join(this.mailDir, 'new', req.guid)).then(
+                () => true,
+                () => false,
+              );
+              if (sizesOk && !inNew) candidate = req.guid;
+            }
+            let base = candidate ?? `${p.tmpBase},S=${p.size},W=${p.vsize}`;
+            let name = fileNameOf(base, info);
+            let ok = await this.place(p.tmpPath, path.join(curDir, name));
+            for (let attempt = 0; !ok && attempt < 10; attempt++) {
+              base = `${generateBaseName()},S=${p.size},W=${p.vsize}`;
+              name = fileNameOf(base, info);
+              ok = await this.place(p.tmpPath, path.join(curDir, name));
+            }
+            if (!ok) throw new StorageError(`mailbox ${this.label}: could not find a free file name for UID ${req.uid}`, 'IO');
+            p.linked = true;
+            taken.add(base);
+            const ext: [string, string][] = [];
+            if (base !== req.guid) {
+              if (isStorableGuidValue(req.guid)) ext.push(['G', req.guid]);
+              else this.ctx.warn(`mailbox ${this.label}: GUID "${req.guid}" of UID ${req.uid} cannot be stored; the message's GUID becomes ${base}`);
+            }
+            const entry: UidlistEntry = { uid: req.uid, base, ext };
+            added.push(entry);
+            placed.push({ uid: req.uid, base, sub: 'cur', name, guid: entryGuid(entry) });
           }
-          let base = candidate ?? `${p.tmpBase},S=${p.size},W=${p.vsize}`;
-          let name = fileNameOf(base, info);
-          let ok = await this.place(p.tmpPath, path.join(curDir, name));
-          for (let attempt = 0; !ok && attempt < 10; attempt++) {
-            base = `${generateBaseName()},S=${p.size},W=${p.vsize}`;
-            name = fileNameOf(base, info);
-            ok = await this.place(p.tmpPath, path.join(curDir, name));
-          }
-          if (!ok) throw new StorageError(`mailbox ${this.label}: could not find a free file name for UID ${req.uid}`, 'IO');
-          p.linked = true;
-          taken.add(base);
-          const ext: [string, string][] = [];
-          if (base !== req.guid) {
-            if (isStorableGuidValue(req.guid)) ext.push(['G', req.guid]);
-            else this.ctx.warn(`mailbox ${this.label}: GUID "${req.guid}" of UID ${req.uid} cannot be stored; the message's GUID becomes ${base}`);
-          }
-          const entry: UidlistEntry = { uid: req.uid, base, ext };
-          added.push(entry);
-          placed.push({ uid: req.uid, base, sub: 'cur', name, guid: entryGuid(entry) });
+          await fsyncDir(curDir);
+          ul.entries.push(...added);
+          ul.nextUid = Math.max(ul.nextUid, requests[requests.length - 1]!.uid + 1);
+          await this.writeEntries(lock, ul, added, headerChanged || ul.needsRewrite || !existing);
+        } catch (e) {
+          // Files already in cur/ but without a uidlist entry would get UIDs at the next scan with
+          // their base name as GUID (the G field is lost): a second copy of the mail once synced.
+          // The save failed as a whole, so take them out again.
+          for (const f of placed) await fsp.unlink(path.join(curDir, f.name)).catch(() => undefined);
+          if (placed.length > 0) await fsyncDir(curDir).catch(() => undefined);
+          throw e;
         }
-        await fsyncDir(curDir);
-        ul.entries.push(...added);
-        ul.nextUid = Math.max(ul.nextUid, requests[requests.length - 1]!.uid + 1);
-        await this.writeEntries(lock, ul, added, headerChanged || ul.needsRewrite || !existing);
         for (const f of placed) {
           this.files.set(f.uid, f);
           this.bases?.add(f.base);
         }
       });
     } finally {
-      for (const p of prepared) if (!p.linked) await fsp.unlink(p.tmpPath).catch(() => undefined);
+      for (const p of prepared) if (p && !p.linked) await fsp.unlink(p.tmpPath).catch(() => undefined);
     }
   }
 
@@ -889,6 +917,29 @@ export class MaildirMailbox implements StoreMailbox {
         if (ul.entries.length !== before || ul.needsRewrite) await this.writeEntries(lock, ul, [], true);
       });
     });
+  }
+
+  /** Changes whenever a file is added, renamed or removed in cur/ or new/, or the uidlist or keywords change. */
+  async changeToken(): Promise<string> {
+    // A change within the same clock tick as the stat could leave the mtime unchanged on file
+    // systems with coarse timestamps: very recent mtimes give a token that never matches.
+    const fresh = Date.now() - 2000;
+    const part = async (p: string, withIno: boolean) => {
+      try {
+        const st = await fsp.stat(p);
+        if (st.mtimeMs > fresh) return `recent-${Math.random()}`;
+        return withIno ? `${st.ino}:${st.size}:${st.mtimeMs}` : `${st.mtimeMs}`;
+      } catch {
+        return '-';
+      }
+    };
+    const parts = await Promise.all([
+      part(path.join(this.mailDir, 'cur'), false),
+      part(path.join(this.mailDir, 'new'), false),
+      part(this.uidlistPath, true),
+      part(this.keywordsPath, true),
+    ]);
+    return parts.join('|');
   }
 
   /** Empties the mailbox and restarts its UIDs at 1 under a new UIDVALIDITY (GUID kept). */
@@ -1004,8 +1055,4 @@ export class MaildirMailbox implements StoreMailbox {
 /** Stat cache key: the file name for cur/ (the common case, no string building), "new/<name>" else. */
 function statKey(f: FoundFile): string {
   return f.sub === 'cur' ? f.name : `new/${f.name}`;
-}
-
-function cmpStr(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -64,10 +64,14 @@ export function planTree(master: TreeSide, slave: TreeSide, mode: TreeMode): Tre
   const mByName = new Map([...M.values()].map((b) => [nameKey(b.node.name), b]));
   const merged = new Set<string>();
   for (const sb of S.values()) {
-    if (M.has(sb.guid)) continue;
     const mb = mByName.get(nameKey(sb.node.name));
-    if (!mb || S.has(mb.guid)) continue;
-    if (!backup && (sDeleted.has(mb.guid) || mDeleted.has(sb.guid))) continue;
+    if (!mb || mb.guid === sb.guid) continue;
+    // INBOX always exists on both sides and can be neither deleted nor renamed: the two are one
+    // mailbox whatever their GUIDs (e.g. one side lost its dovecot-uidlist and got a new GUID).
+    if (!isInbox(sb.node.name)) {
+      if (M.has(sb.guid) || S.has(mb.guid)) continue;
+      if (!backup && (sDeleted.has(mb.guid) || mDeleted.has(sb.guid))) continue;
+    }
     const winner = backup ? (sourceIsMaster ? mb.guid : sb.guid) : mb.guid > sb.guid ? mb.guid : sb.guid;
     if (mb.guid !== winner) plan.master.push({ op: 'setGuid', name: mb.node.name, from: mb.guid, to: winner });
     if (sb.guid !== winner) plan.slave.push({ op: 'setGuid', name: sb.node.name, from: sb.guid, to: winner });

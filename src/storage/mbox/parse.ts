@@ -1,0 +1,618 @@
+// Reading an mbox file the way Dovecot 2.3 does (every rule here was checked against it):
+//
+// Message boundaries
+//  * The file must be empty or start with a valid From_ line (see from-line.ts); anything else is
+//    not an mbox file. A "From " line that does not parse is ordinary text.
+//  * A message runs from after its From_ line to the line terminator ("\n" or "\r\n") that
+//    precedes the next valid From_ line; that one terminator is the separator and not part of
+//    the message. No blank line is needed before "From ". At the end of the file one trailing
+//    line terminator is the separator. So "body\n\nFrom " gives "body\n", "body\nFrom " gives
+//    "body", and a last message "end\n" or "end" (no final newline) gives "end".
+//  * Content-Length (mboxcl/mboxcl2) is honoured only when the body that long ends exactly at the
+//    end of the file, or is followed by one line terminator and then the end of the file or a
+//    valid From_ line. Otherwise the body is scanned for the next From_ line, so a "From " line
+//    in a body without a valid Content-Length starts a new message: that is what every mbox
+//    reader does, and the reason mboxo/mboxrd quote such lines.
+//  * "From " lines are not unquoted: Dovecot serves ">From " lines as they are (mboxo/mboxrd
+//    unquoting is an opt-in of this store, see MboxQuoting).
+//
+// Metadata headers (hidden from the message bytes, every occurrence, names case-insensitive,
+// whitespace before the colon allowed, continuation lines included): X-IMAPbase, X-IMAP, X-UID,
+// Status, X-Status, X-Keywords, Content-Length.
+//  * The first message's "X-IMAPbase: <uidvalidity> <last uid> [keyword...]" gives UIDVALIDITY,
+//    the last UID handed out and the keywords X-Keywords may use. If the first message has an
+//    "X-IMAP" header instead, it is the pseudo message ("DON'T DELETE THIS MESSAGE -- FOLDER
+//    INTERNAL DATA") that keeps these values; it is never a message. X-IMAPbase/X-IMAP elsewhere
+//    are ignored.
+//  * A bad X-IMAPbase (UIDVALIDITY not 1..2^32-1, or a last UID that is not a number) is
+//    ignored altogether: new UIDVALIDITY, every X-UID ignored. A missing last UID counts as 0.
+//  * X-UID is used when it is greater than the previous message's UID and not greater than the
+//    last UID of X-IMAPbase; otherwise the message gets the next free UID (last UID + 1, ...), in
+//    file order, exactly like Dovecot (which then writes the new X-UIDs back).
+//  * Status: R = \Seen, O = not \Recent. X-Status: A = \Answered, F = \Flagged, T = \Draft,
+//    D = \Deleted. Other letters are kept as they are when we rewrite.
+//  * X-Keywords counts only when every keyword in it is listed in X-IMAPbase; otherwise Dovecot
+//    ignores the whole header, and so do we.
+//  * INTERNALDATE is the From_ line's date.
+import type { FileHandle } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { Flag } from '../../model/flags.js';
+import { StorageError } from '../types.js';
+import { headerHash } from '../header-hash.js';
+import { parseFromLine } from './from-line.js';
+import { WindowReader } from './reader.js';
+
+export const MAX_UID = 0xffffffff;
+
+/** How "From " lines inside messages are quoted in this file. */
+export type MboxQuoting = 'none' | 'mboxo' | 'mboxrd';
+
+export interface FileIdentity {
+  dev: number;
+  ino: number;
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+}
+
+export function identityOf(st: Stats): FileIdentity {
+  return { dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs };
+}
+
+export function sameIdentity(a: FileIdentity, b: FileIdentity): boolean {
+  return a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs;
+}
+
+export interface ByteRange {
+  start: number;
+  end: number;
+}
+
+export interface MboxMessage {
+  /** Offset of the "From " line. */
+  start: number;
+  /** The From_ line without its terminator. */
+  fromLine: string;
+  /** Line terminator of the From_ line. */
+  eol: '\n' | '\r\n';
+  hdrStart: number;
+  /** End of the header fields: start of the blank line, or msgEnd when there is none. */
+  hdrEnd: number;
+  /** After the blank line (== msgEnd when there is no blank line). */
+  bodyStart: number;
+  hasBlankLine: boolean;
+  /** End of the message bytes (the separator follows). */
+  msgEnd: number;
+  /** Start of the next From_ line, or the file size. */
+  next: number;
+  /** Metadata header fields inside [hdrStart, hdrEnd). */
+  hidden: ByteRange[];
+  /** The first kept header line is a continuation line (starts with SP/TAB). */
+  leadingContinuation: boolean;
+  internalDate: number;
+  uid: number;
+  /** The message had a usable X-UID (false: its UID was assigned now and is not on disk yet). */
+  uidOnDisk: boolean;
+  flags: number;
+  keywords: string[];
+  /** Status letters other than R (e.g. "O"), in file order. */
+  statusExtra: string;
+  /** X-Status letters other than A, F, T, D. */
+  xStatusExtra: string;
+  /** Size of the bytes served for this message. */
+  size: number;
+  hdrHash: string;
+  /** Raw X-IMAP / X-IMAPbase values (first occurrence). */
+  imapBase?: string;
+  imap?: string;
+  /** Absolute offset and width of the last-UID digits of X-IMAPbase/X-IMAP (for in-place updates). */
+  lastUidField?: ByteRange;
+}
+
+export interface ParsedMbox {
+  identity: FileIdentity;
+  messages: MboxMessage[];
+  pseudo: MboxMessage | null;
+  /** 0 when missing or bad. */
+  uidValidity: number;
+  /** Last UID of X-IMAPbase/X-IMAP as on disk (0 if none). */
+  lastUid: number;
+  /** UIDNEXT after giving UIDs to messages without a usable X-UID. */
+  nextUid: number;
+  /** Keywords declared in X-IMAPbase/X-IMAP, in file order. */
+  keywordList: string[];
+  /** Where UIDVALIDITY came from. */
+  base: 'imapbase' | 'pseudo' | 'none' | 'bad';
+  /** Something (UIDVALIDITY or UIDs) is only in memory and must be written to keep it. */
+  needsPersist: boolean;
+  /** Last byte of the file is LF (or the file is empty). */
+  endsWithNewline: boolean;
+}
+
+export type Warn = (msg: string) => void;
+
+const LF = 0x0a;
+const CR = 0x0d;
+const FROM_ = Buffer.from('\nFrom ');
+
+const META = new Set(['x-imapbase', 'x-imap', 'x-uid', 'status', 'x-status', 'x-keywords', 'content-length']);
+
+/** Metadata header names Dovecot hides, lowercase. */
+export function isMetadataHeader(lowerName: string): boolean {
+  return META.has(lowerName);
+}
+
+interface Field {
+  start: number;
+  end: number;
+  name: string;
+  value: string;
+}
+
+/** Splits a header block into fields (absolute offsets given base). */
+function splitFields(buf: Buffer, base: number): { fields: Field[]; leadingContinuation: boolean } {
+  const fields: Field[] = [];
+  let cur: { start: number; lines: [number, number][] } | null = null;
+  let leadingContinuation = false;
+  const flush = (end: number): void => {
+    if (!cur) return;
+    const [ls, le] = cur.lines[0]!;
+    let n = ls;
+    while (n < le && buf[n] !== 0x3a && buf[n] !== 0x20 && buf[n] !== 0x09) n++;
+    const name = buf.toString('latin1', ls, n).toLowerCase();
+    let value = '';
+    if (META.has(name)) {
+      let c = n;
+      while (c < le && (buf[c] === 0x20 || buf[c] === 0x09)) c++;
+      if (buf[c] === 0x3a) {
+        const pieces = cur.lines.map(([a, b], i) => buf.toString('latin1', i === 0 ? c + 1 : a, b));
+        value = pieces.join(' ').trim();
+        fields.push({ start: base + cur.start, end: base + end, name, value });
+      }
+    }
+    cur = null;
+  };
+  let pos = 0;
+  let first = true;
+  while (pos < buf.length) {
+    let nl = buf.indexOf(LF, pos);
+    const lineEnd = nl < 0 ? buf.length : nl;
+    let contentEnd = lineEnd;
+    if (nl >= 0 && contentEnd > pos && buf[contentEnd - 1] === CR) contentEnd--;
+    const next = nl < 0 ? buf.length : nl + 1;
+    const c0 = buf[pos];
+    if ((c0 === 0x20 || c0 === 0x09) && cur) {
+      cur.lines.push([pos, contentEnd]);
+    } else {
+      if (first && (c0 === 0x20 || c0 === 0x09)) leadingContinuation = true;
+      flush(pos);
+      cur = { start: pos, lines: [[pos, contentEnd]] };
+    }
+    first = false;
+    pos = next;
+    nl = -1;
+  }
+  flush(buf.length);
+  return { fields, leadingContinuation };
+}
+
+/** Bytes of [start, end) minus the hidden ranges. */
+export function servedRanges(start: number, end: number, hidden: ByteRange[]): ByteRange[] {
+  const out: ByteRange[] = [];
+  let p = start;
+  for (const h of hidden) {
+    if (h.start > p) out.push({ start: p, end: Math.min(h.start, end) });
+    p = Math.max(p, h.end);
+  }
+  if (p < end) out.push({ start: p, end });
+  return out.filter((r) => r.end > r.start);
+}
+
+/** Removes one '>' from mboxo (">From ") or mboxrd (">+From ") quoted lines. */
+export function unquoteFromLines(buf: Buffer, quoting: MboxQuoting): Buffer {
+  if (quoting === 'none' || buf.indexOf('>') < 0) return buf;
+  const out: Buffer[] = [];
+  let pos = 0;
+  let last = 0;
+  while (pos < buf.length) {
+    let nl = buf.indexOf(LF, pos);
+    if (nl < 0) nl = buf.length;
+    if (buf[pos] === 0x3e) {
+      let q = pos;
+      while (q < nl && buf[q] === 0x3e) q++;
+      const quoted = q - pos === 1 || quoting === 'mboxrd';
+      if (quoted && buf.toString('latin1', q, Math.min(nl, q + 5)) === 'From ') {
+        out.push(buf.subarray(last, pos));
+        last = pos + 1;
+      }
+    }
+    pos = nl + 1;
+  }
+  out.push(buf.subarray(last));
+  return Buffer.concat(out);
+}
+
+/** Adds one '>' to lines that would read as From_ lines ("From " always; mboxrd also ">+From "). */
+export function quoteFromLines(buf: Buffer, quoting: MboxQuoting): Buffer {
+  if (quoting === 'none') return buf;
+  const out: Buffer[] = [];
+  let pos = 0;
+  let last = 0;
+  while (pos < buf.length) {
+    let nl = buf.indexOf(LF, pos);
+    if (nl < 0) nl = buf.length;
+    let q = pos;
+    if (quoting === 'mboxrd') while (q < nl && buf[q] === 0x3e) q++;
+    if (buf.toString('latin1', q, Math.min(nl, q + 5)) === 'From ') {
+      out.push(buf.subarray(last, pos), Buffer.from('>'));
+      last = pos;
+    }
+    pos = nl + 1;
+  }
+  out.push(buf.subarray(last));
+  return Buffer.concat(out);
+}
+
+function parseBase(value: string): { uidValidity: number; lastUid: number; keywords: string[] } | null {
+  const t = value.split(/[ \t]+/).filter((x) => x !== '');
+  if (t.length === 0 || !/^\d{1,10}$/.test(t[0]!)) return null;
+  const uidValidity = Number(t[0]);
+  if (uidValidity < 1 || uidValidity > MAX_UID) return null;
+  let lastUid = 0;
+  if (t.length > 1) {
+    if (!/^\d{1,10}$/.test(t[1]!)) return null;
+    lastUid = Number(t[1]);
+    // Dovecot's imap process dies on 4294967295 here; no UID could ever be given out anyway.
+    if (lastUid >= MAX_UID) return null;
+  }
+  return { uidValidity, lastUid, keywords: t.slice(2) };
+}
+
+/** Offset (within value text of field) of the second token: the last UID digits. */
+function lastUidRange(buf: Buffer, fieldStart: number, absBase: number): ByteRange | undefined {
+  // buf is the whole header block; fieldStart is relative. Find ':' then token 1 and token 2.
+  let p = fieldStart;
+  while (p < buf.length && buf[p] !== 0x3a) p++;
+  p++;
+  const skipWs = (): void => {
+    while (p < buf.length && (buf[p] === 0x20 || buf[p] === 0x09)) p++;
+  };
+  const token = (): ByteRange => {
+    const s = p;
+    while (p < buf.length && buf[p] !== 0x20 && buf[p] !== 0x09 && buf[p] !== LF && buf[p] !== CR) p++;
+    return { start: s, end: p };
+  };
+  skipWs();
+  token();
+  skipWs();
+  const t = token();
+  if (t.end - t.start !== 10) return undefined;
+  for (let i = t.start; i < t.end; i++) if (buf[i]! < 0x30 || buf[i]! > 0x39) return undefined;
+  return { start: absBase + t.start, end: absBase + t.end };
+}
+
+export interface ParseOptions {
+  warn: Warn;
+  /** Used in messages. */
+  label: string;
+  quoting?: MboxQuoting;
+  /**
+   * Continue an earlier parse after messages were appended at `offset` (the first appended From_
+   * line) and X-IMAPbase's last UID was set to `lastUid`: earlier messages are taken over.
+   */
+  resume?: { prev: ParsedMbox; offset: number; lastUid: number };
+}
+
+interface Raw {
+  msg: MboxMessage;
+  fields: Field[];
+}
+
+/**
+ * Parses the mbox open as fh (identity = its fstat before reading). Throws StorageError CORRUPT
+ * when the file does not start with a From_ line.
+ */
+export async function parseMbox(fh: FileHandle, identity: FileIdentity, opts: ParseOptions): Promise<ParsedMbox> {
+  const size = identity.size;
+  const r = new WindowReader(fh, size);
+  const result: ParsedMbox = {
+    identity,
+    messages: [],
+    pseudo: null,
+    uidValidity: 0,
+    lastUid: 0,
+    nextUid: 1,
+    keywordList: [],
+    base: 'none',
+    needsPersist: false,
+    endsWithNewline: true,
+  };
+  if (size === 0) return result;
+  result.endsWithNewline = (await r.byte(size - 1)) === LF;
+  const resume = opts.resume;
+  const startAt = resume ? resume.offset : 0;
+  const first = await r.lineAt(startAt);
+  if (!first || !parseFromLine(first.text)) {
+    if (resume) throw new StorageError(`${opts.label}: appended data at offset ${startAt} does not start with a From_ line`, 'IO');
+    throw new StorageError(`${opts.label} is not an mbox file: it does not start with a "From " line`, 'CORRUPT');
+  }
+  const raws = await parseMessages(r, startAt, opts);
+
+  if (resume) {
+    // Earlier messages are unchanged (appending never moves them; the last UID was updated in
+    // place); only the end of the last one may now be the appended From_ line.
+    const prev = resume.prev;
+    const pseudo = prev.pseudo ? { ...prev.pseudo } : null;
+    result.messages = prev.messages.map((m) => ({ ...m }));
+    const last = result.messages.length > 0 ? result.messages[result.messages.length - 1]! : pseudo;
+    if (last && last.next === prev.identity.size) last.next = startAt;
+    result.pseudo = pseudo;
+    result.uidValidity = prev.uidValidity;
+    result.lastUid = resume.lastUid;
+    result.keywordList = prev.keywordList;
+    result.base = prev.base;
+    result.needsPersist = prev.needsPersist;
+    const prevUid = last && last !== pseudo ? last.uid : 0;
+    assignUids(result, raws, opts, prevUid, Math.max(prev.nextUid, resume.lastUid + 1));
+    return result;
+  }
+
+  // The first message decides UIDVALIDITY / last UID / keywords.
+  const head = raws[0]!;
+  let baseValue: string | undefined;
+  if (head.msg.imap !== undefined) {
+    result.pseudo = head.msg;
+    baseValue = head.msg.imap;
+    raws.shift();
+  } else {
+    baseValue = head.msg.imapBase;
+    if (baseValue === undefined) head.msg.lastUidField = undefined;
+  }
+  if (baseValue !== undefined) {
+    const b = parseBase(baseValue);
+    if (b) {
+      result.uidValidity = b.uidValidity;
+      result.lastUid = b.lastUid;
+      result.keywordList = b.keywords;
+      result.base = result.pseudo ? 'pseudo' : 'imapbase';
+    } else {
+      result.base = 'bad';
+      if (result.pseudo) result.pseudo.lastUidField = undefined;
+      else head.msg.lastUidField = undefined;
+      opts.warn(`${opts.label}: ignoring a bad ${result.pseudo ? 'X-IMAP' : 'X-IMAPbase'} header "${baseValue.slice(0, 80)}": a new UIDVALIDITY is assigned and all messages get new UIDs`);
+    }
+  }
+  assignUids(result, raws, opts, 0, result.lastUid + 1);
+  if (result.uidValidity === 0) result.needsPersist = true;
+  return result;
+}
+
+/** Gives every message its UID, flags and keywords (see the file comment). */
+function assignUids(result: ParsedMbox, raws: Raw[], opts: ParseOptions, prevUid: number, firstFree: number): void {
+  const declared = new Set(result.keywordList);
+  let nextUid = firstFree;
+  let prev = prevUid;
+  for (const { msg, fields } of raws) {
+    const xuid = fieldValue(fields, 'x-uid');
+    let uid = 0;
+    if (xuid !== undefined && /^\d{1,10}$/.test(xuid)) {
+      const n = Number(xuid);
+      if (n > prev && n <= result.lastUid) uid = n;
+    }
+    if (uid === 0) {
+      if (nextUid > MAX_UID) throw new StorageError(`${opts.label}: no UIDs left to give to new messages (UIDNEXT would exceed 2^32-1)`, 'CORRUPT');
+      uid = nextUid++;
+      result.needsPersist = true;
+    } else {
+      msg.uidOnDisk = true;
+    }
+    msg.uid = uid;
+    prev = uid;
+    const status = fieldValue(fields, 'status') ?? '';
+    const xstatus = fieldValue(fields, 'x-status') ?? '';
+    let flags = 0;
+    let statusExtra = '';
+    for (const ch of status) {
+      if (ch === ' ' || ch === '\t') continue;
+      if (ch === 'R') flags |= Flag.Seen;
+      else if (!statusExtra.includes(ch)) statusExtra += ch;
+    }
+    let xStatusExtra = '';
+    for (const ch of xstatus) {
+      if (ch === ' ' || ch === '\t') continue;
+      if (ch === 'A') flags |= Flag.Answered;
+      else if (ch === 'F') flags |= Flag.Flagged;
+      else if (ch === 'T') flags |= Flag.Draft;
+      else if (ch === 'D') flags |= Flag.Deleted;
+      else if (!xStatusExtra.includes(ch)) xStatusExtra += ch;
+    }
+    msg.flags = flags;
+    msg.statusExtra = statusExtra;
+    msg.xStatusExtra = xStatusExtra;
+    const kw = fieldValue(fields, 'x-keywords');
+    if (kw !== undefined && kw !== '') {
+      const names = kw.split(/[ \t]+/).filter((k) => k !== '');
+      const unknown = names.filter((k) => !declared.has(k));
+      if (unknown.length === 0) msg.keywords = [...new Set(names)].sort();
+      else {
+        opts.warn(
+          `${opts.label}: message UID ${uid}: X-Keywords names keywords missing from X-IMAPbase (${unknown.slice(0, 5).join(' ')}); ` +
+            'the header is ignored, as Dovecot does',
+        );
+      }
+    }
+    result.messages.push(msg);
+  }
+  result.nextUid = Math.max(nextUid, firstFree);
+}
+
+/** The structure of every message from the From_ line at offset p to the end of the file. */
+async function parseMessages(r: WindowReader, start: number, opts: ParseOptions): Promise<Raw[]> {
+  const size = r.size;
+  const quoting = opts.quoting ?? 'none';
+  const validFromAt = async (pos: number): Promise<boolean> => {
+    if (pos >= size) return false;
+    if ((await r.byte(pos)) !== 0x46) return false;
+    const line = await r.lineAt(pos);
+    return line !== null && parseFromLine(line.text) !== null;
+  };
+  /** Start of the separator before the From_ line at b, not below floor. */
+  const sepStart = async (b: number, floor: number): Promise<number> => {
+    let e = b - 1;
+    if (e >= 1 && (await r.byte(e - 1)) === CR) e--;
+    return Math.max(e, floor);
+  };
+  const eofEnd = async (floor: number): Promise<number> => {
+    let e = size;
+    if ((await r.byte(e - 1)) === LF) {
+      e--;
+      if (e >= 1 && (await r.byte(e - 1)) === CR) e--;
+    }
+    return Math.max(e, floor);
+  };
+
+  const raws: Raw[] = [];
+  let p = start;
+  while (p < size) {
+    const line = await r.lineAt(p);
+    const from = line ? parseFromLine(line.text) : null;
+    if (!line || !from) throw new Error(`mbox parser lost its place at offset ${p} of ${opts.label}`);
+    const eol: '\n' | '\r\n' = line.text.endsWith('\r') ? '\r\n' : '\n';
+    const hdrStart = line.end;
+    // Header lines up to the blank line, a From_ line or the end of the file.
+    let q = hdrStart;
+    let blankAt = -1;
+    let bodyStart = -1;
+    let boundary = -1;
+    while (q < size) {
+      const nl = await r.indexOfLf(q);
+      const lineEnd = nl < 0 ? size : nl;
+      const len = lineEnd - q;
+      if (nl >= 0 && (len === 0 || (len === 1 && (await r.byte(q)) === CR))) {
+        blankAt = q;
+        bodyStart = nl + 1;
+        break;
+      }
+      if (len >= 5 && (await validFromAt(q))) {
+        boundary = q;
+        break;
+      }
+      q = nl < 0 ? size : nl + 1;
+    }
+    let hdrEnd: number;
+    let msgEnd: number;
+    let next: number;
+    let hasBlank = false;
+    let headerBuf: Buffer;
+    if (blankAt < 0) {
+      // No blank line: everything up to the boundary is header.
+      if (boundary >= 0) {
+        msgEnd = await sepStart(boundary, hdrStart);
+        next = boundary;
+      } else {
+        msgEnd = await eofEnd(hdrStart);
+        next = size;
+      }
+      hdrEnd = msgEnd;
+      bodyStart = msgEnd;
+      headerBuf = await r.slice(hdrStart, hdrEnd);
+    } else {
+      headerBuf = await r.slice(hdrStart, blankAt);
+      const cl = fieldValue(splitFields(headerBuf, hdrStart).fields, 'content-length');
+      let contentLength: number | undefined;
+      let resolved: { msgEnd: number; next: number } | null = null;
+      if (cl !== undefined && /^\d{1,15}$/.test(cl)) {
+        contentLength = Number(cl);
+        const e = bodyStart + contentLength;
+        if (e === size) resolved = { msgEnd: e, next: size };
+        else if (e < size) {
+          const b = await r.byte(e);
+          if (b === LF) {
+            if (e + 1 === size) resolved = { msgEnd: e, next: size };
+            else if (await validFromAt(e + 1)) resolved = { msgEnd: e, next: e + 1 };
+          } else if (b === CR && (await r.byte(e + 1)) === LF) {
+            if (e + 2 === size) resolved = { msgEnd: e, next: size };
+            else if (await validFromAt(e + 2)) resolved = { msgEnd: e, next: e + 2 };
+          }
+        }
+      }
+      if (!resolved) {
+        let from = bodyStart - 1;
+        let found = -1;
+        for (;;) {
+          const idx = await r.indexOf(FROM_, from);
+          if (idx < 0) break;
+          if (await validFromAt(idx + 1)) {
+            found = idx + 1;
+            break;
+          }
+          from = idx + 1;
+        }
+        if (found >= 0) resolved = { msgEnd: await sepStart(found, hdrStart), next: found };
+        else resolved = { msgEnd: await eofEnd(hdrStart), next: size };
+        if (contentLength !== undefined && bodyStart + contentLength > size && resolved.next === size) {
+          opts.warn(`${opts.label}: the last message (at offset ${p}) is shorter than its Content-Length says: the file looks truncated`);
+        }
+      }
+      msgEnd = resolved.msgEnd;
+      next = resolved.next;
+      if (msgEnd < bodyStart) {
+        // The blank line was the separator: a message without body.
+        hasBlank = false;
+        hdrEnd = Math.max(hdrStart, Math.min(blankAt, msgEnd));
+        bodyStart = msgEnd;
+        headerBuf = await r.slice(hdrStart, hdrEnd);
+      } else {
+        hasBlank = true;
+        hdrEnd = blankAt;
+      }
+    }
+    const { fields, leadingContinuation } = splitFields(headerBuf, hdrStart);
+    const hidden = fields.map((f) => ({ start: f.start, end: f.end }));
+    const msg: MboxMessage = {
+      start: p,
+      fromLine: eol === '\r\n' ? line.text.slice(0, -1) : line.text,
+      eol,
+      hdrStart,
+      hdrEnd,
+      bodyStart,
+      hasBlankLine: hasBlank,
+      msgEnd,
+      next,
+      hidden,
+      leadingContinuation,
+      internalDate: from.date,
+      uid: 0,
+      uidOnDisk: false,
+      flags: 0,
+      keywords: [],
+      statusExtra: '',
+      xStatusExtra: '',
+      size: 0,
+      hdrHash: '',
+    };
+    const base = fields.find((f) => f.name === 'x-imapbase');
+    const imap = fields.find((f) => f.name === 'x-imap');
+    if (base) msg.imapBase = base.value;
+    if (imap) msg.imap = imap.value;
+    const baseField = raws.length === 0 && !opts.resume ? (imap ?? base) : undefined;
+    if (baseField) msg.lastUidField = lastUidRange(headerBuf, baseField.start - hdrStart, hdrStart);
+    // Served header (for the hash) and size.
+    const served = servedRanges(hdrStart, hdrEnd, hidden);
+    const hdrServed = Buffer.concat(served.map((s) => headerBuf.subarray(s.start - hdrStart, s.end - hdrStart)));
+    msg.hdrHash = headerHash(hdrServed);
+    msg.size = hdrServed.length + (hasBlank ? msgEnd - hdrEnd : 0);
+    if (quoting !== 'none') {
+      const whole = await r.slice(hdrStart, msgEnd);
+      const parts = servedRanges(hdrStart, msgEnd, hidden).map((s) => whole.subarray(s.start - hdrStart, s.end - hdrStart));
+      msg.size = unquoteFromLines(Buffer.concat(parts), quoting).length;
+    }
+    raws.push({ msg, fields });
+    p = next;
+  }
+  return raws;
+}
+
+function fieldValue(fields: Field[], name: string): string | undefined {
+  return fields.find((f) => f.name === name)?.value;
+}

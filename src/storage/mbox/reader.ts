@@ -1,0 +1,103 @@
+// Random-access reading of a (possibly huge) file through a sliding window, for the mbox parser.
+import type { FileHandle } from 'node:fs/promises';
+
+const DEFAULT_WINDOW = 1 << 20;
+
+export class WindowReader {
+  private buf: Buffer = Buffer.alloc(0);
+  private winStart = 0;
+
+  constructor(
+    private readonly fh: FileHandle,
+    readonly size: number,
+    private readonly windowSize = DEFAULT_WINDOW,
+  ) {}
+
+  /** Makes [pos, pos+len) (clipped to the file size) available; returns the window and its start. */
+  async ensure(pos: number, len: number): Promise<void> {
+    const end = Math.min(this.size, pos + len);
+    if (pos >= this.winStart && end <= this.winStart + this.buf.length) return;
+    const want = Math.min(this.size - pos, Math.max(len, this.windowSize));
+    const buf = Buffer.allocUnsafe(Math.max(0, want));
+    let off = 0;
+    while (off < want) {
+      const { bytesRead } = await this.fh.read(buf, off, want - off, pos + off);
+      if (bytesRead === 0) break;
+      off += bytesRead;
+    }
+    this.buf = off === want ? buf : buf.subarray(0, off);
+    this.winStart = pos;
+  }
+
+  /** Byte at pos (must be inside the window); -1 past the end of the file. */
+  byteAt(pos: number): number {
+    if (pos >= this.size) return -1;
+    const b = this.buf[pos - this.winStart];
+    if (b === undefined) throw new Error(`reader: ${pos} is outside the window`);
+    return b;
+  }
+
+  async byte(pos: number): Promise<number> {
+    if (pos >= this.size || pos < 0) return -1;
+    await this.ensure(pos, 1);
+    return this.byteAt(pos);
+  }
+
+  /** A copy of [a, b). */
+  async slice(a: number, b: number): Promise<Buffer> {
+    const end = Math.min(b, this.size);
+    if (end <= a) return Buffer.alloc(0);
+    if (end - a > this.windowSize * 4) {
+      // Large ranges straight from the file.
+      const out = Buffer.allocUnsafe(end - a);
+      let off = 0;
+      while (off < out.length) {
+        const { bytesRead } = await this.fh.read(out, off, out.length - off, a + off);
+        if (bytesRead === 0) break;
+        off += bytesRead;
+      }
+      return out.subarray(0, off);
+    }
+    await this.ensure(a, end - a);
+    return Buffer.from(this.buf.subarray(a - this.winStart, end - this.winStart));
+  }
+
+  /** Offset of the next LF at or after pos, or -1. */
+  async indexOfLf(pos: number): Promise<number> {
+    return this.indexOf(Buffer.from('\n'), pos);
+  }
+
+  /** Offset of the next occurrence of needle at or after pos, or -1. */
+  async indexOf(needle: Buffer, pos: number): Promise<number> {
+    let p = pos;
+    while (p < this.size) {
+      if (p < this.winStart || p >= this.winStart + this.buf.length) await this.ensure(p, this.windowSize);
+      const rel = this.buf.indexOf(needle, p - this.winStart);
+      if (rel >= 0) {
+        const abs = this.winStart + rel;
+        return abs;
+      }
+      const winEnd = this.winStart + this.buf.length;
+      if (winEnd >= this.size) return -1;
+      // Continue so that a needle straddling the window end is found.
+      const next = Math.max(p + 1, winEnd - needle.length + 1);
+      await this.ensure(next, this.windowSize);
+      p = next;
+    }
+    return -1;
+  }
+
+  /** The line starting at pos (without LF; a CR before the LF is kept), at most max bytes. */
+  async lineAt(pos: number, max = 4096): Promise<{ text: string; end: number; nl: number } | null> {
+    if (pos >= this.size) return null;
+    await this.ensure(pos, max + 1);
+    const limit = Math.min(this.size, pos + max + 1);
+    const rel = this.buf.subarray(pos - this.winStart, limit - this.winStart).indexOf(0x0a);
+    if (rel < 0) {
+      if (limit < this.size) return null; // longer than max
+      return { text: this.buf.subarray(pos - this.winStart, limit - this.winStart).toString('latin1'), end: this.size, nl: -1 };
+    }
+    const nl = pos + rel;
+    return { text: this.buf.subarray(pos - this.winStart, nl - this.winStart).toString('latin1'), end: nl + 1, nl };
+  }
+}
