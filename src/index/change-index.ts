@@ -4,7 +4,7 @@
 // their change times, and the per-peer sync state.
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import { existsSync, renameSync } from 'node:fs';
+import { existsSync, renameSync, statSync, unlinkSync } from 'node:fs';
 
 const SCHEMA_VERSION = '1';
 
@@ -164,7 +164,9 @@ export class ChangeIndex {
       }
       const aside = `${path}.corrupt-${Date.now()}`;
       for (const suffix of ['', '-wal', '-shm']) {
-        if (existsSync(path + suffix)) renameSync(path + suffix, aside + suffix);
+        if (!existsSync(path + suffix)) continue;
+        if (suffix !== '' && statSync(path + suffix).size === 0) unlinkSync(path + suffix);
+        else renameSync(path + suffix, aside + suffix);
       }
       const index = new ChangeIndex(new Database(path), path);
       return { index, rebuiltReason: `${(err as Error).message}; moved it to ${aside} and rebuilt the index from the mail store` };

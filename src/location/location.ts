@@ -16,7 +16,10 @@ export interface LocationOptions {
   indexPath: string;
   log: Logger;
   readOnly?: boolean;
-  /** Clock in unix seconds; tests may fix it. */
+  /**
+   * Clock for change times, in unix milliseconds (a rename and a create in the same second must
+   * still be ordered); tests may fix it. Dovecot's wire format would carry these divided by 1000.
+   */
   now?: () => number;
 }
 
@@ -46,7 +49,7 @@ export class Location {
       });
     }
     if (recorded !== root) index.setMeta('root', root);
-    return new Location(store, index, opts.log, opts.readOnly ?? false, opts.now ?? (() => Math.floor(Date.now() / 1000)));
+    return new Location(store, index, opts.log, opts.readOnly ?? false, opts.now ?? (() => Date.now()));
   }
 
   get id(): string {

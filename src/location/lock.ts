@@ -1,6 +1,6 @@
 // Per-location lock so two dsync runs never work on the same mail store at once. A lock file
 // created with O_EXCL holds "pid hostname"; a lock whose process is gone (same host) is stale.
-import { openSync, closeSync, writeSync, readFileSync, unlinkSync, constants } from 'node:fs';
+import { openSync, closeSync, writeSync, readFileSync, unlinkSync, linkSync, fchownSync, constants } from 'node:fs';
 import { hostname } from 'node:os';
 
 export class LockTimeoutError extends Error {
@@ -23,24 +23,38 @@ function holderAlive(content: string): boolean {
   }
 }
 
-export async function acquireLock(path: string, timeoutSeconds: number): Promise<() => void> {
+/** Takes the lock; with `owner` the lock file belongs to that user from its first moment. */
+export async function acquireLock(path: string, timeoutSeconds: number, owner?: { uid: number; gid: number }): Promise<() => void> {
   const deadline = Date.now() + timeoutSeconds * 1000;
   let holder = '';
   for (;;) {
     try {
-      const fd = openSync(path, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600);
+      // Written complete under a private name, then linked into place: the lock appears at once
+      // with its holder's name and owner, and link() fails if someone else holds it.
+      const temp = `${path}.${process.pid}.tmp`;
+      const fd = openSync(temp, constants.O_CREAT | constants.O_TRUNC | constants.O_WRONLY, 0o600);
       try {
+        if (owner) fchownSync(fd, owner.uid, owner.gid);
         writeSync(fd, `${process.pid} ${hostname()}\n`);
       } catch (err) {
         closeSync(fd);
         try {
-          unlinkSync(path);
+          unlinkSync(temp);
         } catch {
           /* nothing to clean */
         }
-        throw new Error(`cannot write lock file ${path}: ${(err as Error).message}`, { cause: err });
+        throw new Error(`cannot write lock file ${temp}: ${(err as Error).message}`, { cause: err });
       }
       closeSync(fd);
+      try {
+        linkSync(temp, path);
+      } finally {
+        try {
+          unlinkSync(temp);
+        } catch {
+          /* gone */
+        }
+      }
       let released = false;
       return () => {
         if (released) return;

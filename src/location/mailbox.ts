@@ -1,7 +1,7 @@
 // One mailbox of a location: reconciles the store's messages with the index (journaling what
 // changed outside dsync), exports changes for a peer, and applies a peer's changes.
 import { Readable } from 'node:stream';
-import type { SaveRequest, StoreMailbox } from '../storage/types.js';
+import { BodySourceError, type SaveRequest, type StoreMailbox } from '../storage/types.js';
 import type { ChangeRow, MailboxRow, MessageRow, PeerState } from '../index/change-index.js';
 import type { MailChangeRecord } from '../sync/records.js';
 import type { ExpungeView, MessageView, SideView } from '../sync/decide/mailbox-plan.js';
@@ -465,8 +465,12 @@ function sameKeywords(a: readonly string[], b: readonly string[]): boolean {
 function lazyStream(open: () => Promise<Readable>): Readable {
   return Readable.from(
     (async function* () {
-      const s = await open();
-      for await (const chunk of s) yield chunk as Buffer;
+      try {
+        const s = await open();
+        for await (const chunk of s) yield chunk as Buffer;
+      } catch (err) {
+        throw new BodySourceError(`cannot read the message: ${(err as Error).message}`, { cause: err });
+      }
     })(),
     { objectMode: false },
   );

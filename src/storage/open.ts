@@ -2,6 +2,7 @@
 import type { MailStore } from './types.js';
 import type { MailLocation } from './location.js';
 import { MaildirStore } from './maildir/store.js';
+import { MboxStore } from './mbox/store.js';
 
 export interface OpenStoreOptions {
   /**
@@ -21,6 +22,8 @@ export async function openStore(loc: MailLocation, opts: OpenStoreOptions = {}):
   switch (loc.format) {
     case 'maildir':
       return MaildirStore.open(loc, opts);
+    case 'mbox':
+      return MboxStore.open(loc, opts);
     default:
       throw new Error(`mail format "${loc.format}" is not supported yet`);
   }

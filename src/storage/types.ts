@@ -28,6 +28,11 @@ export interface StoreMessage {
   internalDate: number;
   /** Physical size in bytes. */
   size: number;
+  /**
+   * Optional: dsync's header hash of the message (header-hash.ts: MD5 over Date and Message-ID,
+   * version 3), when the store has it at hand anyway (mbox: it is also the message's guid).
+   */
+  hdrHash?: string;
 }
 
 export interface SaveRequest {
@@ -130,5 +135,13 @@ export class StorageError extends Error {
   ) {
     super(message);
     this.name = 'StorageError';
+  }
+}
+
+/** Reading the body given to save() failed: the fault is the source's, not this store's. */
+export class BodySourceError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'BodySourceError';
   }
 }

@@ -8,7 +8,7 @@ import { ProtocolError, expectRecord, recvList } from '../transport/channel.js';
 import type { Location } from '../location/location.js';
 import type { LocationMailbox } from '../location/mailbox.js';
 import type { Logger } from '../util/log.js';
-import type { SaveRequest } from '../storage/types.js';
+import { BodySourceError, type SaveRequest } from '../storage/types.js';
 import type {
   HandshakeRecord,
   MailChangeRecord,
@@ -449,8 +449,9 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
       }
       requests.push({ uid: s.uid, guid: s.key, flags: s.flags, keywords: s.keywords, internalDate: s.internalDate, body });
     }
-    await box.save(requests);
-    applied.fromPeer += requests.length;
+    const n = await saveSkippingUnreadable(ctx, box, requests, name);
+    if (n < requests.length) changesDuringSync = true;
+    applied.fromPeer += n;
   }
   const syncId = ctx.role === 'master' ? randomBytes(8).toString('hex') : '';
   ch.send({
@@ -496,6 +497,31 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   if (flagged) parts.push(`${flagged} flag changes`);
   if (plan.renumbered) parts.push(`${plan.renumbered} mails renumbered after a UID conflict`);
   if (parts.length) ctx.summary.push(`mailbox ${name}: ${parts.join(', ')}`);
+}
+
+/**
+ * Saves a batch; if a mail's body cannot be read on the other side (unreadable file, I/O error),
+ * that mail is skipped with a warning and the others are still saved. Returns how many were saved.
+ */
+async function saveSkippingUnreadable(ctx: Ctx, box: LocationMailbox, requests: SaveRequest[], name: string): Promise<number> {
+  try {
+    await box.save(requests);
+    return requests.length;
+  } catch (err) {
+    if (!(err instanceof BodySourceError)) throw err;
+  }
+  let saved = 0;
+  for (const r of requests) {
+    if (r.uid < box.status().uidNext) continue; // saved before the failure
+    try {
+      await box.save([r]);
+      saved++;
+    } catch (err) {
+      if (!(err instanceof BodySourceError)) throw err;
+      ctx.log.warn(`mailbox ${name}: mail ${r.guid} was not copied: ${err.message} (run dsync again once it is readable)`);
+    }
+  }
+  return saved;
 }
 
 interface SidePlan {

@@ -1,6 +1,6 @@
 // Engine entry points: wires locations, locks, transports and the two brains together.
 import { join } from 'node:path';
-import { realpathSync, mkdirSync } from 'node:fs';
+import { realpathSync, mkdirSync, statSync, openSync, closeSync, fchownSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createHash } from 'node:crypto';
 import type { MailLocation } from '../storage/location.js';
@@ -52,12 +52,19 @@ export async function openLocation(
     const lockPath = o.readOnly
       ? join(tmpdir(), `dsync-${createHash('sha1').update(realpathSync(spec.path)).digest('hex').slice(0, 16)}.lock`)
       : join(controlDir, LOCK_FILE);
-    unlock = await acquireLock(lockPath, o.lockTimeout ?? 30);
+    // Run as root, our own files must belong to the mail's owner like the mail itself, from the
+    // moment they exist (a user's own dsync may look at them at any time).
+    const owner = process.getuid?.() === 0 && !o.readOnly ? (o.owner ?? ownerOf(controlDir)) : undefined;
+    unlock = await acquireLock(lockPath, o.lockTimeout ?? 30, owner);
     let indexPath = ':memory:';
     if (!o.readOnly) {
       const dir = spec.params['DSYNC_INDEX'] ?? controlDir;
       mkdirSync(dir, { recursive: true });
       indexPath = join(dir, INDEX_FILE);
+    }
+    if (owner && indexPath !== ':memory:') {
+      // SQLite creates the database and its -wal/-shm as whoever opens them: create them first.
+      for (const suffix of ['', '-wal', '-shm']) createOwned(indexPath + suffix, owner);
     }
     let location: Location;
     try {
@@ -79,6 +86,30 @@ export async function openLocation(
     unlock?.();
     await store.close();
     throw err;
+  }
+}
+
+function ownerOf(dir: string): { uid: number; gid: number } | undefined {
+  try {
+    const st = statSync(dir);
+    return { uid: st.uid, gid: st.gid };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Creates p (empty) owned by owner unless it exists. */
+function createOwned(p: string, owner: { uid: number; gid: number }): void {
+  let fd: number;
+  try {
+    fd = openSync(p, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600);
+  } catch {
+    return; // exists already
+  }
+  try {
+    fchownSync(fd, owner.uid, owner.gid);
+  } finally {
+    closeSync(fd);
   }
 }
 

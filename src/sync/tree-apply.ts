@@ -46,6 +46,10 @@ export async function applyTreeActions(
     res.summary.push(`mailbox ${show(a.name)}: merged with the peer's mailbox of the same name (GUID ${a.to})`);
   }
 
+  // Where every mailbox should be after the renames: its current name unless the plan moves it.
+  const wanted = new Map(loc.mailboxes().map((m) => [m.guid, m.name]));
+  for (const a of actions) if (a.op === 'rename') wanted.set(a.guid, toLocalName(a.to));
+
   // Renames: move everything whose target is free; park blocked ones under temporary names.
   let pending = actions.filter((x): x is Extract<TreeAction, { op: 'rename' }> => x.op === 'rename');
   for (let round = 0; pending.length > 0 && round < pending.length * 3 + 3; round++) {
@@ -74,6 +78,21 @@ export async function applyTreeActions(
       void row;
     }
     pending = blocked;
+  }
+
+  // A parent's rename takes its children along (Maildir++ and fs layouts both do); children the
+  // plan keeps where they were are moved back.
+  for (let round = 0; round < 3; round++) {
+    let moved = false;
+    for (const [guid, want] of wanted) {
+      const row = loc.index.mailbox(guid);
+      if (!row || nameKey(row.name) === nameKey(want)) continue;
+      if (loc.mailboxByName(want)) continue;
+      await tolerate(`moving ${show(row.name)} back to ${show(want)}`, () => loc.renameMailbox(guid, want));
+      res.touched.add(guid);
+      moved = true;
+    }
+    if (!moved) break;
   }
 
   for (const a of actions) {

@@ -6,6 +6,7 @@ import type { Dirent, Stats } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { createHash } from 'node:crypto';
 import {
+  BodySourceError,
   StorageError,
   type FlagUpdate,
   type MailboxName,
@@ -696,6 +697,7 @@ export class MaildirMailbox implements StoreMailbox {
       } catch (e) {
         await fh.close().catch(() => undefined);
         await fsp.unlink(tmpPath).catch(() => undefined);
+        if (e instanceof BodySourceError) throw e;
         throw toStorageError(e, 'write', tmpPath);
       }
       try {

@@ -47,6 +47,7 @@ import {
 } from './parse.js';
 import { layoutMessage, metaHeaders, padUid, pseudoMessage, type MessageShape, type Piece } from './compose.js';
 import { formatFromLine, parseFromLine } from './from-line.js';
+import { WindowReader } from './reader.js';
 
 /** What a mailbox needs from its store. */
 export interface MboxEnv {
@@ -400,8 +401,11 @@ export class MboxMailbox implements StoreMailbox {
     return out;
   }
 
-  /** The pieces of one message of the new file. `base` is set for the message holding X-IMAPbase. */
-  private messagePieces(o: OutMessage, base: RewritePlan | null): Piece[] {
+  /**
+   * The pieces of one message of the new file. `base` is set for the message holding X-IMAPbase.
+   * sourceByte reads a byte of the old file (to see whether a kept header ends with a newline).
+   */
+  private async messagePieces(o: OutMessage, base: RewritePlan | null, sourceByte?: (pos: number) => Promise<number>): Promise<Piece[]> {
     const src = o.src;
     const baseMeta = base
       ? { header: 'X-IMAPbase' as const, uidValidity: base.uidValidity, lastUid: base.lastUid, keywords: base.keywordList }
@@ -438,18 +442,21 @@ export class MboxMailbox implements StoreMailbox {
     );
     const header = servedRanges(src.hdrStart, src.hdrEnd, src.hidden);
     const lastHeader = header[header.length - 1];
+    // With a blank line the kept header always ends with a line's newline; a header-only message
+    // may end without one (its newline was the separator).
+    let headerEndsWithLf = true;
+    if (lastHeader && !src.hasBlankLine && sourceByte) headerEndsWithLf = (await sourceByte(lastHeader.end - 1)) === 0x0a;
     const shape: MessageShape = {
       header,
-      headerEndsWithLf: true, // refined by the caller from the file's bytes
+      headerEndsWithLf,
       leadingContinuation: src.leadingContinuation,
       rest: src.hasBlankLine ? { start: src.hdrEnd, end: src.msgEnd } : null,
       bodyLength: src.msgEnd - src.bodyStart,
     };
-    (shape as MessageShape & { lastHeaderByte?: number }).lastHeaderByte = lastHeader ? lastHeader.end - 1 : -1;
-    const sep = src.next > src.msgEnd ? null : Buffer.from(src.eol);
-    const pieces = layoutMessage(Buffer.alloc(0), shape, meta, src.eol, sep ?? Buffer.alloc(0));
+    const pieces = layoutMessage(Buffer.alloc(0), shape, meta, src.eol, Buffer.from(src.eol));
     pieces[0] = { range: { start: src.start, end: src.hdrStart } };
-    if (!sep) pieces[pieces.length - 1] = { range: { start: src.msgEnd, end: src.next } };
+    // Keep the original separator; a message that ended the file without one gets a newline.
+    if (src.next > src.msgEnd) pieces[pieces.length - 1] = { range: { start: src.msgEnd, end: src.next } };
     return pieces;
   }
 
@@ -469,7 +476,7 @@ export class MboxMailbox implements StoreMailbox {
         throw new StorageError(`${this.label} changed under our lock (another program does not honour ${this.file}.lock); nothing written`, 'LOCKED');
       }
       out = await fsp.open(temp, 'wx', 0o600);
-      const w = new PieceWriter(src, out, lock);
+      const w = new PieceWriter(src, p.identity.size, out, lock);
       // The header values go into the pseudo message if there is one, else into the first message.
       let firstReal = true;
       if (p.pseudo || plan.messages.length === 0) {
@@ -477,9 +484,7 @@ export class MboxMailbox implements StoreMailbox {
         firstReal = false;
       }
       for (const o of plan.messages) {
-        const pieces = this.messagePieces(o, firstReal ? plan : null);
-        if (!isNew(o.src)) await this.fixHeaderEnding(w, o.src, pieces);
-        await w.write(pieces);
+        await w.write(await this.messagePieces(o, firstReal ? plan : null, (pos) => w.sourceByte(pos)));
         firstReal = false;
       }
       let copied = p.identity.size;
@@ -539,32 +544,6 @@ export class MboxMailbox implements StoreMailbox {
       await src.close().catch(() => undefined);
     }
     this.parsed = null;
-  }
-
-  /**
-   * A kept header that does not end with a newline (a header-only message cut by its separator):
-   * layoutMessage must put the metadata first so that no byte of the message changes.
-   */
-  private async fixHeaderEnding(w: PieceWriter, m: MboxMessage, pieces: Piece[]): Promise<void> {
-    const header = servedRanges(m.hdrStart, m.hdrEnd, m.hidden);
-    if (header.length === 0) return;
-    const lastByte = await w.sourceByte(header[header.length - 1]!.end - 1);
-    if (lastByte === 0x0a) return;
-    // Rebuild with headerEndsWithLf = false.
-    const meta = pieces.find((pc, i) => i > 0 && 'bytes' in pc && pc.bytes.toString('latin1').startsWith('X-')) as { bytes: Buffer } | undefined;
-    if (!meta) return;
-    const shape: MessageShape = {
-      header,
-      headerEndsWithLf: false,
-      leadingContinuation: m.leadingContinuation,
-      rest: m.hasBlankLine ? { start: m.hdrEnd, end: m.msgEnd } : null,
-      bodyLength: m.msgEnd - m.bodyStart,
-    };
-    const sepPiece = pieces[pieces.length - 1]!;
-    const rebuilt = layoutMessage(Buffer.alloc(0), shape, meta.bytes.toString('latin1'), m.eol, Buffer.alloc(0));
-    rebuilt[0] = pieces[0]!;
-    rebuilt[rebuilt.length - 1] = sepPiece;
-    pieces.splice(0, pieces.length, ...rebuilt);
   }
 
   private pseudoPieces(p: ParsedMbox, plan: RewritePlan): Piece[] {
@@ -695,10 +674,11 @@ export class MboxMailbox implements StoreMailbox {
     const chunks: Buffer[] = [];
     if (!empty && !p.endsWithNewline) chunks.push(Buffer.from('\n'));
     const plan: RewritePlan = { uidValidity: uv, lastUid, keywordList, messages: [] };
-    prepared.forEach((m, i) => {
-      const pieces = this.messagePieces({ src: m, uid: m.uid, flags: m.flags, keywords: m.keywords }, empty && i === 0 ? plan : null);
+    for (let i = 0; i < prepared.length; i++) {
+      const m = prepared[i]!;
+      const pieces = await this.messagePieces({ src: m, uid: m.uid, flags: m.flags, keywords: m.keywords }, empty && i === 0 ? plan : null);
       for (const pc of pieces) if ('bytes' in pc) chunks.push(pc.bytes);
-    });
+    }
     const data = Buffer.concat(chunks);
     const firstFrom = p.identity.size + (!empty && !p.endsWithNewline ? 1 : 0);
 
@@ -963,39 +943,46 @@ class PieceWriter {
   private pending: Buffer[] = [];
   private pendingLen = 0;
   private lastTouch = Date.now();
-  private readonly chunk = Buffer.allocUnsafe(COPY_CHUNK);
+  /** Read-ahead over the old file as it was when the rewrite started (ranges come mostly in order). */
+  private readonly reader: WindowReader;
 
   constructor(
     private readonly src: fsp.FileHandle,
+    private readonly srcSize: number,
     private readonly out: fsp.FileHandle,
     private readonly lock: DotLock,
-  ) {}
+  ) {
+    this.reader = new WindowReader(src, srcSize, 4 * COPY_CHUNK);
+  }
 
   async sourceByte(pos: number): Promise<number> {
-    const b = Buffer.alloc(1);
-    const { bytesRead } = await this.src.read(b, 0, 1, pos);
-    return bytesRead === 1 ? b[0]! : -1;
+    return this.reader.byte(pos);
+  }
+
+  private push(b: Buffer): void {
+    this.pending.push(b);
+    this.pendingLen += b.length;
   }
 
   async write(pieces: Piece[]): Promise<void> {
     for (const pc of pieces) {
       if ('bytes' in pc) {
-        if (pc.bytes.length === 0) continue;
-        this.pending.push(pc.bytes);
-        this.pendingLen += pc.bytes.length;
-        if (this.pendingLen >= COPY_CHUNK) await this.flush();
-        continue;
+        if (pc.bytes.length > 0) this.push(pc.bytes);
+      } else if (pc.range.end <= this.srcSize && pc.range.end - pc.range.start <= COPY_CHUNK) {
+        this.push(await this.reader.slice(pc.range.start, pc.range.end));
+      } else {
+        // Big ranges, and bytes appended after the rewrite started, straight from the file.
+        let pos = pc.range.start;
+        while (pos < pc.range.end) {
+          const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, pc.range.end - pos));
+          const { bytesRead } = await this.src.read(buf, 0, buf.length, pos);
+          if (bytesRead === 0) throw new StorageError(`unexpected end of file while copying (offset ${pos})`, 'IO');
+          this.push(buf.subarray(0, bytesRead));
+          pos += bytesRead;
+          if (this.pendingLen >= 4 * COPY_CHUNK) await this.flush();
+        }
       }
-      let pos = pc.range.start;
-      while (pos < pc.range.end) {
-        const n = Math.min(COPY_CHUNK, pc.range.end - pos);
-        const { bytesRead } = await this.src.read(this.chunk, 0, n, pos);
-        if (bytesRead === 0) throw new StorageError(`unexpected end of file while copying (offset ${pos})`, 'IO');
-        this.pending.push(Buffer.from(this.chunk.subarray(0, bytesRead)));
-        this.pendingLen += bytesRead;
-        pos += bytesRead;
-        if (this.pendingLen >= COPY_CHUNK) await this.flush();
-      }
+      if (this.pendingLen >= 4 * COPY_CHUNK) await this.flush();
     }
   }
 

@@ -446,6 +446,30 @@ function assignUids(result: ParsedMbox, raws: Raw[], opts: ParseOptions, prevUid
   result.nextUid = Math.max(nextUid, firstFree);
 }
 
+/**
+ * Finds the end of a header in a window of the file: the blank line (blankAt, bodyStart) or a From_
+ * line (boundary), both -1 when the file ends first. null when the window ends before either.
+ */
+function scanHeader(buf: Buffer, start: number, from: number, size: number, atEof: boolean): { blankAt: number; bodyStart: number; boundary: number } | null {
+  let q = from;
+  while (q < size) {
+    const rel = q - start;
+    const nlRel = buf.indexOf(LF, rel);
+    if (nlRel < 0 && !atEof) return null;
+    const lineEnd = nlRel < 0 ? size : start + nlRel;
+    const len = lineEnd - q;
+    if (nlRel >= 0 && (len === 0 || (len === 1 && buf[rel] === CR))) return { blankAt: q, bodyStart: lineEnd + 1, boundary: -1 };
+    if (len >= 5 && len <= MAX_FROM_LINE && buf[rel] === 0x46 && buf[rel + 4] === 0x20 && parseFromLine(buf.toString('latin1', rel, rel + len)) !== null) {
+      return { blankAt: -1, bodyStart: -1, boundary: q };
+    }
+    q = nlRel < 0 ? size : lineEnd + 1;
+  }
+  return { blankAt: -1, bodyStart: -1, boundary: -1 };
+}
+
+/** From_ lines longer than this are not separators (WindowReader.lineAt's default limit). */
+const MAX_FROM_LINE = 4096;
+
 /** The structure of every message from the From_ line at offset p to the end of the file. */
 async function parseMessages(r: WindowReader, start: number, opts: ParseOptions): Promise<Raw[]> {
   const size = r.size;
@@ -480,24 +504,16 @@ async function parseMessages(r: WindowReader, start: number, opts: ParseOptions)
     const eol: '\n' | '\r\n' = line.text.endsWith('\r') ? '\r\n' : '\n';
     const hdrStart = line.end;
     // Header lines up to the blank line, a From_ line or the end of the file.
-    let q = hdrStart;
     let blankAt = -1;
     let bodyStart = -1;
     let boundary = -1;
-    while (q < size) {
-      const nl = await r.indexOfLf(q);
-      const lineEnd = nl < 0 ? size : nl;
-      const len = lineEnd - q;
-      if (nl >= 0 && (len === 0 || (len === 1 && (await r.byte(q)) === CR))) {
-        blankAt = q;
-        bodyStart = nl + 1;
+    for (let want = 64 * 1024; ; want *= 4) {
+      const w = await r.window(hdrStart, want);
+      const h = scanHeader(w.buf, w.start, hdrStart, size, w.atEof);
+      if (h) {
+        ({ blankAt, bodyStart, boundary } = h);
         break;
       }
-      if (len >= 5 && (await validFromAt(q))) {
-        boundary = q;
-        break;
-      }
-      q = nl < 0 ? size : nl + 1;
     }
     let hdrEnd: number;
     let msgEnd: number;
@@ -615,4 +631,36 @@ async function parseMessages(r: WindowReader, start: number, opts: ParseOptions)
 
 function fieldValue(fields: Field[], name: string): string | undefined {
   return fields.find((f) => f.name === name)?.value;
+}
+
+/**
+ * UIDVALIDITY and last UID from the beginning of an mbox file (enough bytes for the first
+ * message's header), the way parseMbox would read them; null when the prefix does not start with
+ * a From_ line or has no valid X-IMAPbase / X-IMAP.
+ */
+export function peekBase(head: Buffer): { uidValidity: number; lastUid: number } | null {
+  const nl = head.indexOf(LF);
+  if (nl < 0) return null;
+  if (!parseFromLine(head.toString('latin1', 0, nl))) return null;
+  let pos = nl + 1;
+  let end = head.length;
+  while (pos < head.length) {
+    let e = head.indexOf(LF, pos);
+    if (e < 0) e = head.length;
+    const len = e - pos;
+    if (len === 0 || (len === 1 && head[pos] === CR)) {
+      end = pos;
+      break;
+    }
+    if (head.toString('latin1', pos, pos + 5) === 'From ' && parseFromLine(head.toString('latin1', pos, e))) {
+      end = pos;
+      break;
+    }
+    pos = e + 1;
+  }
+  const { fields } = splitFields(head.subarray(nl + 1, end), 0);
+  const value = fieldValue(fields, 'x-imap') ?? fieldValue(fields, 'x-imapbase');
+  if (value === undefined) return null;
+  const b = parseBase(value);
+  return b ? { uidValidity: b.uidValidity, lastUid: b.lastUid } : null;
 }

@@ -2,6 +2,7 @@
 import type { FileHandle } from 'node:fs/promises';
 
 const DEFAULT_WINDOW = 1 << 20;
+const LF_BUF = Buffer.from('\n');
 
 export class WindowReader {
   private buf: Buffer = Buffer.alloc(0);
@@ -29,6 +30,15 @@ export class WindowReader {
     this.winStart = pos;
   }
 
+  /**
+   * Ensures [pos, pos+len) and returns the whole current window for synchronous scanning; bytes
+   * past its end are unknown unless atEof.
+   */
+  async window(pos: number, len: number): Promise<{ buf: Buffer; start: number; atEof: boolean }> {
+    await this.ensure(pos, len);
+    return { buf: this.buf, start: this.winStart, atEof: this.winStart + this.buf.length >= this.size };
+  }
+
   /** Byte at pos (must be inside the window); -1 past the end of the file. */
   byteAt(pos: number): number {
     if (pos >= this.size) return -1;
@@ -43,7 +53,7 @@ export class WindowReader {
     return this.byteAt(pos);
   }
 
-  /** A copy of [a, b). */
+  /** [a, b): a view of the window while it fits (valid until the window moves), else a copy. */
   async slice(a: number, b: number): Promise<Buffer> {
     const end = Math.min(b, this.size);
     if (end <= a) return Buffer.alloc(0);
@@ -59,12 +69,13 @@ export class WindowReader {
       return out.subarray(0, off);
     }
     await this.ensure(a, end - a);
-    return Buffer.from(this.buf.subarray(a - this.winStart, end - this.winStart));
+    // Windows are fresh allocations, never reused: the view stays valid after the window moves.
+    return this.buf.subarray(a - this.winStart, end - this.winStart);
   }
 
   /** Offset of the next LF at or after pos, or -1. */
   async indexOfLf(pos: number): Promise<number> {
-    return this.indexOf(Buffer.from('\n'), pos);
+    return this.indexOf(LF_BUF, pos);
   }
 
   /** Offset of the next occurrence of needle at or after pos, or -1. */
