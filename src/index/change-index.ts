@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS messages (
   modseq INTEGER NOT NULL,
   internal_date INTEGER NOT NULL,
   size INTEGER NOT NULL,
+  hdr_hash TEXT,
   PRIMARY KEY (mailbox, uid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS changes (
@@ -43,6 +44,7 @@ CREATE TABLE IF NOT EXISTS changes (
   kw_remove TEXT NOT NULL,
   origin TEXT NOT NULL,
   ts INTEGER NOT NULL,
+  hdr_hash TEXT,
   PRIMARY KEY (mailbox, modseq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tombstones (
@@ -84,6 +86,8 @@ export interface MessageRow {
   modseq: number;
   internalDate: number;
   size: number;
+  /** dsync header hash (identity towards stores that cannot save GUIDs); computed on demand. */
+  hdrHash?: string | null;
 }
 
 export type ChangeKind = 'flags' | 'expunge';
@@ -100,6 +104,7 @@ export interface ChangeRow {
   /** '' for changes made outside dsync, else the location id of the peer that caused it. */
   origin: string;
   ts: number;
+  hdrHash?: string | null;
 }
 
 export type TombstoneKind = 'mailbox' | 'dir' | 'unsubscribe';
@@ -133,6 +138,10 @@ export class ChangeIndex {
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = NORMAL');
     db.exec(SCHEMA);
+    for (const table of ['messages', 'changes']) {
+      const cols = db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[];
+      if (!cols.some((c) => c.name === 'hdr_hash')) db.exec(`ALTER TABLE ${table} ADD COLUMN hdr_hash TEXT`);
+    }
     this.stmts = this.prepare();
     if (this.getMeta('schema_version') === undefined) {
       this.setMeta('schema_version', SCHEMA_VERSION);
@@ -190,16 +199,16 @@ export class ChangeIndex {
       delMailbox: db.prepare('DELETE FROM mailboxes WHERE guid = ?'),
       delMailboxMessages: db.prepare('DELETE FROM messages WHERE mailbox = ?'),
       delMailboxChanges: db.prepare('DELETE FROM changes WHERE mailbox = ?'),
-      messages: db.prepare('SELECT uid, guid, flags, keywords, modseq, internal_date, size FROM messages WHERE mailbox = ? ORDER BY uid'),
+      messages: db.prepare('SELECT uid, guid, flags, keywords, modseq, internal_date, size, hdr_hash FROM messages WHERE mailbox = ? ORDER BY uid'),
       putMessage: db.prepare(
-        `INSERT INTO messages (mailbox, uid, guid, flags, keywords, modseq, internal_date, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        `INSERT INTO messages (mailbox, uid, guid, flags, keywords, modseq, internal_date, size, hdr_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT(mailbox, uid) DO UPDATE SET guid = excluded.guid, flags = excluded.flags, keywords = excluded.keywords,
-           modseq = excluded.modseq, internal_date = excluded.internal_date, size = excluded.size`,
+           modseq = excluded.modseq, internal_date = excluded.internal_date, size = excluded.size, hdr_hash = excluded.hdr_hash`,
       ),
       delMessage: db.prepare('DELETE FROM messages WHERE mailbox = ? AND uid = ?'),
       countMessages: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM messages WHERE mailbox = ?'),
       addChange: db.prepare(
-        'INSERT INTO changes (mailbox, modseq, uid, kind, guid, add_flags, remove_flags, kw_add, kw_remove, origin, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        'INSERT INTO changes (mailbox, modseq, uid, kind, guid, add_flags, remove_flags, kw_add, kw_remove, origin, ts, hdr_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
       ),
       changesSince: db.prepare('SELECT * FROM changes WHERE mailbox = ? AND modseq > ? ORDER BY modseq'),
       tombstones: db.prepare('SELECT kind, key, ts FROM tombstones'),
@@ -266,20 +275,21 @@ export class ChangeIndex {
       modseq: r.modseq,
       internalDate: r.internal_date,
       size: r.size,
+      hdrHash: r.hdr_hash,
     }));
   }
   messageCount(mailbox: string): number {
     return this.stmts.countMessages.get(mailbox)?.n ?? 0;
   }
   putMessage(mailbox: string, m: MessageRow): void {
-    this.stmts.putMessage.run(mailbox, m.uid, m.guid, m.flags, encKw(m.keywords), m.modseq, m.internalDate, m.size);
+    this.stmts.putMessage.run(mailbox, m.uid, m.guid, m.flags, encKw(m.keywords), m.modseq, m.internalDate, m.size, m.hdrHash ?? null);
   }
   deleteMessage(mailbox: string, uid: number): void {
     this.stmts.delMessage.run(mailbox, uid);
   }
 
   addChange(mailbox: string, c: ChangeRow): void {
-    this.stmts.addChange.run(mailbox, c.modseq, c.uid, c.kind, c.guid, c.addFlags, c.removeFlags, encKw(c.kwAdd), encKw(c.kwRemove), c.origin, c.ts);
+    this.stmts.addChange.run(mailbox, c.modseq, c.uid, c.kind, c.guid, c.addFlags, c.removeFlags, encKw(c.kwAdd), encKw(c.kwRemove), c.origin, c.ts, c.hdrHash ?? null);
   }
   changesSince(mailbox: string, modseq: number): ChangeRow[] {
     return (this.stmts.changesSince.all(mailbox, modseq) as any[]).map((r) => ({
@@ -293,6 +303,7 @@ export class ChangeIndex {
       kwRemove: decKw(r.kw_remove),
       origin: r.origin,
       ts: r.ts,
+      hdrHash: r.hdr_hash,
     }));
   }
 

@@ -6,6 +6,7 @@ import type { ChangeRow, MailboxRow, MessageRow, PeerState } from '../index/chan
 import type { MailChangeRecord } from '../sync/records.js';
 import type { ExpungeView, MessageView, SideView } from '../sync/decide/mailbox-plan.js';
 import type { Location } from './location.js';
+import { headerHash } from '../storage/header-hash.js';
 
 export interface ExportMode {
   /** Messages at or below this UID are common with the peer (0 = no usable state). */
@@ -23,6 +24,7 @@ interface Accumulated {
   kwRemove: Set<string>;
   changedAt: number;
   expungedGuid?: string;
+  expungedHash?: string;
 }
 
 export interface AppliedCounts {
@@ -35,6 +37,11 @@ export class LocationMailbox {
   /** The index's messages of this mailbox, read only when needed (unchanged mailboxes are skipped). */
   private loadedMessages: Map<number, MessageRow> | null = null;
   private loaded = false;
+  /**
+   * How mails are recognised across the two sides: by GUID, or (when a side cannot save GUIDs,
+   * e.g. mbox) by dsync's header hash.
+   */
+  identity: 'guid' | 'hdrHash' = 'guid';
   /** Settles when no UID move is under way (body readers wait for it). */
   private moving: Promise<void> = Promise.resolve();
 
@@ -113,6 +120,7 @@ export class LocationMailbox {
           modseq: initial ? 1 : this.nextModseq(),
           internalDate: m.internalDate,
           size: m.size,
+          hdrHash: m.hdrHash ?? null,
         });
       }
       if (initial && scanned.length > 0 && this.row.highestModseq === 0) this.row.highestModseq = 1;
@@ -139,6 +147,7 @@ export class LocationMailbox {
       kwRemove: [],
       origin,
       ts,
+      hdrHash: m.hdrHash ?? null,
     });
     this.index.deleteMessage(this.row.guid, m.uid);
   }
@@ -157,6 +166,26 @@ export class LocationMailbox {
       kwRemove: old.keywords.filter((k) => !newKw.has(k)),
       origin,
       ts,
+    });
+  }
+
+  /** The identity of the message at uid (see `identity`), or undefined if there is none. */
+  keyOf(uid: number): string | undefined {
+    const m = this.messages.get(uid);
+    return m ? this.key(m) : undefined;
+  }
+
+  private key(m: MessageRow): string {
+    return this.identity === 'guid' ? m.guid : (m.hdrHash ?? '');
+  }
+
+  /** Computes (once, then kept in the index) the header hash of every message lacking one. */
+  async ensureHeaderHashes(): Promise<void> {
+    const missing = [...this.messages.values()].filter((m) => !m.hdrHash);
+    if (missing.length === 0) return;
+    for (const m of missing) m.hdrHash = headerHash(await readHeader(await this.store.openBody(m.uid)));
+    this.index.transaction(() => {
+      for (const m of missing) this.index.putMessage(this.row.guid, m);
     });
   }
 
@@ -193,7 +222,8 @@ export class LocationMailbox {
     for (const [uid, a] of acc) {
       if (a.expungedGuid === undefined || this.messages.has(uid)) continue;
       if (mode.lastCommonUid > 0 && uid > mode.lastCommonUid) continue;
-      expunges.push({ uid, key: a.expungedGuid });
+      const key = this.identity === 'guid' ? a.expungedGuid : a.expungedHash;
+      if (key) expunges.push({ uid, key });
     }
     expunges.sort((x, y) => x.uid - y.uid);
     const expIter = expunges[Symbol.iterator]();
@@ -201,7 +231,8 @@ export class LocationMailbox {
     const pushExpungesBelow = (uid: number) => {
       while (!nextExp.done && nextExp.value.uid < uid) {
         const e = nextExp.value;
-        records.push({ type: 'change', changeType: 'expunge', uid: e.uid, guid: e.key, modseq: 0, addFlags: 0, removeFlags: 0, finalFlags: 0, keywordChanges: [] });
+        const id = this.identity === 'guid' ? { guid: e.key } : { hdrHash: e.key };
+        records.push({ type: 'change', changeType: 'expunge', uid: e.uid, ...id, modseq: 0, addFlags: 0, removeFlags: 0, finalFlags: 0, keywordChanges: [] });
         nextExp = expIter.next();
       }
     };
@@ -223,6 +254,7 @@ export class LocationMailbox {
         changeType: isNew ? 'save' : 'flags',
         uid: m.uid,
         guid: m.guid,
+        hdrHash: m.hdrHash ?? undefined,
         modseq: m.modseq,
         addFlags: a?.addFlags ?? 0,
         removeFlags: a?.removeFlags ?? 0,
@@ -234,7 +266,7 @@ export class LocationMailbox {
       });
       messages.push({
         uid: m.uid,
-        key: m.guid,
+        key: this.key(m),
         kind: isNew ? 'save' : 'flags',
         flags: m.flags,
         keywords: m.keywords,
@@ -254,9 +286,9 @@ export class LocationMailbox {
    * Exact bytes of a message for the peer; null if it is gone. The body is read later, perhaps
    * while this side moves the mail to another UID, so the UID is looked up again by GUID at read time.
    */
-  openBody(uid: number, guid?: string): (() => Readable) | null {
+  openBody(uid: number, key?: string): (() => Readable) | null {
     const m = this.messages.get(uid);
-    if (!m || (guid !== undefined && m.guid !== guid)) return null;
+    if (!m || (key !== undefined && this.key(m) !== key)) return null;
     const want = m.guid;
     return () =>
       lazyStream(async () => {
@@ -292,6 +324,7 @@ export class LocationMailbox {
           modseq: this.nextModseq(),
           internalDate: r.internalDate,
           size: r.size ?? 0,
+          hdrHash: this.identity === 'hdrHash' ? r.guid : null,
         };
         this.index.putMessage(this.row.guid, row);
         this.messages.set(r.uid, row);
@@ -440,6 +473,7 @@ function accumulate(acc: Map<number, Accumulated>, c: ChangeRow): void {
   a.changedAt = Math.max(a.changedAt, c.ts);
   if (c.kind === 'expunge') {
     a.expungedGuid = c.guid;
+    a.expungedHash = c.hdrHash ?? undefined;
     return;
   }
   // A later add cancels an earlier remove of the same flag and vice versa.
@@ -474,4 +508,22 @@ function lazyStream(open: () => Promise<Readable>): Readable {
     })(),
     { objectMode: false },
   );
+}
+
+/** The header block of a message (up to the first empty line), read from its stream. */
+async function readHeader(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  try {
+    for await (const chunk of stream) {
+      const b = chunk as Buffer;
+      chunks.push(b);
+      total += b.length;
+      const all = chunks.length === 1 ? b : Buffer.concat(chunks);
+      if (all.indexOf('\n\n') >= 0 || all.indexOf('\r\n\r\n') >= 0 || total > 1 << 20) break;
+    }
+  } finally {
+    stream.destroy();
+  }
+  return Buffer.concat(chunks);
 }

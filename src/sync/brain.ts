@@ -300,12 +300,12 @@ async function slaveMailboxes(ctx: Ctx): Promise<void> {
   ctx.ch.send({ type: 'finish', requireFullResync: ctx.changesDuringSync });
 }
 
-function viewFromRecords(records: MailChangeRecord[], uidNext: number, complete: boolean): SideView {
+function viewFromRecords(records: MailChangeRecord[], uidNext: number, complete: boolean, identity: 'guid' | 'hdrHash'): SideView {
   const messages: MessageView[] = [];
   const expunges: SideView['expunges'] = [];
   for (const r of records) {
     if (r.changeType === 'expunge') {
-      expunges.push({ uid: r.uid, key: r.guid ?? r.hdrHash ?? '' });
+      expunges.push({ uid: r.uid, key: (identity === 'guid' ? r.guid : r.hdrHash) ?? '' });
       continue;
     }
     const keywords: string[] = [];
@@ -319,7 +319,7 @@ function viewFromRecords(records: MailChangeRecord[], uidNext: number, complete:
     }
     messages.push({
       uid: r.uid,
-      key: r.guid ?? r.hdrHash ?? '',
+      key: (identity === 'guid' ? r.guid : r.hdrHash) ?? '',
       kind: r.changeType === 'save' ? 'save' : 'flags',
       flags: r.finalFlags,
       keywords: keywords.sort(),
@@ -368,12 +368,15 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   const state = stateful ? saved : undefined;
   const lastCommonUid = state?.lastCommonUid ?? 0;
   const complete = full || !state;
+  // Mails are recognised by GUID when both stores can keep GUIDs, else by header hash (mbox).
+  box.identity = mine.haveSaveGuids && theirs.haveSaveGuids ? 'guid' : 'hdrHash';
+  if (box.identity === 'hdrHash') await box.ensureHeaderHashes();
   const exported = box.exportChanges(ctx.peerId, { lastCommonUid, sinceModseq: state?.myModseq ?? 0, complete });
   for (const r of exported.records) ch.send(r);
   ch.send({ type: 'end' });
   const peerRecords = await recvList(ch, 'change');
   const myView = exported.view;
-  const peerView = viewFromRecords(peerRecords, theirs.uidNext, complete);
+  const peerView = viewFromRecords(peerRecords, theirs.uidNext, complete, box.identity);
   const plan = backup ? backupPlan(ctx, myView, peerView, mine, theirs) : mirrorPlan(ctx, myView, peerView, lastCommonUid);
   const actions = plan.actions;
   if (ctx.isSource && (actions.saves.length || actions.expunges.length || actions.flagUpdates.length)) {
@@ -433,7 +436,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     const run = saves.slice(i, j);
     i = j;
     if (from === 'local') {
-      const moves = run.filter((s) => box.message(s.sourceUid)?.guid === s.key);
+      const moves = run.filter((s) => box.keyOf(s.sourceUid) === s.key);
       if (moves.length < run.length) changesDuringSync = true;
       await box.renumber(moves.map((s) => ({ from: s.sourceUid, to: s.uid, flags: s.flags, keywords: s.keywords })), ctx.peerId);
       applied.moved += moves.length;
@@ -469,7 +472,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
 
   const moved = new Set(actions.saves.filter((s) => s.from === 'local').map((s) => s.sourceUid));
   const keys = new Map(actions.expunges.filter((e) => !moved.has(e.uid)).map((e) => [e.uid, e.key]));
-  const expungeUids = [...keys].filter(([uid, key]) => box.message(uid)?.guid === key).map(([uid]) => uid);
+  const expungeUids = [...keys].filter(([uid, key]) => box.keyOf(uid) === key).map(([uid]) => uid);
   const expunged = await box.expunge(expungeUids, ctx.peerId);
   const flagged = await box.updateFlags(actions.flagUpdates, ctx.peerId);
   await box.raiseUidNext(plan.uidNext);

@@ -74,6 +74,8 @@ export interface MailboxEnv {
   statCache?: Map<string, FileStat>;
   /** The last parsed uidlist of this mailbox with its identity (inode, size, mtime). Never mutated. */
   uidlistCache?: { key: string; ul: Uidlist } | null;
+  /** Warnings about stray entries already given (a run scans a mailbox several times). */
+  warned?: Set<string>;
 }
 
 type Sub = 'cur' | 'new';
@@ -185,6 +187,14 @@ export class MaildirMailbox implements StoreMailbox {
 
   private get label(): string {
     return this.name.join('/');
+  }
+
+  /** Warns once per store about an entry that every scan skips. */
+  private warnOnce(msg: string): void {
+    const seen = (this.env.warned ??= new Set());
+    if (seen.has(msg)) return;
+    seen.add(msg);
+    this.ctx.warn(msg);
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
@@ -426,17 +436,17 @@ export class MaildirMailbox implements StoreMailbox {
     const dupes: { sub: Sub; name: string; base: string }[] = [];
     const consider = (sub: Sub, d: Dirent): string | null => {
       if (d.name.startsWith('.')) {
-        warn(`mailbox ${this.label}: ignoring stray dot-file ${sub}/${d.name}`);
+        this.warnOnce(`mailbox ${this.label}: ignoring stray dot-file ${sub}/${d.name}`);
         return null;
       }
       if (d.isDirectory()) {
-        warn(`mailbox ${this.label}: ignoring directory ${sub}/${d.name}`);
+        this.warnOnce(`mailbox ${this.label}: ignoring directory ${sub}/${d.name}`);
         return null;
       }
       const colon = d.name.indexOf(':');
       const base = colon < 0 ? d.name : d.name.slice(0, colon);
       if (base === '') {
-        warn(`mailbox ${this.label}: ignoring file with an empty base name ${sub}/${d.name}`);
+        this.warnOnce(`mailbox ${this.label}: ignoring file with an empty base name ${sub}/${d.name}`);
         return null;
       }
       if (found.has(base)) {
@@ -528,7 +538,7 @@ export class MaildirMailbox implements StoreMailbox {
         continue;
       }
       if (!st.isFile()) {
-        warn(`mailbox ${this.label}: ignoring non-regular file ${f.sub}/${f.name}`);
+        this.warnOnce(`mailbox ${this.label}: ignoring non-regular file ${f.sub}/${f.name}`);
         continue;
       }
       present.set(toStat[i]!, { f, st: { size: st.size, mtimeMs: st.mtimeMs } });

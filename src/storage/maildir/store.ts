@@ -86,6 +86,7 @@ export class MaildirStore implements MailStore {
   private readonly codec: SubscriptionCodec;
   /** Per mail directory: the scan caches shared by all mailbox objects (see MailboxEnv). */
   private readonly envs = new Map<string, MailboxEnv>();
+  private readonly listWarned = new Set<string>();
 
   private constructor(
     readonly loc: MailLocation,
@@ -196,7 +197,12 @@ export class MaildirStore implements MailStore {
 
   async listMailboxes(): Promise<StoreMailboxInfo[]> {
     const inboxOk = await this.ensureInbox();
-    const dirs = await this.layout.list(this.ctx.warn);
+    // Listed several times per run: say once what is skipped.
+    const dirs = await this.layout.list((m) => {
+      if (this.listWarned.has(m)) return;
+      this.listWarned.add(m);
+      this.ctx.warn(m);
+    });
     const nodes = new Map<string, StoreMailboxInfo>();
     nodes.set(nameKey(['INBOX']), { name: ['INBOX'], selectable: inboxOk });
     for (const d of dirs) {

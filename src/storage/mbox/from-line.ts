@@ -91,8 +91,13 @@ export function formatFromDate(unixSeconds: number): string {
   );
 }
 
+/** Dates a From_ line can carry: its year must have 4 digits, or the line is no separator. */
+const MIN_DATE = 0; // 1970
+const MAX_DATE = 253402214400; // 9999-12-31 00:00 UTC: still year 9999 in every time zone
+
 /** A From_ line as Dovecot writes it ("From <sender>  <date>", two spaces), without terminator. */
 export function formatFromLine(sender: string, unixSeconds: number): string {
   const clean = sender.replace(/[\s]/g, '') || 'MAILER-DAEMON';
-  return `From ${clean}  ${formatFromDate(unixSeconds)}`;
+  const t = Number.isFinite(unixSeconds) ? Math.min(MAX_DATE, Math.max(MIN_DATE, Math.floor(unixSeconds))) : MIN_DATE;
+  return `From ${clean}  ${formatFromDate(t)}`;
 }

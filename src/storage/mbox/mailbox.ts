@@ -55,7 +55,6 @@ export interface MboxEnv {
   quoting: MboxQuoting;
   lockTimeoutMs: number;
   lockStaleMs: number;
-  allocateUidValidity(): Promise<number>;
   /** The mailbox GUID for this name and UIDVALIDITY (see guids.ts). */
   guidFor(name: MailboxName, uidValidity: number): Promise<string>;
   setGuid(name: MailboxName, uidValidity: number, guid: string): Promise<void>;
@@ -97,7 +96,11 @@ function isNew(m: MboxMessage | NewMessage): m is NewMessage {
   return (m as NewMessage).bytes !== undefined;
 }
 
-/** UIDVALIDITY for a mailbox whose file holds none (empty, or read-only): stable for the file's life. */
+/**
+ * UIDVALIDITY for a file that holds none (empty, never seen by Dovecot, or a bad X-IMAPbase):
+ * derived from the file's identity, so a read-only look and the first writing one agree; it is
+ * written into the file with the first change.
+ */
 export function derivedUidValidity(id: FileIdentity): number {
   const h = createHash('md5').update(`dsync-mbox-uidvalidity\0${id.dev}\0${id.ino}`).digest();
   return (h.readUInt32BE(0) % 0xfffffffe) + 1;
@@ -272,7 +275,7 @@ export class MboxMailbox implements StoreMailbox {
     return this.withLock(async (lock) => {
       const p = await this.load();
       if (!p.needsPersist) return p;
-      const uv = p.uidValidity || (await this.env.allocateUidValidity());
+      const uv = this.uidValidityOf(p);
       await this.rewrite(lock, p, {
         uidValidity: uv,
         lastUid: this.uidNextOf(p) - 1,
@@ -609,6 +612,7 @@ export class MboxMailbox implements StoreMailbox {
       }
     }
     bytes = quoteFromLines(bytes, this.env.quoting);
+    bytes = this.quoteHeaderFromLines(bytes, req.uid);
     const { shape, eol } = shapeOf(bytes);
     const headerLen = shape.header.reduce((n, r) => n + r.end - r.start, 0);
     const hdrEnd = shape.rest ? shape.rest.start : bytes.length;
@@ -624,6 +628,31 @@ export class MboxMailbox implements StoreMailbox {
       eol,
       shape,
     };
+  }
+
+  /**
+   * A From_ line inside the header would start a new message when the file is read (Content-Length
+   * only protects the body): such lines get a '>' so that no message can forge another one.
+   */
+  private quoteHeaderFromLines(bytes: Buffer, uid: number): Buffer {
+    const parts: Buffer[] = [];
+    let last = 0;
+    let pos = 0;
+    while (pos < bytes.length) {
+      let nl = bytes.indexOf(0x0a, pos);
+      if (nl < 0) nl = bytes.length;
+      const len = nl - pos;
+      if (len === 0 || (len === 1 && bytes[pos] === 0x0d)) break; // end of the header
+      if (bytes[pos] === 0x46 && parseFromLine(bytes.toString('latin1', pos, nl))) {
+        parts.push(bytes.subarray(last, pos), Buffer.from('>'));
+        last = pos;
+      }
+      pos = nl + 1;
+    }
+    if (parts.length === 0) return bytes;
+    this.ctx.warn(`${this.label}: UID ${uid} has "From " lines in its header; they are quoted with ">" so that they cannot start a message`);
+    parts.push(bytes.subarray(last));
+    return Buffer.concat(parts);
   }
 
   private async doSave(requests: SaveRequest[]): Promise<void> {
@@ -653,7 +682,7 @@ export class MboxMailbox implements StoreMailbox {
       const canAppend =
         p.identity.size === 0 || (!p.needsPersist && keywordList.length === p.keywordList.length && baseField !== undefined && p.base !== 'bad');
       if (!canAppend) {
-        const uv = p.uidValidity || (await this.env.allocateUidValidity());
+        const uv = this.uidValidityOf(p);
         await this.rewrite(lock, p, {
           uidValidity: uv,
           lastUid,
@@ -767,7 +796,7 @@ export class MboxMailbox implements StoreMailbox {
         }
         if (changes.size === 0 && !p.needsPersist) return;
         await this.rewrite(lock, p, {
-          uidValidity: p.uidValidity || (await this.env.allocateUidValidity()),
+          uidValidity: this.uidValidityOf(p),
           lastUid: this.uidNextOf(p) - 1,
           keywordList: this.withNewKeywords(p.keywordList, [...changes.values()].map((c) => c.keywords)),
           messages: this.keptPlan(p, changes),
@@ -786,7 +815,7 @@ export class MboxMailbox implements StoreMailbox {
         const drop = new Set(uids.filter((u) => p.messages.some((m) => m.uid === u)));
         if (drop.size === 0 && !p.needsPersist) return;
         await this.rewrite(lock, p, {
-          uidValidity: p.uidValidity || (await this.env.allocateUidValidity()),
+          uidValidity: this.uidValidityOf(p),
           lastUid: this.uidNextOf(p) - 1,
           keywordList: p.keywordList,
           messages: this.keptPlan(p, undefined, drop),
@@ -821,7 +850,7 @@ export class MboxMailbox implements StoreMailbox {
           moved.push({ src: m, uid: mv.to, flags: m.flags, keywords: m.keywords });
         }
         await this.rewrite(lock, p, {
-          uidValidity: p.uidValidity || (await this.env.allocateUidValidity()),
+          uidValidity: this.uidValidityOf(p),
           lastUid: Math.max(uidNext - 1, prev),
           keywordList: p.keywordList,
           messages: [...this.keptPlan(p, undefined, moving), ...moved],

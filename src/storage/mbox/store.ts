@@ -149,7 +149,6 @@ export class MboxStore implements MailStore {
       quoting: q,
       lockTimeoutMs: opts.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS,
       lockStaleMs: opts.lockStaleMs ?? DEFAULT_LOCK_STALE_MS,
-      allocateUidValidity: () => this.newUidValidity(),
       guidFor: async (name, uv) => {
         const g = await this.guids.lookup(name, uv, (n) => this.mailboxExists(n), !ctx.readOnly);
         await this.guids.save();
