@@ -116,7 +116,11 @@ export class Location {
           });
           this.index.deleteTombstone('mailbox', b.guid);
         } else if (nameKey(row.name) !== nameKey(b.name)) {
-          this.index.putMailbox({ ...row, name: b.name, lastRenamedOrCreated: this.now() });
+          // Renamed outside dsync: date it by the directory's ctime (set by the rename, or by a
+          // later change of the directory) rather than by when we noticed.
+          const now = this.now();
+          const when = b.changedAt !== undefined && b.changedAt <= now && b.changedAt > row.lastRenamedOrCreated ? Math.floor(b.changedAt) : now;
+          this.index.putMailbox({ ...row, name: b.name, lastRenamedOrCreated: when });
         }
       }
       for (const gone of known.values()) {

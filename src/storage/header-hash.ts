@@ -39,8 +39,19 @@ const COLON = 0x3a;
 const QUESTION = 0x3f;
 
 /** The selected fields of the header block, LF line endings, plus the terminating "\n". */
+/** True when bytes[a, b) equals the lowercase ASCII name, ignoring case. */
+function nameIs(bytes: Uint8Array, a: number, b: number, lower: string): boolean {
+  if (b - a !== lower.length) return false;
+  for (let i = 0; i < lower.length; i++) {
+    let c = bytes[a + i]!;
+    if (c >= 0x41 && c <= 0x5a) c |= 0x20;
+    if (c !== lower.charCodeAt(i)) return false;
+  }
+  return true;
+}
+
 export function hashedHeaderBytes(bytes: Uint8Array, headers: readonly string[] = DEFAULT_HEADERS): Buffer {
-  const wanted = new Set(headers.map((h) => h.toLowerCase()));
+  const wanted = headers.map((h) => h.toLowerCase());
   const parts: Buffer[] = [];
   let selected = false;
   let pos = 0;
@@ -58,7 +69,7 @@ export function hashedHeaderBytes(bytes: Uint8Array, headers: readonly string[] 
     } else {
       let n = pos;
       while (n < end && bytes[n] !== COLON && bytes[n] !== SP && bytes[n] !== TAB) n++;
-      selected = wanted.has(Buffer.from(bytes.subarray(pos, n)).toString('latin1').toLowerCase());
+      selected = wanted.some((w) => nameIs(bytes, pos, n, w));
     }
     if (selected) {
       parts.push(Buffer.from(bytes.subarray(pos, end)));

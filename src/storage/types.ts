@@ -14,6 +14,11 @@ export interface StoreMailboxInfo {
   guid?: string;
   uidValidity?: number;
   uidNext?: number;
+  /**
+   * Unix ms of the last change to the mailbox's own directory entry (its ctime), an upper bound
+   * for when it was last renamed; lets a rename made outside dsync be dated near when it happened.
+   */
+  changedAt?: number;
 }
 
 export interface StoreMessage {

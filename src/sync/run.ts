@@ -1,6 +1,6 @@
 // Engine entry points: wires locations, locks, transports and the two brains together.
 import { join } from 'node:path';
-import { realpathSync, mkdirSync, statSync, openSync, closeSync, fchownSync, constants } from 'node:fs';
+import { realpathSync, mkdirSync, statSync, openSync, closeSync, fchownSync, existsSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createHash } from 'node:crypto';
 import type { MailLocation } from '../storage/location.js';
@@ -64,7 +64,9 @@ export async function openLocation(
     }
     if (owner && indexPath !== ':memory:') {
       // SQLite creates the database and its -wal/-shm as whoever opens them: create them first.
-      for (const suffix of ['', '-wal', '-shm']) createOwned(indexPath + suffix, owner);
+      // A new database is switched to WAL mode through one rollback-journal write.
+      const suffixes = existsSync(indexPath) ? ['-wal', '-shm'] : ['', '-journal', '-wal', '-shm'];
+      for (const suffix of suffixes) createOwned(indexPath + suffix, owner);
     }
     let location: Location;
     try {

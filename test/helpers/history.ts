@@ -151,6 +151,7 @@ export async function runHistory(rounds: { a: Op[]; b: Op[] }[]): Promise<void> 
           for (const op of r.a) await apply(a, op, model);
           for (const op of r.b) await apply(b, op, model);
           const res = await mirror(`maildir:${a}`, `maildir:${b}`);
+          if (process.env.DSYNC_HISTORY_TRACE) console.log(JSON.stringify(r), res.summary, res.log);
           assert.equal(res.exitCode, 0, res.log.join('\n'));
           const sa = await snapshot(`maildir:${a}`);
           const sb = await snapshot(`maildir:${b}`);

@@ -82,7 +82,10 @@ test('scan: reads Dovecot-written uidlists (N below listed UIDs, G extension, ol
   ]);
   assert.deepEqual(await box.status(), { guid: 'b0cc402c4cf4076ba805000083ecc375', uidValidity: 1795683406, uidNext: 8 });
   assert.equal(fs.readFileSync(path.join(root, 'dovecot-uidlist'), 'utf8'), uidlist);
-  const list = await store.listMailboxes();
+  const list = (await store.listMailboxes()).map(({ changedAt, ...rest }) => {
+    assert.equal(typeof changedAt, 'number', 'the directory ctime dates renames');
+    return rest;
+  });
   assert.deepEqual(list, [{ name: ['INBOX'], selectable: true, guid: 'b0cc402c4cf4076ba805000083ecc375', uidValidity: 1795683406, uidNext: 8 }]);
 });
 
@@ -210,5 +213,5 @@ test('open: createIfMissing creates the root maildir; false refuses', async (t) 
   assert.equal(fs.existsSync(`${dir}/a`), false);
   await openMaildir(`maildir:${dir}/b/c`);
   assert.deepEqual(fs.readdirSync(`${dir}/b/c`).sort(), ['cur', 'new', 'tmp']);
-  await assert.rejects(openMaildir(`mbox:${dir}/m`), /mail format "mbox" is not supported yet/);
+  assert.equal((await openMaildir(`mbox:${dir}/m`)).format, 'mbox', 'mbox locations open the mbox store');
 });

@@ -16,6 +16,7 @@ export interface DotLockOptions {
 }
 
 export const DEFAULT_STALE_MS = 120_000;
+let tempCounter = 0;
 export const DEFAULT_LOCK_TIMEOUT_MS = 30_000;
 
 export class DotLock {
@@ -36,20 +37,22 @@ export class DotLock {
     const deadline = Date.now() + (opts.timeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS);
     let delay = 5;
     for (;;) {
+      // Prepared complete under a private name (holder named, owner set), then linked into place:
+      // the lock appears at once as it should be, and link() fails if someone else holds it.
+      const temp = `${lockPath}.${process.pid}.${++tempCounter}.tmp`;
+      let fh: fsp.FileHandle | undefined;
       try {
-        const fh = await fsp.open(lockPath, 'wx', ctx.fileMode);
-        try {
-          // Like Dovecot's dotlocks, the lock names its holder, so a crashed holder is seen at once.
-          await fh.write(`${process.pid}:${hostname()}`, 0);
-          await chownIfNeeded(ctx, lockPath);
-          const st = await fh.stat();
-          return new DotLock(target, lockPath, fh, st.ino, ctx, ctx.fileMode);
-        } catch (e) {
-          await fh.close().catch(() => undefined);
-          await fsp.unlink(lockPath).catch(() => undefined);
-          throw e;
-        }
+        fh = await fsp.open(temp, 'wx', ctx.fileMode);
+        await chownIfNeeded(ctx, temp);
+        // Like Dovecot's dotlocks, the lock names its holder, so a crashed holder is seen at once.
+        await fh.write(`${process.pid}:${hostname()}`, 0);
+        await fsp.link(temp, lockPath);
+        await fsp.unlink(temp).catch(() => undefined);
+        const st = await fh.stat();
+        return new DotLock(target, lockPath, fh, st.ino, ctx, ctx.fileMode);
       } catch (e) {
+        await fh?.close().catch(() => undefined);
+        await fsp.unlink(temp).catch(() => undefined);
         if (errCode(e) !== 'EEXIST') throw toStorageError(e, 'create lock', lockPath);
       }
       // Someone holds it. Stale?

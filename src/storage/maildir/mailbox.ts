@@ -137,13 +137,12 @@ class SizeCounter {
   bareLf = 0;
   private prev = -1;
   add(buf: Uint8Array): void {
-    let prev = this.prev;
-    for (let i = 0; i < buf.length; i++) {
-      const b = buf[i]!;
-      if (b === 0x0a && prev !== 0x0d) this.bareLf++;
-      prev = b;
+    // indexOf runs in native code: jump from LF to LF instead of visiting every byte.
+    for (let i = buf.indexOf(0x0a); i >= 0; i = buf.indexOf(0x0a, i + 1)) {
+      const before = i > 0 ? buf[i - 1] : this.prev;
+      if (before !== 0x0d) this.bareLf++;
     }
-    this.prev = prev;
+    if (buf.length > 0) this.prev = buf[buf.length - 1]!;
     this.size += buf.length;
   }
   get vsize(): number {

@@ -223,6 +223,8 @@ export class MaildirStore implements MailStore {
     await Promise.all(
       out.map(async (info) => {
         if (!info.selectable) return;
+        const st = await fsp.stat(this.layout.mailDir(info.name)).catch(() => null);
+        if (st) info.changedAt = st.ctimeMs;
         const summary = await readUidlistSummary(path.join(this.layout.controlDir(info.name), UIDLIST_NAME));
         if (!summary) return;
         if (summary.guid) info.guid = summary.guid;

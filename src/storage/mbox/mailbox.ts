@@ -270,6 +270,35 @@ export class MboxMailbox implements StoreMailbox {
     });
   }
 
+  /** Temp files of rewrites whose process died ("<mbox>.dsync-<pid>-<hex>.tmp.lock"); we hold the lock. */
+  private async removeStaleTemps(dir: string): Promise<void> {
+    const prefix = `${path.basename(this.file)}.dsync-`;
+    let names: string[];
+    try {
+      names = await fsp.readdir(dir);
+    } catch {
+      return;
+    }
+    for (const n of names) {
+      if (!n.startsWith(prefix) || !n.endsWith('.tmp.lock')) continue;
+      const m = /^(\d+)-[0-9a-f]+\.tmp\.lock$/.exec(n.slice(prefix.length));
+      if (!m) continue;
+      const pid = Number(m[1]);
+      let alive = pid === process.pid;
+      if (!alive) {
+        try {
+          process.kill(pid, 0);
+          alive = true;
+        } catch (e) {
+          alive = errCode(e) === 'EPERM';
+        }
+      }
+      if (alive) continue;
+      this.ctx.warn(`${this.label}: removing ${n}, left by an interrupted rewrite (the mailbox itself was never touched by it)`);
+      await fsp.unlink(path.join(dir, n)).catch(() => undefined);
+    }
+  }
+
   /** Writes UIDs and UIDVALIDITY that exist only in memory (the way Dovecot does on its first look). */
   private async persist(): Promise<ParsedMbox> {
     return this.withLock(async (lock) => {
@@ -469,6 +498,7 @@ export class MboxMailbox implements StoreMailbox {
    */
   private async rewrite(lock: DotLock, p: ParsedMbox, plan: RewritePlan): Promise<void> {
     const dir = path.dirname(this.file);
+    await this.removeStaleTemps(dir);
     const temp = path.join(dir, `${path.basename(this.file)}.dsync-${process.pid}-${randomHex(4)}.tmp.lock`);
     const src = await this.openFile();
     let out: fsp.FileHandle | undefined;

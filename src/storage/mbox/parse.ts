@@ -136,6 +136,7 @@ const CR = 0x0d;
 const FROM_ = Buffer.from('\nFrom ');
 
 const META = new Set(['x-imapbase', 'x-imap', 'x-uid', 'status', 'x-status', 'x-keywords', 'content-length']);
+const META_LENGTHS = new Set([...META].map((n) => n.length));
 
 /** Metadata header names Dovecot hides, lowercase. */
 export function isMetadataHeader(lowerName: string): boolean {
@@ -159,9 +160,12 @@ function splitFields(buf: Buffer, base: number): { fields: Field[]; leadingConti
     const [ls, le] = cur.lines[0]!;
     let n = ls;
     while (n < le && buf[n] !== 0x3a && buf[n] !== 0x20 && buf[n] !== 0x09) n++;
-    const name = buf.toString('latin1', ls, n).toLowerCase();
+    // Only names that could be metadata headers become strings (this runs for every header field).
+    const c = buf[ls]! | 0x20;
+    const maybe = META_LENGTHS.has(n - ls) && (c === 0x78 || c === 0x73 || c === 0x63); // x s c
+    const name = maybe ? buf.toString('latin1', ls, n).toLowerCase() : '';
     let value = '';
-    if (META.has(name)) {
+    if (maybe && META.has(name)) {
       let c = n;
       while (c < le && (buf[c] === 0x20 || buf[c] === 0x09)) c++;
       if (buf[c] === 0x3a) {
@@ -175,7 +179,7 @@ function splitFields(buf: Buffer, base: number): { fields: Field[]; leadingConti
   let pos = 0;
   let first = true;
   while (pos < buf.length) {
-    let nl = buf.indexOf(LF, pos);
+    const nl = buf.indexOf(LF, pos);
     const lineEnd = nl < 0 ? buf.length : nl;
     let contentEnd = lineEnd;
     if (nl >= 0 && contentEnd > pos && buf[contentEnd - 1] === CR) contentEnd--;
@@ -190,7 +194,6 @@ function splitFields(buf: Buffer, base: number): { fields: Field[]; leadingConti
     }
     first = false;
     pos = next;
-    nl = -1;
   }
   flush(buf.length);
   return { fields, leadingContinuation };
@@ -520,6 +523,7 @@ async function parseMessages(r: WindowReader, start: number, opts: ParseOptions)
     let next: number;
     let hasBlank = false;
     let headerBuf: Buffer;
+    let split: ReturnType<typeof splitFields> | undefined;
     if (blankAt < 0) {
       // No blank line: everything up to the boundary is header.
       if (boundary >= 0) {
@@ -534,7 +538,8 @@ async function parseMessages(r: WindowReader, start: number, opts: ParseOptions)
       headerBuf = await r.slice(hdrStart, hdrEnd);
     } else {
       headerBuf = await r.slice(hdrStart, blankAt);
-      const cl = fieldValue(splitFields(headerBuf, hdrStart).fields, 'content-length');
+      split = splitFields(headerBuf, hdrStart);
+      const cl = fieldValue(split.fields, 'content-length');
       let contentLength: number | undefined;
       let resolved: { msgEnd: number; next: number } | null = null;
       if (cl !== undefined && /^\d{1,15}$/.test(cl)) {
@@ -577,13 +582,16 @@ async function parseMessages(r: WindowReader, start: number, opts: ParseOptions)
         hasBlank = false;
         hdrEnd = Math.max(hdrStart, Math.min(blankAt, msgEnd));
         bodyStart = msgEnd;
-        headerBuf = await r.slice(hdrStart, hdrEnd);
+        if (hdrEnd !== blankAt) {
+          headerBuf = await r.slice(hdrStart, hdrEnd);
+          split = undefined;
+        }
       } else {
         hasBlank = true;
         hdrEnd = blankAt;
       }
     }
-    const { fields, leadingContinuation } = splitFields(headerBuf, hdrStart);
+    const { fields, leadingContinuation } = split ?? splitFields(headerBuf, hdrStart);
     const hidden = fields.map((f) => ({ start: f.start, end: f.end }));
     const msg: MboxMessage = {
       start: p,

@@ -371,11 +371,18 @@ export class MboxStore implements MailStore {
       const st = await fh.stat();
       if (!st.isFile()) return null;
       if (st.size === 0) return { uidValidity: derivedUidValidity(identityOf(st)), uidNext: 1 };
-      const len = Math.min(st.size, 256 * 1024);
-      const buf = Buffer.allocUnsafe(len);
-      const { bytesRead } = await fh.read(buf, 0, len, 0);
-      const b = peekBase(buf.subarray(0, bytesRead));
-      return b ? { uidValidity: b.uidValidity, uidNext: b.lastUid + 1 } : null;
+      // The first message's header: usually a few KB.
+      for (const want of [16 * 1024, 256 * 1024]) {
+        const len = Math.min(st.size, want);
+        const buf = Buffer.allocUnsafe(len);
+        const { bytesRead } = await fh.read(buf, 0, len, 0);
+        const head = buf.subarray(0, bytesRead);
+        const complete = bytesRead >= st.size || head.indexOf('\n\n') >= 0 || head.indexOf('\n\r\n') >= 0;
+        if (!complete && want < 256 * 1024) continue;
+        const b = peekBase(head);
+        return b ? { uidValidity: b.uidValidity, uidNext: b.lastUid + 1 } : null;
+      }
+      return null;
     } catch {
       return null;
     } finally {

@@ -1,0 +1,67 @@
+// Crash safety: a process killed in the middle of rewriting an mbox leaves the original intact;
+// the next run breaks its dead lock, removes its temp file and works normally.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Flag } from '../../src/model/flags.js';
+import { tempDir, warnings } from './helpers.js';
+import { openMbox, write } from './mbox-helpers.js';
+
+const storeModule = fileURLToPath(new URL('../../src/storage/mbox/store.js', import.meta.url));
+const locationModule = fileURLToPath(new URL('../../src/storage/location.js', import.meta.url));
+
+const sha = (f: string) => createHash('sha256').update(fs.readFileSync(f)).digest('hex');
+
+test('crash: SIGKILL during a rewrite leaves the mbox as it was; the next run recovers', async (t) => {
+  const dir = tempDir(t, 'dsync-mbox-crash-');
+  const file = `${dir}/m/Big`;
+  const body = 'x'.repeat(76) + '\n';
+  const parts: string[] = [];
+  for (let i = 1; i <= 3000; i++) {
+    parts.push(`From a@b Tue Jan  2 10:00:00 2024\n${i === 1 ? 'X-IMAPbase: 1700000050 0000003000\n' : ''}X-UID: ${i}\nSubject: ${i}\n\n${body.repeat(250)}\n`);
+  }
+  write(file, parts.join('')); // ~60 MB
+  const before = sha(file);
+  const script = `${dir}/child.mjs`;
+  fs.writeFileSync(
+    script,
+    `import { MboxStore } from ${JSON.stringify(storeModule)};
+     import { parseMailLocation } from ${JSON.stringify(locationModule)};
+     const store = await MboxStore.open(parseMailLocation('mbox:${dir}/m', {}), { warn: () => {} });
+     const box = await store.openMailbox(['Big']);
+     await box.scan();
+     process.stdout.write('scanned\\n');
+     await box.updateFlags([{ uid: 1, flags: ${Flag.Seen}, keywords: [] }]);
+     process.stdout.write('done\\n');`,
+  );
+  const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  // Wait until the rewrite has started writing its temp file, then kill.
+  let temp: string | undefined;
+  for (let i = 0; i < 4000 && !temp; i++) {
+    temp = fs.readdirSync(`${dir}/m`).find((n) => n.endsWith('.tmp.lock') && fs.statSync(`${dir}/m/${n}`).size > 0);
+    if (!temp) await sleep(2);
+  }
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+  assert.ok(temp, `the child never started its rewrite (output: ${out})`);
+  assert.doesNotMatch(out, /done/, 'killed before it finished');
+  assert.equal(sha(file), before, 'the original is untouched');
+  assert.ok(fs.existsSync(`${file}.lock`), 'its dotlock is left behind');
+
+  const w = warnings();
+  const store = await openMbox(`mbox:${dir}/m`, { warn: w.warn });
+  const box = await store.openMailbox(['Big']);
+  assert.equal((await box.scan()).length, 3000);
+  await box.updateFlags([{ uid: 2, flags: Flag.Flagged, keywords: [] }]);
+  assert.ok(w.has(/no longer exists/), w.list.join('\n'));
+  assert.ok(w.has(/left by an interrupted rewrite/), w.list.join('\n'));
+  assert.deepEqual(fs.readdirSync(`${dir}/m`).sort(), ['.imap', 'Big'], 'no lock or temp file left');
+  const msgs = await box.scan();
+  assert.deepEqual([msgs[0]!.flags, msgs[1]!.flags], [0, Flag.Flagged]);
+});
