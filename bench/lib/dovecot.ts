@@ -1,0 +1,51 @@
+// A private doveadm-only Dovecot configuration (no server, no auth): `doveadm -c CONF` run as
+// root with USER/HOME in the environment acts as that user, with mail access as mail_uid.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { MAIL_GID, MAIL_UID } from '../corpus.js';
+
+export interface DoveadmEnv {
+  configPath: string;
+  env: NodeJS.ProcessEnv;
+}
+
+export function writeDoveadmConfig(dir: string): DoveadmEnv {
+  fs.mkdirSync(dir, { recursive: true });
+  fs.chmodSync(dir, 0o755);
+  const home = path.join(dir, 'home');
+  fs.mkdirSync(home, { recursive: true });
+  fs.chownSync(home, MAIL_UID, MAIL_GID);
+  const conf = `# dsync benchmark: doveadm-only private config (bench/lib/dovecot.ts); all settings default otherwise
+base_dir = ${dir}/run
+state_dir = ${dir}/state
+log_path = ${dir}/dovecot.log
+info_log_path = ${dir}/dovecot.log
+mail_uid = ${MAIL_UID}
+mail_gid = ${MAIL_GID}
+first_valid_uid = 1
+first_valid_gid = 1
+mail_location =
+ssl = no
+protocols =
+`;
+  const configPath = path.join(dir, 'dovecot.conf');
+  fs.writeFileSync(configPath, conf, { mode: 0o644 });
+  return { configPath, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', USER: 'bench', HOME: home, LANG: 'C' } };
+}
+
+export function dovecotVersion(): string {
+  const r = spawnSync('dovecot', ['--version'], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : 'unknown';
+}
+
+/** doveadm's own command line for a sync: `doveadm -c CONF -o mail_location=maildir:A sync|backup [-f] maildir:B`. */
+export function doveadmSyncCmd(d: DoveadmEnv, mode: 'mirror' | 'backup', a: string, b: string, full: boolean): string[] {
+  return ['doveadm', '-c', d.configPath, '-o', `mail_location=maildir:${a}`, mode === 'mirror' ? 'sync' : 'backup', ...(full ? ['-f'] : []), `maildir:${b}`];
+}
+
+/** Opens every mailbox once (`doveadm index '*'`): uidlists and dovecot.index* as Dovecot leaves them. */
+export function primeWithDovecot(d: DoveadmEnv, maildir: string): void {
+  const r = spawnSync('doveadm', ['-c', d.configPath, '-o', `mail_location=maildir:${maildir}`, 'index', '*'], { encoding: 'utf8', env: d.env });
+  if (r.status !== 0) throw new Error(`doveadm index failed (exit ${r.status}): ${r.stderr}`);
+}
