@@ -290,10 +290,21 @@ export class LocationMailbox {
     const m = this.messages.get(uid);
     if (!m || (key !== undefined && this.key(m) !== key)) return null;
     const want = m.guid;
+    const resolve = () => (this.messages.get(uid)?.guid === want ? uid : this.uidOfGuid(want));
     return () =>
       lazyStream(async () => {
+        const first = resolve();
+        if (first !== undefined) {
+          try {
+            return await this.store.openBody(first);
+          } catch {
+            // Moved to another UID just now (the store knows before our map does): look again
+            // once the move is recorded. Never wait up front: the move may itself be waiting
+            // for the peer to read our mails.
+          }
+        }
         await this.moving;
-        const now = this.messages.get(uid)?.guid === want ? uid : this.uidOfGuid(want);
+        const now = resolve();
         if (now === undefined) throw new Error(`mail ${want} was expunged while it was being copied`);
         return this.store.openBody(now);
       });
@@ -314,6 +325,11 @@ export class LocationMailbox {
   async save(requests: (SaveRequest & { size?: number })[]): Promise<void> {
     if (requests.length === 0) return;
     await this.store.save(requests);
+    this.recordSaves(requests);
+  }
+
+  private recordSaves(requests: (SaveRequest & { size?: number })[]): void {
+    if (requests.length === 0) return;
     this.index.transaction(() => {
       for (const r of requests) {
         const row: MessageRow = {
@@ -329,9 +345,31 @@ export class LocationMailbox {
         this.index.putMessage(this.row.guid, row);
         this.messages.set(r.uid, row);
       }
-      this.row.uidNext = Math.max(this.row.uidNext, requests[requests.length - 1].uid + 1);
+      this.row.uidNext = Math.max(this.row.uidNext, ...requests.map((r) => r.uid + 1));
       this.index.putMailbox(this.row);
     });
+  }
+
+  get canSaveAndRenumber(): boolean {
+    return typeof this.store.saveAndRenumber === 'function';
+  }
+
+  /** Saves the peer's mails and moves local ones to new UIDs in one store update. */
+  async saveAndRenumber(
+    requests: SaveRequest[],
+    moves: { from: number; to: number; flags: number; keywords: string[] }[],
+    origin: string,
+  ): Promise<void> {
+    let done!: () => void;
+    this.moving = new Promise<void>((r) => (done = r));
+    try {
+      await this.store.saveAndRenumber!(requests, moves.map(({ from, to }) => ({ from, to })));
+      this.recordSaves(requests);
+      this.recordMoves(moves, origin);
+    } finally {
+      done();
+    }
+    await this.updateFlags(moves.map((m) => ({ uid: m.to, flags: m.flags, keywords: m.keywords })), origin);
   }
 
   /** Gives local messages new UIDs (ascending, at or above UIDNEXT) atomically where the store can. */
@@ -362,6 +400,7 @@ export class LocationMailbox {
   }
 
   private recordMoves(moves: { from: number; to: number }[], origin: string): void {
+    if (moves.length === 0) return;
     const now = this.location.now();
     this.index.transaction(() => {
       for (const m of moves) {
@@ -373,7 +412,7 @@ export class LocationMailbox {
         this.index.putMessage(this.row.guid, row);
         this.messages.set(m.to, row);
       }
-      this.row.uidNext = Math.max(this.row.uidNext, moves[moves.length - 1].to + 1);
+      this.row.uidNext = Math.max(this.row.uidNext, ...moves.map((m) => m.to + 1));
       this.index.putMailbox(this.row);
     });
   }

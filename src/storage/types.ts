@@ -90,6 +90,11 @@ export interface StoreMailbox {
    */
   renumber?(moves: { from: number; to: number }[]): Promise<void>;
   /**
+   * Optional: `save` and `renumber` in one step (all target UIDs >= uidNext, distinct), so that
+   * interleaved saves and moves need not each update the UID map on their own.
+   */
+  saveAndRenumber?(requests: SaveRequest[], moves: { from: number; to: number }[]): Promise<void>;
+  /**
    * Optional: removes every message and restarts the UID space at 1 with this UIDVALIDITY,
    * keeping the mailbox and its GUID (used to rebuild a backup destination, INBOX included).
    */

@@ -18,7 +18,7 @@ import type {
   SyncType,
 } from './records.js';
 import { planTree, type TreeMode } from './decide/tree-plan.js';
-import { planMailbox, type MessageView, type SideActions, type SideView } from './decide/mailbox-plan.js';
+import { planMailbox, type MessageView, type SaveAction, type SideActions, type SideView } from './decide/mailbox-plan.js';
 import { planBackup } from './decide/backup-plan.js';
 import { nameKey } from './decide/name-hash.js';
 import { applyTreeActions } from './tree-apply.js';
@@ -401,7 +401,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   // may expunge the mails whose bodies we were reading.
   let changesDuringSync = false;
   if (plan.rebuild) {
-    ctx.log.warn(`mailbox ${name}: the destination cannot be made identical in place (${plan.rebuild}); rebuilding it from the source`);
+    if (!plan.quietRebuild) ctx.log.warn(`mailbox ${name}: the destination cannot be made identical in place (${plan.rebuild}); rebuilding it from the source`);
     if (!(await box.reset(uidValidity, ctx.peerId))) {
       const { guid } = box;
       const boxName = box.name;
@@ -413,7 +413,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
       if (!fresh) throw new Error(`mailbox ${name} could not be recreated`);
       box = fresh;
     }
-    ctx.summary.push(`mailbox ${name}: rebuilt from the source (${plan.rebuild})`);
+    if (!plan.quietRebuild) ctx.summary.push(`mailbox ${name}: rebuilt from the source (${plan.rebuild})`);
   }
   const saves = [...actions.saves].sort((a, b) => a.uid - b.uid);
   const applied = { fromPeer: 0, moved: 0 };
@@ -427,31 +427,48 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
       for (const s of saves) s.uid = next++;
     }
   }
-  // Apply in ascending UID order, in runs of the same kind: local UID moves, then saves of the
-  // peer's mails (committed every 100), so every UID is above UIDNEXT when it is used.
-  for (let i = 0; i < saves.length; ) {
+  const bodyOf = (sv: SaveAction): SaveRequest | null => {
+    const body = mails.get(sv.sourceUid)?.body ?? null;
+    if (!body) {
+      ctx.log.warn(`mailbox ${name}: mail ${sv.key} vanished on the other side before it could be copied (run dsync again)`);
+      changesDuringSync = true;
+      return null;
+    }
+    return { uid: sv.uid, guid: sv.key, flags: sv.flags, keywords: sv.keywords, internalDate: sv.internalDate, body };
+  };
+  const isMove = (sv: SaveAction) => sv.from === 'local';
+  let combined = false;
+  if (box.canSaveAndRenumber && saves.some(isMove) && saves.some((sv) => !isMove(sv))) {
+    // After a UID conflict moves and copies interleave: one store update for all of them.
+    const moves = saves.filter((sv) => isMove(sv) && box.keyOf(sv.sourceUid) === sv.key);
+    if (moves.length < saves.filter(isMove).length) changesDuringSync = true;
+    const requests = saves.filter((sv) => !isMove(sv)).map(bodyOf).filter((r): r is SaveRequest => r !== null);
+    try {
+      await box.saveAndRenumber(requests, moves.map((sv) => ({ from: sv.sourceUid, to: sv.uid, flags: sv.flags, keywords: sv.keywords })), ctx.peerId);
+      applied.moved += moves.length;
+      applied.fromPeer += requests.length;
+      combined = true;
+    } catch (err) {
+      if (!(err instanceof BodySourceError)) throw err;
+      // An unreadable mail on the other side: go the slow way, which skips just that mail.
+    }
+  }
+  // Otherwise in ascending UID order, in runs of the same kind: local UID moves, then saves of
+  // the peer's mails (committed every 100), so every UID is above UIDNEXT when it is used.
+  for (let i = 0; !combined && i < saves.length; ) {
     const from = saves[i].from;
     let j = i;
     while (j < saves.length && saves[j].from === from && j - i < 100) j++;
     const run = saves.slice(i, j);
     i = j;
     if (from === 'local') {
-      const moves = run.filter((s) => box.keyOf(s.sourceUid) === s.key);
+      const moves = run.filter((sv) => box.keyOf(sv.sourceUid) === sv.key);
       if (moves.length < run.length) changesDuringSync = true;
-      await box.renumber(moves.map((s) => ({ from: s.sourceUid, to: s.uid, flags: s.flags, keywords: s.keywords })), ctx.peerId);
+      await box.renumber(moves.map((sv) => ({ from: sv.sourceUid, to: sv.uid, flags: sv.flags, keywords: sv.keywords })), ctx.peerId);
       applied.moved += moves.length;
       continue;
     }
-    const requests: SaveRequest[] = [];
-    for (const s of run) {
-      const body = mails.get(s.sourceUid)?.body ?? null;
-      if (!body) {
-        ctx.log.warn(`mailbox ${name}: mail ${s.key} vanished on the other side before it could be copied (run dsync again)`);
-        changesDuringSync = true;
-        continue;
-      }
-      requests.push({ uid: s.uid, guid: s.key, flags: s.flags, keywords: s.keywords, internalDate: s.internalDate, body });
-    }
+    const requests = run.map(bodyOf).filter((r): r is SaveRequest => r !== null);
     const n = await saveSkippingUnreadable(ctx, box, requests, name);
     if (n < requests.length) changesDuringSync = true;
     applied.fromPeer += n;
@@ -475,7 +492,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   const expungeUids = [...keys].filter(([uid, key]) => box.keyOf(uid) === key).map(([uid]) => uid);
   const expunged = await box.expunge(expungeUids, ctx.peerId);
   const flagged = await box.updateFlags(actions.flagUpdates, ctx.peerId);
-  await box.raiseUidNext(plan.uidNext);
+  if (!ctx.isSource) await box.raiseUidNext(plan.uidNext);
 
   if (backup) {
     // The backup source keeps no state (its index lives in memory), so neither side does.
@@ -534,6 +551,8 @@ interface SidePlan {
   renumbered: number;
   /** Set (to the reason) when the backup destination must be recreated. */
   rebuild?: string;
+  /** The rebuild only gives an empty, unused mailbox the source's UIDVALIDITY: not worth a warning. */
+  quietRebuild?: boolean;
 }
 
 function mirrorPlan(ctx: Ctx, myView: SideView, peerView: SideView, lastCommonUid: number): SidePlan {
@@ -551,7 +570,7 @@ function backupPlan(ctx: Ctx, myView: SideView, peerView: SideView, mine: Mailbo
     return { actions: { expunges: [], flagUpdates: [], saves: [] }, uidNext: source.uidNext, lastCommonUid: source.uidNext - 1, renumbered: 0 };
   }
   const p = planBackup(source, myView, mine.uidValidity === theirs.uidValidity);
-  return { actions: p.dest, uidNext: p.uidNext, lastCommonUid: p.uidNext - 1, renumbered: 0, rebuild: p.rebuild ? p.reason : undefined };
+  return { actions: p.dest, uidNext: p.uidNext, lastCommonUid: p.uidNext - 1, renumbered: 0, rebuild: p.rebuild ? p.reason : undefined, quietRebuild: p.quiet };
 }
 
 /** The mailbox with more messages keeps its UIDVALIDITY; on a tie the higher value wins. */

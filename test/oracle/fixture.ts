@@ -40,6 +40,25 @@ export function loc(root: string, layout: Layout = 'maildir++'): string {
   return `maildir:${root}${layoutSuffix(layout)}`;
 }
 
+/** An mbox location whose INBOX is the file `inbox` inside `root` (so a copy of `root` holds all of it). */
+export function mboxLoc(root: string): string {
+  return `mbox:${root}:INBOX=${path.join(root, 'inbox')}`;
+}
+
+/** A mail store the helpers below can serve: a Maildir (Maildir++ or LAYOUT=fs) or an mbox directory (see mboxLoc). */
+export interface Side {
+  root: string;
+  /** Maildir layout; ignored for mbox. */
+  layout?: Layout;
+  /** Default 'maildir'. */
+  format?: 'maildir' | 'mbox';
+}
+
+/** The mail location of a side, for our engine and for Dovecot alike. */
+export function sideLoc(side: Side): string {
+  return side.format === 'mbox' ? mboxLoc(side.root) : loc(side.root, side.layout ?? 'maildir++');
+}
+
 const cleanup: string[] = [];
 // Registered when the module is loaded, i.e. at the top level of the importing test file: an
 // after() called inside a running test would belong to that test and run when it ends.
@@ -82,8 +101,19 @@ interface Spec {
   inNew?: boolean;
 }
 
-function corpusSpecs(): Spec[] {
+/** Corpus variants. */
+export interface CorpusOptions {
+  /**
+   * Only what an mbox store can hold too: a mailbox file can't have children (Dovecot: "Mailbox
+   * doesn't allow inferior mailboxes"), so Archive's own two messages go to Archive/Old and
+   * Archive becomes a \Noselect parent like Projects.
+   */
+  mbox?: boolean;
+}
+
+function corpusSpecs(opts: CorpusOptions = {}): Spec[] {
   const inbox = ['INBOX'];
+  const archive = opts.mbox ? ['Archive', 'Old'] : ['Archive'];
   let d = T0;
   const next = (): number => (d += 3_600);
   const specs: Spec[] = [
@@ -111,8 +141,8 @@ function corpusSpecs(): Spec[] {
     { box: inbox, body: makeMessage('new-2', { crlf: true }), date: next(), inNew: true },
     // An old message (INTERNALDATE far from the others).
     { box: inbox, body: makeMessage('old'), flags: 'S', date: 631_152_000 },
-    { box: ['Archive'], body: makeMessage('ar-1'), flags: 'S', date: next() },
-    { box: ['Archive'], body: makeMessage('ar-2', { crlf: true }), flags: 'RS', date: next() },
+    { box: archive, body: makeMessage('ar-1'), flags: 'S', date: next() },
+    { box: archive, body: makeMessage('ar-2', { crlf: true }), flags: 'RS', date: next() },
     // Archive/2024 has its own keyword file with a different letter mapping.
     { box: ['Archive', '2024'], body: makeMessage('ar24-1'), flags: 'Sa', date: next() },
     { box: ['Archive', '2024'], body: makeMessage('ar24-2'), flags: 'Tb', date: next() },
@@ -137,10 +167,10 @@ const KEYWORDS: Record<string, string> = {
  * Writes the corpus into `root` (Maildir++ or LAYOUT=fs). No dovecot-uidlist anywhere yet:
  * UIDs come from whoever scans first. Returns `root`.
  */
-export function buildCorpus(root: string, layout: Layout = 'maildir++'): string {
+export function buildCorpus(root: string, layout: Layout = 'maildir++', opts: CorpusOptions = {}): string {
   fs.mkdirSync(root, { recursive: true });
   for (const d of ['cur', 'new', 'tmp']) fs.mkdirSync(path.join(root, d), { recursive: true });
-  for (const s of corpusSpecs()) {
+  for (const s of corpusSpecs(opts)) {
     const dir = maildirFolderPath(root, s.box, layout);
     writeMaildirMessage(dir, { body: s.body, flags: s.flags, internalDate: s.date, inNew: s.inNew });
     if (layout === 'maildir++' && s.box[0] !== 'INBOX') fs.writeFileSync(path.join(dir, 'maildirfolder'), '');
@@ -158,9 +188,9 @@ export function buildCorpus(root: string, layout: Layout = 'maildir++'): string 
 }
 
 /** Number of messages per mailbox in the corpus, for sanity checks. */
-export function corpusCounts(): Map<string, number> {
+export function corpusCounts(opts: CorpusOptions = {}): Map<string, number> {
   const m = new Map<string, number>();
-  for (const s of corpusSpecs()) m.set(s.box.join('/'), (m.get(s.box.join('/')) ?? 0) + 1);
+  for (const s of corpusSpecs(opts)) m.set(s.box.join('/'), (m.get(s.box.join('/')) ?? 0) + 1);
   m.set('Empty', 0);
   return m;
 }
@@ -243,10 +273,8 @@ export function giveToDovecot(root: string): void {
 
 // ------------------------------------------------------------------ Dovecot with its log
 
-export interface Served {
+export interface Served extends Side {
   name: string;
-  root: string;
-  layout?: Layout;
 }
 
 /**
@@ -262,16 +290,16 @@ export function logProblems(logText: string): string[] {
 }
 
 /**
- * Serves the given maildirs *live* (not copies: changes made through the server land in them)
+ * Serves the given mail stores *live* (not copies: changes made through the server land in them)
  * as users of one server, runs fn, stops the server and returns the problems Dovecot logged.
- * The trees must be owned by the mail user (giveToDovecot).
+ * The trees must be owned by the mail user (giveToDovecot). Maildir and mbox users can be mixed.
  */
 export async function serveLive(users: Served[], fn: (server: ImapServer) => Promise<void>): Promise<string[]> {
   const dir = makeTempDir('dsync-oracle-srv-');
   try {
     const server = await startImapServer({
       dir,
-      users: users.map((u) => ({ name: u.name, mailLocation: `maildir:${u.root}${layoutSuffix(u.layout ?? 'maildir++')}` })),
+      users: users.map((u) => ({ name: u.name, mailLocation: sideLoc(u) })),
     });
     try {
       await fn(server);
@@ -289,10 +317,10 @@ export async function serveLive(users: Served[], fn: (server: ImapServer) => Pro
  * originals earlier), but also returns what Dovecot logged as a problem while opening them:
  * a maildir whose uidlist we changed behind Dovecot's index must open without complaints.
  */
-export async function viewsWithLog(specs: Array<{ root: string; layout?: Layout }>): Promise<{ views: ImapView[]; problems: string[] }> {
+export async function viewsWithLog(specs: Side[]): Promise<{ views: ImapView[]; problems: string[] }> {
   const copies = specs.map((s) => prepareOracleCopy(s.root));
   try {
-    const users = specs.map((s, i) => ({ name: `view${i}`, root: copies[i]!, layout: s.layout }));
+    const users = specs.map((s, i) => ({ ...s, name: `view${i}`, root: copies[i]! }));
     const views: ImapView[] = [];
     const problems = await serveLive(users, async (server) => {
       for (const u of users) views.push(await imapView(server.port, u.name, ORACLE_PASSWORD));

@@ -611,13 +611,16 @@ export class MaildirMailbox implements StoreMailbox {
     return this.serial(async () => {
       await this.assertExists();
       const ul = await readUidlist(this.uidlistPath, this.ctx.warn);
+      // Read-only, files not yet in the uidlist get UIDs in memory only: UIDNEXT counts them too.
+      let memNext = 0;
+      if (this.ctx.readOnly) for (const uid of this.files.keys()) memNext = Math.max(memNext, uid + 1);
       if (ul && ul.header.guid && ul.header.uidValidity) {
-        return { guid: ul.header.guid, uidValidity: ul.header.uidValidity, uidNext: ul.nextUid };
+        return { guid: ul.header.guid, uidValidity: ul.header.uidValidity, uidNext: Math.max(ul.nextUid, memNext) };
       }
       if (this.ctx.readOnly) {
         const base = ul ?? emptyUidlist();
         const h = await this.readOnlyHeader(base);
-        return { ...h, uidNext: base.nextUid };
+        return { ...h, uidNext: Math.max(base.nextUid, memNext) };
       }
       const fresh = await this.withLock(async (lock) => {
         const f = (await readUidlist(this.uidlistPath, () => undefined)) ?? emptyUidlist();
@@ -738,8 +741,17 @@ export class MaildirMailbox implements StoreMailbox {
     return true;
   }
 
-  private async doSave(requests: SaveRequest[]): Promise<void> {
-    if (requests.length === 0) return;
+  /**
+   * Saves new mails and moves existing ones to new UIDs in one uidlist update (one lock, one
+   * rewrite), so a sync that interleaves both after a UID conflict does not rewrite it per run.
+   */
+  saveAndRenumber(requests: SaveRequest[], moves: { from: number; to: number }[]): Promise<void> {
+    if (moves.length === 0) return this.save(requests);
+    return this.serial(() => this.doSave(requests, moves));
+  }
+
+  private async doSave(requests: SaveRequest[], moves: { from: number; to: number }[] = []): Promise<void> {
+    if (requests.length === 0 && moves.length === 0) return;
     assertWritable(this.ctx, `save to ${this.label}`);
     let prev = 0;
     for (const r of requests) {
@@ -776,9 +788,11 @@ export class MaildirMailbox implements StoreMailbox {
         const existing = await readUidlist(this.uidlistPath, () => undefined);
         const ul = existing ?? emptyUidlist();
         const headerChanged = await this.completeHeader(ul);
-        if (requests[0]!.uid < ul.nextUid) {
+        const targets = [...requests.map((r) => r.uid), ...moves.map((m) => m.to)];
+        const lowest = Math.min(...targets);
+        if (lowest < ul.nextUid || new Set(targets).size !== targets.length) {
           throw new StorageError(
-            `mailbox ${this.label}: cannot save UID ${requests[0]!.uid}: the mailbox's next UID is already ${ul.nextUid}`,
+            `mailbox ${this.label}: cannot give out UID ${lowest}: the mailbox's next UID is already ${ul.nextUid}`,
             'EXISTS',
           );
         }
@@ -825,10 +839,20 @@ export class MaildirMailbox implements StoreMailbox {
             added.push(entry);
             placed.push({ uid: req.uid, base, sub: 'cur', name, guid: entryGuid(entry) });
           }
-          await fsyncDir(curDir);
+          if (placed.length > 0) await fsyncDir(curDir);
+          if (moves.length > 0) {
+            const byUid = new Map(ul.entries.map((e) => [e.uid, e]));
+            for (const m of moves) {
+              const e = byUid.get(m.from);
+              if (e) e.uid = m.to;
+            }
+          }
           ul.entries.push(...added);
-          ul.nextUid = Math.max(ul.nextUid, requests[requests.length - 1]!.uid + 1);
-          await this.writeEntries(lock, ul, added, headerChanged || ul.needsRewrite || !existing);
+          if (moves.length > 0) ul.entries.sort((x, y) => x.uid - y.uid);
+          const top = Math.max(...targets) + 1;
+          ul.nextUid = Math.max(ul.nextUid, top);
+          if (moves.length > 0) ul.header.nextUid = Math.max(ul.header.nextUid, top);
+          await this.writeEntries(lock, ul, added, moves.length > 0 || headerChanged || ul.needsRewrite || !existing);
         } catch (e) {
           // Files already in cur/ but without a uidlist entry would get UIDs at the next scan with
           // their base name as GUID (the G field is lost): a second copy of the mail once synced.
@@ -836,6 +860,12 @@ export class MaildirMailbox implements StoreMailbox {
           for (const f of placed) await fsp.unlink(path.join(curDir, f.name)).catch(() => undefined);
           if (placed.length > 0) await fsyncDir(curDir).catch(() => undefined);
           throw e;
+        }
+        for (const m of moves) {
+          const f = this.files.get(m.from);
+          if (!f) continue;
+          this.files.delete(m.from);
+          this.files.set(m.to, { ...f, uid: m.to });
         }
         for (const f of placed) {
           this.files.set(f.uid, f);

@@ -12,9 +12,19 @@
 //   <blank line><body>
 //   <one "\n" separator>
 // with body "From " lines left unquoted (Content-Length protects them) and a leading "From "
-// line of the message itself dropped. We write the same headers in the same order, without
-// Dovecot's space padding (which only serves its in-place rewrites), and only non-empty
-// Status/X-Status/X-Keywords.
+// line of the message itself dropped. We write the same headers in the same order, and only
+// non-empty Status/X-Status/X-Keywords; Dovecot's space padding (which only serves its in-place
+// rewrites) only where Dovecot needs it, see below.
+//
+// Line ends: Dovecot stores every message with LF line ends (it converts CRLF on save), so its
+// in-place rewrites assume LF outside the messages. We keep a message's bytes as they are, but:
+//  * the From_ line and the separator after the message are always "\n" (after a "\r\n"
+//    separator Dovecot computes the previous message's end one byte off when it appends, and
+//    then fails to read that message: "Next message unexpectedly lost");
+//  * a message whose blank line after the header is "\r\n" gets an X-Keywords header with
+//    padding: Dovecot rebuilds a header it moves with a "\n" blank line, and for a header
+//    without padding it then fails ("Sync failed for mbox: ... originally needed 0 bytes, now
+//    needs 18446744073709551615 bytes") as soon as it must move the message to make room.
 import { Flag } from '../../model/flags.js';
 import type { ByteRange } from './parse.js';
 
@@ -27,7 +37,12 @@ export interface MetaValues {
   statusExtra: string;
   xStatusExtra: string;
   contentLength?: number;
+  /** Write X-Keywords even when empty, with KEYWORDS_PADDING spaces of room for Dovecot. */
+  padding?: boolean;
 }
+
+/** Spaces after X-Keywords where we pad (Dovecot's MBOX_HEADER_PADDING). */
+export const KEYWORDS_PADDING = 50;
 
 export function padUid(n: number): string {
   return String(n).padStart(10, '0');
@@ -57,7 +72,8 @@ export function metaHeaders(v: MetaValues, eol: string): string {
   if (st !== '') s += `Status: ${st}${eol}`;
   const xst = xStatusString(v.flags, v.xStatusExtra);
   if (xst !== '') s += `X-Status: ${xst}${eol}`;
-  if (v.keywords.length > 0) s += `X-Keywords: ${v.keywords.join(' ')}${eol}`;
+  if (v.padding) s += `X-Keywords:${v.keywords.map((k) => ' ' + k).join('')}${' '.repeat(KEYWORDS_PADDING)}${eol}`;
+  else if (v.keywords.length > 0) s += `X-Keywords: ${v.keywords.join(' ')}${eol}`;
   if (v.contentLength !== undefined) s += `Content-Length: ${v.contentLength}${eol}`;
   return s;
 }

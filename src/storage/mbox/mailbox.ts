@@ -89,6 +89,8 @@ interface RewritePlan {
 }
 
 const COPY_CHUNK = 1 << 20;
+/** What separates messages in files we write (see compose.ts). */
+const LF_SEPARATOR = Buffer.from('\n');
 const TOUCH_EVERY_MS = 30_000;
 const READ_ATTEMPTS = 5;
 
@@ -452,11 +454,13 @@ export class MboxMailbox implements StoreMailbox {
           statusExtra: 'O',
           xStatusExtra: '',
           contentLength: src.shape.rest ? src.shape.bodyLength : undefined,
+          padding: src.shape.rest !== null && src.bytes[src.shape.rest.start] === 0x0d,
         },
         src.eol,
       );
-      const fromLine = Buffer.from(formatFromLine('MAILER-DAEMON', src.internalDate) + src.eol, 'latin1');
-      return layoutMessage(fromLine, src.shape, meta, src.eol, Buffer.from(src.eol)).map((pc) =>
+      // From_ line and separator with "\n" whatever the message uses (see compose.ts).
+      const fromLine = Buffer.from(formatFromLine('MAILER-DAEMON', src.internalDate) + '\n', 'latin1');
+      return layoutMessage(fromLine, src.shape, meta, src.eol, LF_SEPARATOR).map((pc) =>
         'range' in pc ? { bytes: src.bytes.subarray(pc.range.start, pc.range.end) } : pc,
       );
     }
@@ -469,6 +473,8 @@ export class MboxMailbox implements StoreMailbox {
         statusExtra: src.statusExtra,
         xStatusExtra: src.xStatusExtra,
         contentLength: src.hasBlankLine ? src.msgEnd - src.bodyStart : undefined,
+        // A "\r\n" blank line (see compose.ts).
+        padding: src.hasBlankLine && src.bodyStart - src.hdrEnd === 2,
       },
       src.eol,
     );
@@ -485,10 +491,9 @@ export class MboxMailbox implements StoreMailbox {
       rest: src.hasBlankLine ? { start: src.hdrEnd, end: src.msgEnd } : null,
       bodyLength: src.msgEnd - src.bodyStart,
     };
-    const pieces = layoutMessage(Buffer.alloc(0), shape, meta, src.eol, Buffer.from(src.eol));
+    // The separator becomes "\n" (see compose.ts), also where the message ended the file without one.
+    const pieces = layoutMessage(Buffer.alloc(0), shape, meta, src.eol, LF_SEPARATOR);
     pieces[0] = { range: { start: src.start, end: src.hdrStart } };
-    // Keep the original separator; a message that ended the file without one gets a newline.
-    if (src.next > src.msgEnd) pieces[pieces.length - 1] = { range: { start: src.msgEnd, end: src.next } };
     return pieces;
   }
 
@@ -602,9 +607,8 @@ export class MboxMailbox implements StoreMailbox {
       rest: ps.hasBlankLine ? { start: ps.hdrEnd, end: ps.msgEnd } : null,
       bodyLength: ps.msgEnd - ps.bodyStart,
     };
-    const pieces = layoutMessage(Buffer.alloc(0), shape, meta, ps.eol, Buffer.from(ps.eol));
+    const pieces = layoutMessage(Buffer.alloc(0), shape, meta, ps.eol, LF_SEPARATOR);
     pieces[0] = { range: { start: ps.start, end: ps.hdrStart } };
-    if (ps.next > ps.msgEnd) pieces[pieces.length - 1] = { range: { start: ps.msgEnd, end: ps.next } };
     return pieces;
   }
 

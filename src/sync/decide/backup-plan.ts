@@ -11,6 +11,8 @@ export interface BackupPlan {
   rebuild: boolean;
   /** Why a rebuild is needed, for the log. */
   reason?: string;
+  /** The destination mailbox is empty and unused: adopting the source's UIDVALIDITY loses nothing. */
+  quiet?: boolean;
   uidNext: number;
 }
 
@@ -40,7 +42,7 @@ export function planBackup(source: SideView, dest: SideView, sameUidValidity: bo
       internalDate: m.internalDate,
     })),
   });
-  if (reason) return { dest: all(), rebuild: true, reason, uidNext: source.uidNext };
+  if (reason) return { dest: all(), rebuild: true, reason, quiet: dest.messages.length === 0 && dest.uidNext <= 1, uidNext: source.uidNext };
   for (const d of dest.messages) if (!sourceUids.has(d.uid)) actions.expunges.push({ uid: d.uid, key: d.key });
   for (const m of source.messages) {
     const d = destByUid.get(m.uid);
