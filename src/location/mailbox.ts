@@ -286,13 +286,23 @@ export class LocationMailbox {
    * Exact bytes of a message for the peer; null if it is gone. The body is read later, perhaps
    * while this side moves the mail to another UID, so the UID is looked up again by GUID at read time.
    */
-  openBody(uid: number, key?: string): (() => Readable) | null {
+  openBody(uid: number, key?: string): (() => Readable | Buffer) | null {
     const m = this.messages.get(uid);
     if (!m || (key !== undefined && this.key(m) !== key)) return null;
     const want = m.guid;
     const resolve = () => (this.messages.get(uid)?.guid === want ? uid : this.uidOfGuid(want));
-    return () =>
-      lazyStream(async () => {
+    return () => {
+      // A small mail is read at once (no stream machinery); anything else is streamed.
+      const now = resolve();
+      if (now !== undefined && this.store.readBodySync) {
+        try {
+          const buf = this.store.readBodySync(now, SMALL_BODY);
+          if (buf) return buf;
+        } catch {
+          /* fall back to the stream, which retries after a move */
+        }
+      }
+      return lazyStream(async () => {
         const first = resolve();
         if (first !== undefined) {
           try {
@@ -304,10 +314,11 @@ export class LocationMailbox {
           }
         }
         await this.moving;
-        const now = resolve();
-        if (now === undefined) throw new Error(`mail ${want} was expunged while it was being copied`);
-        return this.store.openBody(now);
+        const later = resolve();
+        if (later === undefined) throw new Error(`mail ${want} was expunged while it was being copied`);
+        return this.store.openBody(later);
       });
+    };
   }
 
   private uidOfGuid(guid: string): number | undefined {
@@ -533,6 +544,9 @@ function sameKeywords(a: readonly string[], b: readonly string[]): boolean {
   const s = new Set(a);
   return b.every((k) => s.has(k));
 }
+
+/** Mails up to this size are handed over as one buffer. */
+const SMALL_BODY = 256 * 1024;
 
 /** A stream that opens its source only when first read, so thousands can be queued cheaply. */
 function lazyStream(open: () => Promise<Readable>): Readable {

@@ -47,8 +47,8 @@ export interface SaveRequest {
   flags: number;
   keywords: string[];
   internalDate: number;
-  /** The exact message bytes. */
-  body: Buffer | (() => Readable);
+  /** The exact message bytes: a buffer, or a function giving a stream (or, for a small mail, a buffer). */
+  body: Buffer | (() => Readable | Buffer);
 }
 
 export interface FlagUpdate {
@@ -79,6 +79,11 @@ export interface StoreMailbox {
   changeToken?(): Promise<string>;
   /** The message's exact bytes as a stream; rejects with code 'EXPUNGED' if it vanished. */
   openBody(uid: number): Promise<Readable>;
+  /**
+   * Optional: the message's bytes read at once, if it is known and at most maxBytes long (else
+   * null: use openBody). Cheaper than a stream for the many small mails of a first sync.
+   */
+  readBodySync?(uid: number, maxBytes: number): Buffer | null;
   /** Saves durably (tmp + fsync + rename, then the UID map) before resolving. */
   save(requests: SaveRequest[]): Promise<void>;
   updateFlags(updates: FlagUpdate[]): Promise<void>;

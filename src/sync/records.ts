@@ -106,8 +106,8 @@ export interface MailRecord {
   guid: string;
   uid: number;
   receivedDate: number;
-  /** null when the mail was expunged before it could be sent. */
-  body: (() => Readable) | null;
+  /** null when the mail was expunged before it could be sent; a small mail may come as a buffer. */
+  body: (() => Readable | Buffer) | null;
 }
 
 export interface MailboxStateRecord {

@@ -14,6 +14,8 @@ export interface LayoutConfig {
   inbox: string;
   /** CONTROL= root, if set. */
   control?: string;
+  /** INDEX= root, if set (and not MEMORY): where Dovecot keeps its index files. */
+  index?: string;
   layout: 'maildir++' | 'fs';
   utf8: boolean;
   /** Absolute paths that are never mailboxes even if they sit under the root (INDEX=, CONTROL=). */
@@ -132,6 +134,14 @@ export class MaildirLayout {
     if (!this.cfg.control) return this.mailDir(n);
     if (isInboxName(n)) return this.cfg.control;
     return path.join(this.cfg.control, this.relDir(n));
+  }
+
+  /** Where Dovecot keeps the mailbox's index files (dovecot.index*): its mail dir unless INDEX= is set. */
+  indexDir(name: MailboxName): string {
+    const n = normalizeName(name);
+    if (!this.cfg.index) return this.mailDir(n);
+    if (isInboxName(n)) return this.cfg.index;
+    return path.join(this.cfg.index, this.relDir(n));
   }
 
   /** Decodes a Maildir++ directory entry (".A.B") to a name; null if it is not a mailbox dir. */

@@ -175,6 +175,8 @@ export class MaildirMailbox implements StoreMailbox {
     readonly name: MailboxName,
     readonly mailDir: string,
     readonly ctlDir: string,
+    /** Where Dovecot keeps this mailbox's index (dovecot.index*); default the mail dir. */
+    readonly indexDir: string = mailDir,
   ) {
     this.uidlistPath = path.join(ctlDir, UIDLIST_NAME);
     this.keywordsPath = path.join(ctlDir, KEYWORDS_NAME);
@@ -646,6 +648,31 @@ export class MaildirMailbox implements StoreMailbox {
     return this.openBodySerial(uid);
   }
 
+  readBodySync(uid: number, maxBytes: number): Buffer | null {
+    const f = this.files.get(uid);
+    if (!f || this.closed) return null;
+    let fd: number;
+    try {
+      fd = fs.openSync(this.filePath(f), 'r');
+    } catch {
+      return null; // renamed or gone: the stream path finds it again
+    }
+    try {
+      const size = fs.fstatSync(fd).size;
+      if (size > maxBytes) return null;
+      const buf = Buffer.allocUnsafe(size);
+      let off = 0;
+      while (off < size) {
+        const n = fs.readSync(fd, buf, off, size - off, off);
+        if (n === 0) break;
+        off += n;
+      }
+      return off === size ? buf : buf.subarray(0, off);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
   private openBodySerial(uid: number): Promise<Readable> {
     return this.serial(async () => {
       let f = await this.lookup(uid);
@@ -687,11 +714,13 @@ export class MaildirMailbox implements StoreMailbox {
       }
       const counter = new SizeCounter();
       try {
-        if (Buffer.isBuffer(req.body)) {
-          counter.add(req.body);
-          await fh.writeFile(req.body);
+        const body = typeof req.body === 'function' ? req.body() : req.body;
+        if (Buffer.isBuffer(body)) {
+          counter.add(body);
+          // One buffer: written in one go from this thread; only the fsync goes to the pool.
+          for (let off = 0; off < body.length; ) off += fs.writeSync(fh.fd, body, off, body.length - off, off);
         } else {
-          const stream = req.body();
+          const stream = body;
           for await (const chunk of stream) {
             const buf = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
             counter.add(buf);
@@ -703,7 +732,7 @@ export class MaildirMailbox implements StoreMailbox {
           }
         }
         const t = new Date(req.internalDate * 1000);
-        await fh.utimes(t, t);
+        fs.futimesSync(fh.fd, t, t);
         await fh.sync();
         await fh.close();
       } catch (e) {
@@ -723,21 +752,26 @@ export class MaildirMailbox implements StoreMailbox {
   }
 
   /** Moves tmp/<tmpBase> to cur/<name> without ever replacing an existing file. */
+  // Plain synchronous calls: a link and an unlink are far cheaper than two thread-pool round trips.
   private async place(tmpPath: string, target: string): Promise<boolean> {
     try {
-      await fsp.link(tmpPath, target);
+      fs.linkSync(tmpPath, target);
     } catch (e) {
       const c = errCode(e);
       if (c === 'EEXIST') return false;
       if (c === 'EPERM' || c === 'ENOTSUP' || c === 'EOPNOTSUPP' || c === 'ENOSYS' || c === 'EMLINK' || c === 'EXDEV') {
         // File system without hard links: check, then rename.
-        if (await fsp.lstat(target).then(() => true, () => false)) return false;
+        if (fs.existsSync(target)) return false;
         await io('rename', target, () => fsp.rename(tmpPath, target));
         return true;
       }
       throw toStorageError(e, 'link', target);
     }
-    await fsp.unlink(tmpPath).catch(() => undefined);
+    try {
+      fs.unlinkSync(tmpPath);
+    } catch {
+      /* already gone */
+    }
     return true;
   }
 
@@ -813,10 +847,7 @@ export class MaildirMailbox implements StoreMailbox {
             if (isUsableBaseName(req.guid) && !taken.has(req.guid)) {
               const hints = sizeHints(req.guid);
               const sizesOk = (hints.size === undefined || hints.size === p.size) && (hints.vsize === undefined || hints.vsize === p.vsize);
-              const inNew = await fsp.lstat(path.join(this.mailDir, 'new', req.guid)).then(
-                () => true,
-                () => false,
-              );
+              const inNew = fs.existsSync(path.join(this.mailDir, 'new', req.guid));
               if (sizesOk && !inNew) candidate = req.guid;
             }
             let base = candidate ?? `${p.tmpBase},S=${p.size},W=${p.vsize}`;
@@ -989,6 +1020,11 @@ export class MaildirMailbox implements StoreMailbox {
       assertWritable(this.ctx, `reset ${this.label}`);
       await this.assertExists();
       await this.ensureScanned();
+      // Dovecot's index remembers the old UIDs as expunged: if the UIDVALIDITY stays the same,
+      // Dovecot would give mails saved again under those UIDs new ones ("Expunged message
+      // reappeared"). Drop it first, as deleting the mailbox would: Dovecot rebuilds it from
+      // the uidlist (a crash after this only costs Dovecot that rebuild).
+      await this.dropDovecotIndex();
       // The new (empty) uidlist goes first: a crash after it leaves unlisted files, which are
       // treated as new mail and matched by GUID, never a UID pointing at the wrong file.
       await this.withLock(async (lock) => {
@@ -1005,6 +1041,24 @@ export class MaildirMailbox implements StoreMailbox {
       this.files.clear();
       this.bases?.clear();
     });
+  }
+
+  /** Removes Dovecot's index files of this mailbox (dovecot.index, .log, .log.2, .cache, ...). */
+  private async dropDovecotIndex(): Promise<void> {
+    let entries: string[];
+    try {
+      entries = await fsp.readdir(this.indexDir);
+    } catch (e) {
+      if (isNotFound(e)) return;
+      throw toStorageError(e, 'read', this.indexDir);
+    }
+    for (const n of entries) {
+      if (!n.startsWith('dovecot.index')) continue;
+      const p = path.join(this.indexDir, n);
+      await fsp.unlink(p).catch((e: unknown) => {
+        if (!isNotFound(e)) throw toStorageError(e, 'remove', p);
+      });
+    }
   }
 
   /** Moves messages to new UIDs by rewriting the uidlist once: atomic, the files stay put. */

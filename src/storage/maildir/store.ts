@@ -99,6 +99,7 @@ export class MaildirStore implements MailStore {
       root,
       inbox: loc.inbox ?? root,
       control: loc.control,
+      index: loc.index && loc.index !== 'MEMORY' ? loc.index : undefined,
       layout: loc.layout,
       utf8: loc.utf8,
       exclude,
@@ -190,7 +191,7 @@ export class MaildirStore implements MailStore {
       };
       this.envs.set(mailDir, env);
     }
-    return new MaildirMailbox(env, name, mailDir, this.layout.controlDir(name));
+    return new MaildirMailbox(env, name, mailDir, this.layout.controlDir(name), this.layout.indexDir(name));
   }
 
   // ---------------------------------------------------------------- listing

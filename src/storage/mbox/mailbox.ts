@@ -60,6 +60,8 @@ export interface MboxEnv {
   setGuid(name: MailboxName, uidValidity: number, guid: string): Promise<void>;
   /** Serialises work on one file within this process (dotlocks are per process). */
   exclusive<T>(file: string, fn: () => Promise<T>): Promise<T>;
+  /** Removes Dovecot's index of the mailbox (its ".imap/<name>" directory), if any. */
+  dropDovecotIndex(name: MailboxName): Promise<void>;
 }
 
 /** A message to append, prepared outside the lock. */
@@ -630,10 +632,11 @@ export class MboxMailbox implements StoreMailbox {
 
   private async prepare(req: SaveRequest): Promise<NewMessage> {
     let bytes: Buffer;
-    if (Buffer.isBuffer(req.body)) bytes = req.body;
+    const body = typeof req.body === 'function' ? req.body() : req.body;
+    if (Buffer.isBuffer(body)) bytes = body;
     else {
       const chunks: Buffer[] = [];
-      for await (const chunk of req.body()) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
+      for await (const chunk of body) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
       bytes = Buffer.concat(chunks);
     }
     // A leading From_ line is mbox envelope, not message (Dovecot drops it too).
@@ -904,6 +907,10 @@ export class MboxMailbox implements StoreMailbox {
         const p = await this.load();
         const guid = await this.env.guidFor(this.name, this.uidValidityOf(p));
         await this.env.setGuid(this.name, uidValidity, guid);
+        // Dovecot's index remembers the old UIDs as expunged: under the same UIDVALIDITY it would
+        // renumber the mails saved again under them ("Expunged message reappeared", "UID inserted
+        // in the middle of mailbox"). Drop it first, as deleting the mailbox would.
+        await this.env.dropDovecotIndex(this.name);
         await this.rewrite(lock, { ...p, pseudo: null }, { uidValidity, lastUid: 0, keywordList: [], messages: [] });
         await this.load();
       });

@@ -159,6 +159,7 @@ export class MboxStore implements MailStore {
         await this.guids.save();
       },
       exclusive: (file, fn) => this.exclusive(file, fn),
+      dropDovecotIndex: (name) => this.removeDovecotIndex(isInboxName(name) ? this.inboxPath : this.pathOf(name)),
     };
   }
 
@@ -259,8 +260,9 @@ export class MboxStore implements MailStore {
     }
   }
 
-  /** Dovecot's index directory of a mailbox file: "<dir>/.imap/<name>". */
+  /** Dovecot's index directory of a mailbox file: "<dir>/.imap/<name>", for INBOX "<index root>/INBOX". */
   private dovecotIndexDir(file: string): string {
+    if (file === this.inboxPath) return path.join(this.indexRoot, 'INBOX');
     return path.join(path.dirname(file), '.imap', path.basename(file));
   }
 
