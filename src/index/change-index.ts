@@ -143,6 +143,7 @@ export class ChangeIndex {
       if (!cols.some((c) => c.name === 'hdr_hash')) db.exec(`ALTER TABLE ${table} ADD COLUMN hdr_hash TEXT`);
     }
     this.stmts = this.prepare();
+    if (path !== ':memory:') this.setMeta('clean', '0');
     if (this.getMeta('schema_version') === undefined) {
       this.setMeta('schema_version', SCHEMA_VERSION);
       this.setMeta('location_id', randomBytes(16).toString('hex'));
@@ -155,8 +156,14 @@ export class ChangeIndex {
     let db: Database.Database | undefined;
     try {
       db = new Database(path);
-      const ok = db.pragma('quick_check', { simple: true });
-      if (ok !== 'ok') throw new Error(`integrity check failed: ${String(ok)}`);
+      // A full check costs time proportional to the index; it is done when the last run did not
+      // close the index cleanly, or when the file's size does not match what its header says.
+      const pageBytes = (db.pragma('page_count', { simple: true }) as number) * (db.pragma('page_size', { simple: true }) as number);
+      const cleanlyClosed = ChangeIndex.readClean(db) && statSync(path).size === pageBytes;
+      if (!cleanlyClosed) {
+        const ok = db.pragma('quick_check', { simple: true });
+        if (ok !== 'ok') throw new Error(`integrity check failed: ${String(ok)}`);
+      }
       const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[];
       if (tables.length > 0 && !tables.some((t) => t.name === 'meta')) {
         throw new Error(`not a dsync change index (tables: ${tables.map((t) => t.name).join(', ')})`);
@@ -179,6 +186,16 @@ export class ChangeIndex {
       }
       const index = new ChangeIndex(new Database(path), path);
       return { index, rebuiltReason: `${(err as Error).message}; moved it to ${aside} and rebuilt the index from the mail store` };
+    }
+  }
+
+  /** Whether the previous user of this database closed it (see close()). */
+  private static readClean(db: Database.Database): boolean {
+    try {
+      const r = db.prepare("SELECT value FROM meta WHERE key = 'clean'").get() as { value: string } | undefined;
+      return r?.value === '1';
+    } catch {
+      return false;
     }
   }
 
@@ -354,6 +371,9 @@ export class ChangeIndex {
   }
 
   close(): void {
+    this.setMeta('clean', '1');
+    // Fold the write-ahead log back so the file is complete on its own (and its size checkable).
+    if (this.path !== ':memory:') this.db.pragma('wal_checkpoint(TRUNCATE)');
     this.db.close();
   }
 }

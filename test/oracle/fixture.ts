@@ -3,11 +3,14 @@
 // line ends, "From " lines, raw 8-bit headers, a message without headers, a zero-byte message,
 // a message still in new/, nested and non-ASCII folders, an implicit \Noselect parent, an empty
 // folder, a subscription to a folder that doesn't exist), plus small helpers to serve live
-// maildirs, mirror them and check ownership.
+// maildirs and mbox stores (side by side, as users of one server), mirror them, make changes as
+// an IMAP client and check ownership.
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after } from 'node:test';
+import type { ImapFlow } from 'imapflow';
 import { makeMessage, maildirFolderPath, writeMaildirMessage } from '../helpers/corpus.js';
 import { encodeMUtf7 } from '../helpers/mutf7.js';
 import {
@@ -17,6 +20,7 @@ import {
   chownTree,
   diffViews,
   findMailbox,
+  imapSession,
   imapView,
   prepareOracleCopy,
   removeOracleCopy,
@@ -224,6 +228,46 @@ export function messagesOf(view: ImapView, name: string | string[]): ViewMessage
   assert.ok(box, `mailbox ${String(name)} is listed`);
   assert.ok(box.status, `mailbox ${String(name)} is selectable`);
   return box.status.messages;
+}
+
+// ------------------------------------------------------------------ an IMAP client's changes
+
+/** sha256 of a message as Dovecot serves it (bare LF -> CRLF). */
+export function servedSha(body: Buffer): string {
+  return createHash('sha256').update(Buffer.from(body.toString('latin1').replace(/\r?\n/g, '\r\n'), 'latin1')).digest('hex');
+}
+
+/** The message of a view with these bytes (as served). */
+export function bySha(msgs: ViewMessage[], body: Buffer): ViewMessage | undefined {
+  const sha = servedSha(body);
+  return msgs.find((m) => m.sha256 === sha);
+}
+
+/** Runs fn with `box` selected (imapflow's mailbox lock). */
+export async function inBox<T>(c: ImapFlow, box: string[], fn: () => Promise<T>): Promise<T> {
+  const lock = await c.getMailboxLock(box);
+  try {
+    return await fn();
+  } finally {
+    lock.release();
+  }
+}
+
+/** APPEND with flags and INTERNALDATE (unix seconds); returns the new UID (UIDPLUS). */
+export async function append(c: ImapFlow, box: string[], body: Buffer, flags: string[], date: number): Promise<number> {
+  const r = await c.append(box, body, flags, new Date(date * 1000));
+  assert.ok(r && typeof r.uid === 'number', `APPEND to ${box.join('/')} returned a UID (UIDPLUS)`);
+  return r.uid;
+}
+
+/** A logged-in IMAP session of `user` for the duration of fn. */
+export async function session<T>(port: number, user: string, fn: (c: ImapFlow) => Promise<T>): Promise<T> {
+  const c = await imapSession(port, user, ORACLE_PASSWORD);
+  try {
+    return await fn(c);
+  } finally {
+    await c.logout().catch(() => c.close());
+  }
 }
 
 // ------------------------------------------------------------------ ownership

@@ -8,62 +8,30 @@
 // indexes. We run as root; the maildirs belong to Dovecot's mail user and must stay that way.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import type { ImapFlow } from 'imapflow';
 import { makeMessage } from '../helpers/corpus.js';
-import { ORACLE_PASSWORD, dovecotSkipReason, findMailbox, imapSession, imapView, type ImapView, type ViewMessage } from '../helpers/dovecot.js';
+import { ORACLE_PASSWORD, dovecotSkipReason, findMailbox, imapView, type ImapView } from '../helpers/dovecot.js';
 import {
   T0,
+  append,
   assertMirrorNoop,
   assertSameView,
   buildCorpus,
+  bySha,
   dovecotIndexFiles,
   filesNotOwnedByMailUser,
   giveToDovecot,
+  inBox,
   loc,
   messagesOf,
   mirrorOk,
   serveLive,
+  session,
   tempMailRoot,
   viewsWithLog,
   type Layout,
 } from './fixture.js';
 
 const skip = dovecotSkipReason();
-
-/** sha256 of a message as Dovecot serves it (bare LF -> CRLF). */
-function servedSha(body: Buffer): string {
-  return createHash('sha256').update(Buffer.from(body.toString('latin1').replace(/\r?\n/g, '\r\n'), 'latin1')).digest('hex');
-}
-
-function bySha(msgs: ViewMessage[], body: Buffer): ViewMessage | undefined {
-  const sha = servedSha(body);
-  return msgs.find((m) => m.sha256 === sha);
-}
-
-async function inBox<T>(c: ImapFlow, box: string[], fn: () => Promise<T>): Promise<T> {
-  const lock = await c.getMailboxLock(box);
-  try {
-    return await fn();
-  } finally {
-    lock.release();
-  }
-}
-
-async function append(c: ImapFlow, box: string[], body: Buffer, flags: string[], date: number): Promise<number> {
-  const r = await c.append(box, body, flags, new Date(date * 1000));
-  assert.ok(r && typeof r.uid === 'number', `APPEND to ${box.join('/')} returned a UID (UIDPLUS)`);
-  return r.uid;
-}
-
-async function session<T>(port: number, user: string, fn: (c: ImapFlow) => Promise<T>): Promise<T> {
-  const c = await imapSession(port, user, ORACLE_PASSWORD);
-  try {
-    return await fn(c);
-  } finally {
-    await c.logout().catch(() => c.close());
-  }
-}
 
 const names = (v: ImapView): string[] => v.mailboxes.map((m) => m.name.join('/') + (m.status ? '' : ' (noselect)'));
 const subs = (v: ImapView): string[] => v.subscriptions.map((s) => s.join('/'));

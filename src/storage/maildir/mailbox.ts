@@ -996,21 +996,21 @@ export class MaildirMailbox implements StoreMailbox {
     // A change within the same clock tick as the stat could leave the mtime unchanged on file
     // systems with coarse timestamps: very recent mtimes give a token that never matches.
     const fresh = Date.now() - 2000;
-    const part = async (p: string, withIno: boolean) => {
+    const part = (p: string, withIno: boolean) => {
       try {
-        const st = await fsp.stat(p);
+        const st = fs.statSync(p);
         if (st.mtimeMs > fresh) return `recent-${Math.random()}`;
         return withIno ? `${st.ino}:${st.size}:${st.mtimeMs}` : `${st.mtimeMs}`;
       } catch {
         return '-';
       }
     };
-    const parts = await Promise.all([
+    const parts = [
       part(path.join(this.mailDir, 'cur'), false),
       part(path.join(this.mailDir, 'new'), false),
       part(this.uidlistPath, true),
       part(this.keywordsPath, true),
-    ]);
+    ];
     return parts.join('|');
   }
 

@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 // dovecot-uidlist: the maildir UID map.
 //
 // Version 3 (Dovecot 1.0+):   "3 V<uidvalidity> N<nextuid> G<mailbox guid>[ <key><value>...]"
@@ -247,18 +248,20 @@ export interface UidlistSummary {
  * listing: entries are ascending, so the last one carries the highest UID. Null if missing.
  */
 export async function readUidlistSummary(p: string): Promise<UidlistSummary | null> {
-  let fh: fsp.FileHandle;
+  // Synchronous reads: two small reads per mailbox, many mailboxes per run; a thread-pool round
+  // trip per call would cost more than the reads themselves.
+  let fd: number;
   try {
-    fh = await fsp.open(p, 'r');
+    fd = fs.openSync(p, 'r');
   } catch (e) {
     if (isNotFound(e)) return null;
     throw toStorageError(e, 'open', p);
   }
   try {
     const CHUNK = 4096;
-    const size = (await fh.stat()).size;
+    const size = fs.fstatSync(fd).size;
     const headBuf = Buffer.alloc(Math.min(CHUNK, size));
-    const { bytesRead } = await fh.read(headBuf, 0, headBuf.length, 0);
+    const bytesRead = fs.readSync(fd, headBuf, 0, headBuf.length, 0);
     const head = headBuf.subarray(0, bytesRead).toString('utf8');
     const nl = head.indexOf('\n');
     const first = nl < 0 ? head : head.slice(0, nl);
@@ -270,8 +273,8 @@ export async function readUidlistSummary(p: string): Promise<UidlistSummary | nu
       tailIsWhole = true;
     } else {
       const buf = Buffer.alloc(CHUNK);
-      const r = await fh.read(buf, 0, CHUNK, size - CHUNK);
-      tail = buf.subarray(0, r.bytesRead).toString('utf8');
+      const r = fs.readSync(fd, buf, 0, CHUNK, size - CHUNK);
+      tail = buf.subarray(0, r).toString('utf8');
       tailIsWhole = false;
     }
     const lines = tail.split('\n');
@@ -292,6 +295,6 @@ export async function readUidlistSummary(p: string): Promise<UidlistSummary | nu
   } catch (e) {
     throw toStorageError(e, 'read', p);
   } finally {
-    await fh.close().catch(() => undefined);
+    fs.closeSync(fd);
   }
 }
