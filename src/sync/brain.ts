@@ -221,6 +221,14 @@ async function getBox(ctx: Ctx, guid: string): Promise<LocationMailbox | undefin
   return box;
 }
 
+/** A mailbox is done: drop its handle (and its messages) so memory follows the largest mailbox, not the sum. */
+async function release(ctx: Ctx, guid: string): Promise<void> {
+  const box = ctx.open.get(guid);
+  if (!box) return;
+  ctx.open.delete(guid);
+  await box.close();
+}
+
 function mailboxRecord(ctx: Ctx, box: LocationMailbox): MailboxRecord {
   const st = box.status();
   const state = box.peerState(ctx.peerId);
@@ -275,6 +283,7 @@ async function masterMailboxes(ctx: Ctx): Promise<void> {
       continue;
     }
     await syncMailbox(ctx, box, mine, theirs);
+    await release(ctx, box.guid);
   }
   ctx.ch.send({ type: 'end' });
   const fin = await expectRecord(ctx.ch, 'finish');
@@ -296,6 +305,7 @@ async function slaveMailboxes(ctx: Ctx): Promise<void> {
     const mine = mailboxRecord(ctx, box);
     ctx.ch.send(mine);
     await syncMailbox(ctx, box, mine, rec);
+    await release(ctx, rec.mailboxGuid);
   }
   ctx.ch.send({ type: 'finish', requireFullResync: ctx.changesDuringSync });
 }
