@@ -387,7 +387,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   const peerRecords = await recvList(ch, 'change');
   const myView = exported.view;
   const peerView = viewFromRecords(peerRecords, theirs.uidNext, complete, box.identity);
-  const plan = backup ? backupPlan(ctx, myView, peerView, mine, theirs) : mirrorPlan(ctx, myView, peerView, lastCommonUid);
+  const plan = backup ? backupPlan(ctx, myView, peerView, mine, theirs) : mirrorPlan(ctx, myView, peerView, lastCommonUid, box.identity === 'guid');
   const actions = plan.actions;
   if (ctx.isSource && (actions.saves.length || actions.expunges.length || actions.flagUpdates.length)) {
     throw new Error('internal error: the backup source was asked to change mail');
@@ -565,11 +565,12 @@ interface SidePlan {
   quietRebuild?: boolean;
 }
 
-function mirrorPlan(ctx: Ctx, myView: SideView, peerView: SideView, lastCommonUid: number): SidePlan {
+function mirrorPlan(ctx: Ctx, myView: SideView, peerView: SideView, lastCommonUid: number, uniqueKeys: boolean): SidePlan {
   const plan = planMailbox({
     master: ctx.role === 'master' ? myView : peerView,
     slave: ctx.role === 'master' ? peerView : myView,
     lastCommonUid,
+    uniqueKeys,
   });
   return { actions: ctx.role === 'master' ? plan.master : plan.slave, uidNext: plan.uidNext, lastCommonUid: plan.lastCommonUid, renumbered: plan.renumbered };
 }

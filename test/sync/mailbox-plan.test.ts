@@ -103,3 +103,9 @@ test('a mail present twice on one side (interrupted UID move) is kept once, not 
   assert.equal(plan.slave.saves.length, 0);
   assert.equal(plan.master.saves.length, 0);
 });
+
+test('with header-hash keys, two mails sharing a key are two mails: neither is dropped', () => {
+  const plan = planMailbox({ master: view(3, [msg(1, 'h'), msg(2, 'h')]), slave: view(1, []), lastCommonUid: 0, uniqueKeys: false });
+  assert.deepEqual(plan.master.expunges, []);
+  assert.deepEqual(plan.slave.saves.map((s) => s.uid), [1, 2]);
+});

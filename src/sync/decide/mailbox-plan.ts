@@ -57,11 +57,16 @@ export interface PlanInput {
   slave: SideView;
   /** Agreed last common UID from the previous sync; 0 when there is no usable state. */
   lastCommonUid: number;
+  /**
+   * Keys identify one mail each (GUIDs). False for header hashes, which different mails can share
+   * (e.g. every mail without Date and Message-ID): then two mails with one key are not duplicates.
+   */
+  uniqueKeys?: boolean;
 }
 
 const emptyActions = (): SideActions => ({ expunges: [], flagUpdates: [], saves: [] });
 
-export function planMailbox({ master, slave, lastCommonUid: L }: PlanInput): MailboxPlan {
+export function planMailbox({ master, slave, lastCommonUid: L, uniqueKeys = true }: PlanInput): MailboxPlan {
   const out = { master: emptyActions(), slave: emptyActions() };
   const mByUid = new Map(master.messages.map((m) => [m.uid, m]));
   const sByUid = new Map(slave.messages.map((m) => [m.uid, m]));
@@ -119,8 +124,10 @@ export function planMailbox({ master, slave, lastCommonUid: L }: PlanInput): Mai
     sNew = gone(sNew, mExp, mKeys, out.slave);
   }
   // The same mail twice on one side (left by an interrupted UID move): keep the lowest UID.
-  mNew = dropDuplicates(mNew, out.master);
-  sNew = dropDuplicates(sNew, out.slave);
+  if (uniqueKeys) {
+    mNew = dropDuplicates(mNew, out.master);
+    sNew = dropDuplicates(sNew, out.slave);
+  }
   const assignment = assignUids(
     mNew.map((m) => ({ uid: m.uid, key: m.key })),
     sNew.map((m) => ({ uid: m.uid, key: m.key })),
