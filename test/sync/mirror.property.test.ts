@@ -2,12 +2,12 @@
 // between syncs (deliver, flag, keyword, expunge, create, rename, delete, subscribe), then mirror.
 // Invariants: both sides equal; no mail lost unless it was expunged; a UID never names two
 // different mails; a second mirror right after changes nothing.
-// Runs DSYNC_PROPERTY_RUNS cases (default 60); set it to thousands for a soak.
+// Runs DSYNC_PROPERTY_RUNS cases (default 200); set it to thousands for a soak.
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { roundArb, runHistory } from '../helpers/history.js';
 
-const RUNS = Number(process.env.DSYNC_PROPERTY_RUNS ?? 60);
+const RUNS = Number(process.env.DSYNC_PROPERTY_RUNS ?? 200);
 
 test(`mirror property: ${RUNS} random histories converge without losing mail`, { timeout: 900_000 }, async () => {
   await fc.assert(fc.asyncProperty(fc.array(roundArb, { minLength: 1, maxLength: 4 }), runHistory), { numRuns: RUNS, verbose: 1 });

@@ -165,3 +165,26 @@ test('a deleted change index is rebuilt with a warning and nothing is lost or du
   assert.equal((await snapshot(`maildir:${a}`)).mailboxes[0].messages.length, 4);
   await assertNoop(a, b);
 });
+
+test('UIDVALIDITY conflict: the mailbox with more mails keeps its UIDVALIDITY, nothing is lost or doubled', async () => {
+  const a = tmp();
+  const b = tmp();
+  for (let i = 0; i < 3; i++) deliver(a, makeMessage(80 + i));
+  await mirror(`maildir:${a}`, `maildir:${b}`);
+  // B's INBOX is recreated outside dsync with the same GUID but a new UIDVALIDITY, and one mail more.
+  await withStore(b, async (s) => {
+    const mb = await s.openMailbox(['INBOX']);
+    await mb.scan();
+    await mb.setUidValidity(12345);
+    await mb.close();
+  });
+  deliver(b, makeMessage(90));
+  const r = await mirror(`maildir:${a}`, `maildir:${b}`);
+  assert.equal(r.exitCode, 0, r.log.join('\n'));
+  await assertSynced(a, b);
+  const inbox = (await snapshot(`maildir:${a}`)).mailboxes[0];
+  assert.equal(inbox.uidValidity, 12345);
+  assert.equal(inbox.messages.length, 4);
+  assert.equal(new Set(inbox.messages.map((m) => m.sha)).size, 4);
+  await assertNoop(a, b);
+});
