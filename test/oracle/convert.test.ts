@@ -21,13 +21,24 @@
 //    written: Dovecot stores LF only and changes some messages on the way in (a zero-byte message
 //    gets a line end, so does a message without final newline). That is its content from then on,
 //    and the Maildir we make of it must show exactly that.
+//
+// Known bugs (tests marked todo, see TODO_DUPLICATES and TODO_EMPTY_MBOX):
+//  * Mails that share a header hash (e.g. every mail without Date and Message-ID: md5("\n")) are
+//    expunged but one on the first mirror with an mbox, on either side: the corpus loses 6 INBOX
+//    mails (no header, empty header, zero bytes, no final newline, mixed line ends, latin-1,
+//    binary share one hash). Both sides agree, so old == new holds; only the comparison with the
+//    view before the first pass catches it.
+//  * An empty mbox folder created through Dovecot keeps its UIDVALIDITY only in Dovecot's index;
+//    we derive another one, so the copy shows a different UIDVALIDITY. The procedure below puts
+//    a mail into the folders it creates on an mbox, where the value is then in the file.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { makeMessage } from '../helpers/corpus.js';
-import { ORACLE_PASSWORD, ORACLE_USER, dovecotSkipReason, doveadmSync, imapView, writeDoveadmConfig, type ImapView } from '../helpers/dovecot.js';
 import type { ImapFlow } from 'imapflow';
+import { makeMessage } from '../helpers/corpus.js';
+import { ORACLE_PASSWORD, ORACLE_USER, dovecotSkipReason, doveadmSync, imapView, normalizeView, writeDoveadmConfig, type ImapView } from '../helpers/dovecot.js';
+import { copyTree } from '../helpers/tmp.js';
 import {
   T0,
   append,
@@ -51,6 +62,13 @@ import {
 const skip = dovecotSkipReason();
 const MBOXABLE = { mbox: true };
 
+const TODO_DUPLICATES =
+  'bug in src/sync/decide/mailbox-plan.ts (dropDuplicates): with header-hash identity (an mbox on either side) mails sharing a hash, ' +
+  'e.g. all mails without Date and Message-ID, are expunged but the first';
+const TODO_EMPTY_MBOX =
+  'bug in src/storage/mbox: an empty mbox file Dovecot created keeps its UIDVALIDITY only in Dovecot\'s index (.imap/<name>/dovecot.index.log); ' +
+  'we derive a different one (derivedUidValidity) and copy that';
+
 /** Views of the given stores (Dovecot gets copies), asserting Dovecot logged no problems. */
 async function views(sides: Side[], what: string): Promise<ImapView[]> {
   const { views: v, problems } = await viewsWithLog(sides);
@@ -58,6 +76,9 @@ async function views(sides: Side[], what: string): Promise<ImapView[]> {
   return v;
 }
 
+const names = (v: ImapView): string[] => v.mailboxes.map((m) => m.name.join('/') + (m.status ? '' : ' (noselect)'));
+
+/** The view shows the mbox-able corpus: guards against comparing two equally empty views. */
 function assertIsCorpus(v: ImapView, what: string): void {
   assert.deepEqual(
     names(v),
@@ -68,10 +89,20 @@ function assertIsCorpus(v: ImapView, what: string): void {
   assert.deepEqual(v.subscriptions, [['Archive', '2024'], ['Entwürfe'], ['Gone', 'Nowhere'], ['INBOX'], ['Projects', 'Q1']], `${what}: subscriptions`);
 }
 
-const names = (v: ImapView): string[] => v.mailboxes.map((m) => m.name.join('/') + (m.status ? '' : ' (noselect)'));
-
-/** Summary lines without the location prefix ("<root>: "), sorted. */
-const changes = (summary: string[]): string[] => summary.map((l) => l.replace(/^.*?: (?=mailbox )/, '')).sort();
+/**
+ * What a pass changed, where: summary lines are "<root>: mailbox <name>: <what>", the name spelt
+ * with the separator of that store (Maildir++ '.', mbox '/'; no corpus folder has a '.' itself).
+ */
+function changesOn(summary: string[], root: string, what: string): string[] {
+  const out: string[] = [];
+  for (const l of summary) {
+    const m = /^(.*?): mailbox (.*?): (.*)$/.exec(l);
+    assert.ok(m, `${what}: summary line ${JSON.stringify(l)}`);
+    assert.equal(m[1], root, `${what}: only the other store is changed: ${l}`);
+    out.push(`${m[2]!.replaceAll('.', '/')}: ${m[3]}`);
+  }
+  return out.sort();
+}
 
 /** An mbox that Dovecot made of the (mbox-able) corpus: `doveadm backup` from the Maildir. */
 async function dovecotMadeMbox(): Promise<string> {
@@ -88,17 +119,25 @@ async function dovecotMadeMbox(): Promise<string> {
   return mb;
 }
 
-test('Maildir -> mbox -> Maildir: the corpus looks the same in all three', { skip }, async () => {
+test('Maildir -> mbox -> Maildir: the corpus looks the same in all three', { skip }, async (t) => {
   const a: Side = { root: buildCorpus(tempMailRoot('oracle-convert-rt-a-'), 'maildir++', MBOXABLE) };
   const m: Side = { root: tempMailRoot('oracle-convert-rt-mbox-'), format: 'mbox' };
   const b: Side = { root: tempMailRoot('oracle-convert-rt-b-') };
+  // The corpus as Dovecot numbers it before anyone indexed it (time-based UIDVALIDITY).
+  const pristine: Side = { root: tempMailRoot('oracle-convert-rt-pristine-') };
+  copyTree(a.root, pristine.root);
   await mirrorOk(sideLoc(a), sideLoc(m), 'Maildir -> mbox');
   await mirrorOk(sideLoc(m), sideLoc(b), 'mbox -> Maildir');
-  const [va, vm, vb] = await views([a, m, b], 'round trip');
-  assertIsCorpus(va!, 'the Maildir');
-  assertSameView(va!, vm!, ['Maildir', 'mbox'], 'Maildir -> mbox');
-  assertSameView(vm!, vb!, ['mbox', 'Maildir again'], 'mbox -> Maildir');
-  await assertMirrorNoop(sideLoc(m), sideLoc(b), 'mbox -> Maildir');
+  const [va, vm, vb, vp] = (await views([a, m, b, pristine], 'round trip')) as [ImapView, ImapView, ImapView, ImapView];
+  await t.test('the three look the same', async () => {
+    assertSameView(va, vm, ['Maildir', 'mbox'], 'Maildir -> mbox');
+    assertSameView(vm, vb, ['mbox', 'Maildir again'], 'mbox -> Maildir');
+    await assertMirrorNoop(sideLoc(m), sideLoc(b), 'mbox -> Maildir');
+  });
+  await t.test('and they are the corpus: no mail was lost', { todo: TODO_DUPLICATES }, () => {
+    assertIsCorpus(vp, 'the corpus');
+    assertSameView(normalizeView(vp, { uidValidity: false }), normalizeView(va, { uidValidity: false }), ['the corpus before', 'Maildir after'], 'round trip');
+  });
 });
 
 test('conversion procedure Maildir -> mbox: mirror, use the Maildir, mirror, switch to the mbox, use it, mirror', { skip }, (t) =>
@@ -120,7 +159,7 @@ async function useOldStore(c: ImapFlow): Promise<void> {
   await append(c, ['Archive', '2024'], OLD_BODIES.archive, ['\\Flagged'], T0 + 86_400 * 31);
   await inBox(c, ['INBOX'], async () => {
     await c.messageFlagsAdd('1', ['\\Answered', 'later'], { uid: true });
-    await c.messageFlagsRemove('4', ['\\Seen'], { uid: true });
+    await c.messageFlagsRemove('5', ['\\Seen'], { uid: true });
     assert.equal(await c.messageDelete('3', { uid: true }), true);
   });
   // imapflow's CREATE also subscribes.
@@ -130,11 +169,22 @@ async function useOldStore(c: ImapFlow): Promise<void> {
   await c.mailboxDelete(['Empty']);
   assert.equal(await c.mailboxUnsubscribe(['Projects', 'Q1']), true);
 }
+const OLD_CHANGES = [
+  'Archive/2024: 1 new',
+  'Empty: deleted',
+  'INBOX: 1 new, 1 expunged, 2 flag changes',
+  'Neu: 1 new',
+  'Neu: created',
+  'Neu: subscribed',
+  'Projects/Q1: unsubscribed',
+  'Q&A: renamed to Fragen',
+];
 
 /** The changes the user makes on the new store after the switch. */
 const NEW_BODIES = {
   inbox: makeMessage('convert-new-1'),
   drafts: makeMessage('convert-new-2', { crlf: true }),
+  archive: makeMessage('convert-new-3', { fromLine: true }),
 };
 async function useNewStore(c: ImapFlow): Promise<void> {
   await append(c, ['INBOX'], NEW_BODIES.inbox, [], T0 + 86_400 * 40);
@@ -144,9 +194,19 @@ async function useNewStore(c: ImapFlow): Promise<void> {
     await c.messageFlagsRemove('1', ['\\Answered'], { uid: true });
     assert.equal(await c.messageDelete('5:6', { uid: true }), true);
   });
+  // Not left empty: see TODO_EMPTY_MBOX (its own test below).
   await c.mailboxCreate(['Archive', '2025']);
+  await append(c, ['Archive', '2025'], NEW_BODIES.archive, ['\\Seen'], T0 + 86_400 * 42);
   await c.mailboxDelete(['Neu']);
 }
+const NEW_CHANGES = [
+  'Archive/2025: 1 new',
+  'Archive/2025: created',
+  'Archive/2025: subscribed',
+  'Entwürfe: 1 new',
+  'INBOX: 1 new, 2 expunged, 2 flag changes',
+  'Neu: deleted',
+];
 
 async function procedure(t: TestContext, oldSide: Side, newSide: Side): Promise<void> {
   const OLD = sideLoc(oldSide);
@@ -158,7 +218,10 @@ async function procedure(t: TestContext, oldSide: Side, newSide: Side): Promise<
   assert.deepEqual(await serveLive([{ name: 'u', ...oldSide }], async (s) => void (start = await imapView(s.port, 'u', ORACLE_PASSWORD))), []);
   assertIsCorpus(start!, oldName);
 
-  /** One pass: mirror, the same view on both sides (and `expected`, if given), then a no-op pass. */
+  /**
+   * One pass: mirror, the same view of both stores (and `expected`: the live view where the
+   * changes were made), then a pass that does nothing. Returns the changes and where they went.
+   */
   const pass = async (what: string, expected?: ImapView): Promise<{ summary: string[]; view: ImapView }> => {
     const r = await mirrorOk(OLD, NEW, what);
     giveToDovecot(newSide.root);
@@ -166,15 +229,19 @@ async function procedure(t: TestContext, oldSide: Side, newSide: Side): Promise<
     assertSameView(vo!, vn!, [oldName, newName], what);
     if (expected) assertSameView(expected, vo!, ['the live view where the changes were made', 'after the pass'], what);
     await assertMirrorNoop(OLD, NEW, what);
-    return { summary: changes(r.summary), view: vo! };
+    return { summary: r.summary, view: vo! };
   };
 
-  await t.test('pass 1: the whole store is copied', async () => {
-    const { view } = await pass('pass 1', start);
-    assertIsCorpus(view, `${newName} after pass 1`);
+  let first: ImapView | undefined;
+  await t.test(`pass 1: the ${oldName} is copied into the ${newName}`, async () => {
+    first = (await pass('pass 1')).view;
+    assert.deepEqual(names(first), names(start!));
+  });
+  await t.test('pass 1 lost no mail', { todo: TODO_DUPLICATES }, () => {
+    assertSameView(start!, first!, [`the ${oldName} before pass 1`, 'after it'], 'pass 1');
   });
 
-  await t.test(`pass 2: the user kept using the ${oldName} through Dovecot; only the changes are applied`, async () => {
+  await t.test(`pass 2: the user kept using the ${oldName} through Dovecot; only the changes are applied, to the ${newName}`, async () => {
     let live: ImapView | undefined;
     const problems = await serveLive([{ name: 'u', ...oldSide }], async (s) => {
       await session(s.port, 'u', useOldStore);
@@ -182,19 +249,63 @@ async function procedure(t: TestContext, oldSide: Side, newSide: Side): Promise<
     });
     assert.deepEqual(problems, []);
     const { summary, view } = await pass('pass 2', live);
-    console.log(summary);
-    assert.deepEqual(bySha(messagesOf(view, 'INBOX'), OLD_BODIES.inbox)?.flags, ['$Forwarded', '\\Seen']);
+    assert.deepEqual(changesOn(summary, newSide.root, 'pass 2'), OLD_CHANGES);
+    const m = bySha(messagesOf(view, 'INBOX'), OLD_BODIES.inbox);
+    assert.deepEqual(m && [m.flags, m.internalDate], [['$Forwarded', '\\Seen'], T0 + 86_400 * 30]);
     assert.deepEqual(bySha(messagesOf(view, 'Neu'), OLD_BODIES.neu)?.internalDate, T0 + 86_400 * 32);
   });
 
-  await t.test(`pass 3: the user was switched to the ${newName} and used it through Dovecot; only the changes are applied`, async () => {
+  await t.test(`pass 3: the user was switched to the ${newName} and used it through Dovecot; only the changes are applied, to the ${oldName}`, async () => {
     let live: ImapView | undefined;
     const problems = await serveLive([{ name: 'u', ...newSide }], async (s) => {
       await session(s.port, 'u', useNewStore);
       live = await imapView(s.port, 'u', ORACLE_PASSWORD);
     });
     assert.deepEqual(problems, []);
-    const { summary } = await pass('pass 3', live);
-    console.log(summary);
+    const { summary, view } = await pass('pass 3', live);
+    assert.deepEqual(changesOn(summary, oldSide.root, 'pass 3'), NEW_CHANGES);
+    assert.deepEqual(bySha(messagesOf(view, 'Archive/2025'), NEW_BODIES.archive)?.flags, ['\\Seen']);
   });
 }
+
+// ------------------------------------------------------------------ minimal reproductions of the known bugs
+
+/** Three mails with neither Date nor Message-ID: one header hash, md5("\n"). */
+const NO_ID = ['Subject: one\n\n1\n', 'Subject: two\r\n\r\n2\r\n', '\nno header at all\n'];
+
+test('mails without Date and Message-ID all survive a conversion, both ways', { skip, todo: TODO_DUPLICATES }, async () => {
+  // Maildir -> mbox.
+  const md: Side = { root: tempMailRoot('oracle-convert-noid-md-') };
+  const mb: Side = { root: tempMailRoot('oracle-convert-noid-mbox-'), format: 'mbox' };
+  for (const d of ['cur', 'new', 'tmp']) fs.mkdirSync(path.join(md.root, d), { recursive: true });
+  NO_ID.forEach((body, i) => fs.writeFileSync(path.join(md.root, 'cur', `${T0 + i}.M${i}P1.noid:2,S`), body));
+  // mbox -> Maildir.
+  const mb2: Side = { root: tempMailRoot('oracle-convert-noid-mbox2-'), format: 'mbox' };
+  const md2: Side = { root: tempMailRoot('oracle-convert-noid-md2-') };
+  fs.mkdirSync(mb2.root, { recursive: true });
+  fs.writeFileSync(path.join(mb2.root, 'inbox'), NO_ID.map((body) => `From someone@example.org  Tue Nov 14 22:13:20 2023\n${body}\n`).join(''));
+  giveToDovecot(md.root);
+  giveToDovecot(mb2.root);
+  const before = await views([md, mb2], 'before');
+  await mirrorOk(sideLoc(md), sideLoc(mb), 'Maildir -> mbox');
+  await mirrorOk(sideLoc(mb2), sideLoc(md2), 'mbox -> Maildir');
+  const [vmd, vmb, vmb2, vmd2] = (await views([md, mb, mb2, md2], 'after')) as [ImapView, ImapView, ImapView, ImapView];
+  assert.equal(messagesOf(before[0]!, 'INBOX').length, 3);
+  assert.equal(messagesOf(before[1]!, 'INBOX').length, 3);
+  assertSameView(normalizeView(before[0]!, { uidValidity: false }), normalizeView(vmd, { uidValidity: false }), ['Maildir before', 'Maildir after'], 'Maildir -> mbox');
+  assertSameView(vmd, vmb, ['Maildir', 'mbox'], 'Maildir -> mbox');
+  assertSameView(normalizeView(before[1]!, { uidValidity: false }), normalizeView(vmb2, { uidValidity: false }), ['mbox before', 'mbox after'], 'mbox -> Maildir');
+  assertSameView(vmb2, vmd2, ['mbox', 'Maildir'], 'mbox -> Maildir');
+});
+
+test('an empty folder created through Dovecot in an mbox keeps its UIDVALIDITY in the Maildir copy', { skip, todo: TODO_EMPTY_MBOX }, async () => {
+  const mb: Side = { root: tempMailRoot('oracle-convert-empty-mbox-'), format: 'mbox' };
+  const md: Side = { root: tempMailRoot('oracle-convert-empty-md-') };
+  fs.mkdirSync(mb.root);
+  giveToDovecot(mb.root);
+  assert.deepEqual(await serveLive([{ name: 'u', ...mb }], (s) => session(s.port, 'u', (c) => c.mailboxCreate(['Neu']).then(() => undefined))), []);
+  await mirrorOk(sideLoc(mb), sideLoc(md), 'mbox -> Maildir');
+  const [vmb, vmd] = (await views([mb, md], 'after')) as [ImapView, ImapView];
+  assert.deepEqual(names(vmb), ['INBOX', 'Neu']);
+  assertSameView(vmb, vmd, ['mbox', 'Maildir'], 'mbox -> Maildir');
+});
