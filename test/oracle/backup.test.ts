@@ -16,9 +16,9 @@
 //
 // mbox: a mailbox file cannot have child mailboxes, so the mbox backup starts from the corpus
 // variant mbox can hold (CorpusOptions.mbox: Archive is a \Noselect parent). Dovecot serves mbox
-// messages exactly like Maildir ones (LF stored, CRLF served, RFC822.SIZE counted with CRLF in
-// both), so the views need no projection at all; mbox cannot keep message GUIDs, but GUIDs are not
-// part of what IMAP shows.
+// messages exactly like Maildir ones (whatever the line ends in the file: served with CRLF,
+// RFC822.SIZE counted with CRLF), so the views need no projection at all; mbox cannot keep message
+// GUIDs, but GUIDs are not part of what IMAP shows.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { makeMessage } from '../helpers/corpus.js';
