@@ -13,6 +13,8 @@ import { parseMailLocation } from '../../src/storage/location.js';
 import { openStore } from '../../src/storage/open.js';
 
 const NAMES = [['A'], ['B'], ['A', 'x'], ['Ünï'], ['C']];
+/** mbox cannot keep a mailbox below a mailbox (a file): the nested name lives under a plain directory. */
+export const MBOX_NAMES = [['A'], ['B'], ['D', 'x'], ['Ünï'], ['C']];
 const KEYWORDS = ['work', 'home', '$Junk'];
 
 export type Op =
@@ -43,7 +45,7 @@ interface Model {
   counter: number;
 }
 
-async function apply(loc: string, op: Op, model: Model): Promise<void> {
+async function apply(loc: string, op: Op, model: Model, names: string[][]): Promise<void> {
   const store = await openStore(parseMailLocation(loc, {}), { warn: () => {} });
   try {
     const boxes = (await store.listMailboxes()).filter((b) => b.selectable).sort((x, y) => (x.name.join('/') < y.name.join('/') ? -1 : 1));
@@ -81,13 +83,13 @@ async function apply(loc: string, op: Op, model: Model): Promise<void> {
         break;
       }
       case 'create': {
-        const name = NAMES[op.name];
+        const name = names[op.name];
         if (boxes.some((b) => b.name.join('/') === name.join('/'))) break;
         await store.createMailbox(name, { guid: randomBytes(16).toString('hex'), uidValidity: await store.newUidValidity() });
         break;
       }
       case 'rename': {
-        const to = NAMES[op.name];
+        const to = names[op.name];
         const all = await store.listMailboxes();
         if (pick.name[0] === 'INBOX' || all.some((b) => b.name.join('/') === to.join('/'))) break;
         const [from, dest] = [pick.name.join('/') + '/', to.join('/') + '/'];
@@ -135,7 +137,7 @@ function checkUidsStable(snap: Snapshot, seen: Map<string, string>): void {
 export type Locations = (a: string, b: string) => [string, string];
 const maildirs: Locations = (a, b) => [`maildir:${a}`, `maildir:${b}`];
 
-export async function runHistory(rounds: { a: Op[]; b: Op[] }[], locations: Locations = maildirs): Promise<void> {
+export async function runHistory(rounds: { a: Op[]; b: Op[] }[], locations: Locations = maildirs, names = NAMES): Promise<void> {
       const root = fs.mkdtempSync(path.join(os.tmpdir(), 'dsync-prop-'));
       const [a, b] = locations(path.join(root, 'a'), path.join(root, 'b'));
       // mbox keeps no message GUIDs: compare everything else.
@@ -149,8 +151,8 @@ export async function runHistory(rounds: { a: Op[]; b: Op[] }[], locations: Loca
         // Both sides start with the same INBOX so their INBOX GUIDs merge on the first run.
         await mirror(a, b);
         for (const r of rounds) {
-          for (const op of r.a) await apply(a, op, model);
-          for (const op of r.b) await apply(b, op, model);
+          for (const op of r.a) await apply(a, op, model, names);
+          for (const op of r.b) await apply(b, op, model, names);
           const res = await mirror(a, b);
           if (process.env.DSYNC_HISTORY_TRACE) console.log(JSON.stringify(r), res.summary, res.log);
           assert.equal(res.exitCode, 0, res.log.join('\n'));

@@ -5,7 +5,7 @@
 // Runs DSYNC_PROPERTY_RUNS cases (default 200); set it to thousands for a soak.
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { roundArb, runHistory } from '../helpers/history.js';
+import { MBOX_NAMES, roundArb, runHistory } from '../helpers/history.js';
 
 const RUNS = Number(process.env.DSYNC_PROPERTY_RUNS ?? 200);
 
@@ -18,7 +18,7 @@ const MBOX_RUNS = Math.max(1, Math.round(RUNS / 5));
 test(`mirror property, Maildir <-> mbox: ${MBOX_RUNS} random histories`, { timeout: 900_000 }, async () => {
   await fc.assert(
     fc.asyncProperty(fc.array(roundArb, { minLength: 1, maxLength: 3 }), (rounds) =>
-      runHistory(rounds, (a, b) => [`maildir:${a}`, `mbox:${b}:INBOX=${b}/inbox`]),
+      runHistory(rounds, (a, b) => [`maildir:${a}`, `mbox:${b}:INBOX=${b}/inbox`], MBOX_NAMES),
     ),
     { numRuns: MBOX_RUNS, verbose: 1 },
   );
