@@ -59,6 +59,8 @@ interface Ctx {
   isSource: boolean;
   isDestination: boolean;
   open: Map<string, LocationMailbox>;
+  /** Mailboxes of the peer this store cannot hold (e.g. a folder below an mbox file). */
+  unsyncable: Set<string>;
   changesDuringSync: boolean;
   summary: string[];
   show: (n: string[]) => string;
@@ -116,6 +118,7 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
     isSource: settings.backup === 'send',
     isDestination: settings.backup === 'recv',
     open: new Map(),
+    unsyncable: new Set(),
     changesDuringSync: false,
     summary: [],
     show: (n) => n.join(loc.separator),
@@ -204,6 +207,7 @@ async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise
     }
   }
   if (res.changesDuringSync) ctx.changesDuringSync = true;
+  for (const guid of res.unsyncable) ctx.unsyncable.add(guid);
   ctx.summary.push(...res.summary);
   void localToNorm;
 }
@@ -277,9 +281,15 @@ async function masterMailboxes(ctx: Ctx): Promise<void> {
     const mine = mailboxRecord(ctx, box);
     ctx.ch.send(mine);
     const theirs = await expectRecord(ctx.ch, 'mailbox');
+    if (theirs.mailboxIgnore) {
+      ctx.log.debug(`mailbox ${ctx.show(box.name)}: cannot exist on the other side, not synced`);
+      await release(ctx, box.guid);
+      continue;
+    }
     if (theirs.mailboxLost) {
       ctx.log.warn(`mailbox ${ctx.show(box.name)} vanished on the other side during the sync`);
       ctx.changesDuringSync = true;
+      await release(ctx, box.guid);
       continue;
     }
     await syncMailbox(ctx, box, mine, theirs);
@@ -298,8 +308,9 @@ async function slaveMailboxes(ctx: Ctx): Promise<void> {
     if (rec.type !== 'mailbox') throw new ProtocolError(`expected a mailbox record, got ${rec.type}`);
     const box = await getBox(ctx, rec.mailboxGuid);
     if (!box) {
-      ctx.ch.send(lostRecord(rec.mailboxGuid));
-      ctx.changesDuringSync = true;
+      const ignore = ctx.unsyncable.has(rec.mailboxGuid);
+      ctx.ch.send({ ...lostRecord(rec.mailboxGuid), mailboxLost: !ignore, mailboxIgnore: ignore });
+      if (!ignore) ctx.changesDuringSync = true;
       continue;
     }
     const mine = mailboxRecord(ctx, box);

@@ -10,6 +10,8 @@ export interface TreeApplyResult {
   touched: Set<string>;
   /** Something could not be applied because the store changed under us. */
   changesDuringSync: boolean;
+  /** Mailboxes this store cannot hold (their names): left out of the mail sync. */
+  unsyncable: Set<string>;
   summary: string[];
 }
 
@@ -18,22 +20,24 @@ export async function applyTreeActions(
   actions: TreeAction[],
   toLocalName: (name: string[]) => string[],
 ): Promise<TreeApplyResult> {
-  const res: TreeApplyResult = { touched: new Set(), changesDuringSync: false, summary: [] };
+  const res: TreeApplyResult = { touched: new Set(), changesDuringSync: false, unsyncable: new Set(), summary: [] };
   const sep = loc.separator;
   const show = (n: string[]) => n.join(sep);
-  const tolerate = async (what: string, fn: () => Promise<void>) => {
+  /** Runs one change; false when the store refused it for a reason that must not stop the run. */
+  const tolerate = async (what: string, fn: () => Promise<void>): Promise<boolean> => {
     try {
       await fn();
+      return true;
     } catch (err) {
       if (err instanceof StorageError && (err.code === 'EXISTS' || err.code === 'NOTFOUND')) {
         loc.log.warn(`${what}: ${err.message} (changed during the sync; run dsync again)`);
         res.changesDuringSync = true;
-        return;
+        return false;
       }
       if (err instanceof StorageError && err.code === 'INVALIDNAME') {
-        loc.log.warn(`${what}: ${err.message}; this mailbox is left out (rename it, or choose another -C alt char)`);
-        res.changesDuringSync = true;
-        return;
+        // Running again will not help: say so once, leave the mailbox out, and go on.
+        loc.log.warn(`${what}: ${err.message}; this mailbox is left out of the sync (rename it, or choose another -C alt char)`);
+        return false;
       }
       throw err;
     }
@@ -99,8 +103,11 @@ export async function applyTreeActions(
     switch (a.op) {
       case 'create': {
         const name = toLocalName(a.name);
-        await tolerate(`creating ${show(name)}`, () => loc.createMailbox(name, a.guid, a.uidValidity));
-        res.summary.push(`mailbox ${show(name)}: created`);
+        if (await tolerate(`creating ${show(name)}`, () => loc.createMailbox(name, a.guid, a.uidValidity))) {
+          res.summary.push(`mailbox ${show(name)}: created`);
+        } else {
+          res.unsyncable.add(a.guid);
+        }
         break;
       }
       case 'delete': {
