@@ -160,14 +160,12 @@ async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise
     ctx.open.set(box.guid, box);
   }
   const localNodes = loc.treeNodes(ctx.peerId).filter((n) => wanted(ctx, n.name));
-  const localToNorm = new Map<string, string[]>();
   const normToLocal = new Map<string, string[]>();
   for (const n of localNodes) {
     const norm = normalize(n.name);
     if (nameKey(norm) !== nameKey(n.name)) {
       ctx.log.warn(`mailbox name ${ctx.show(n.name)} cannot exist on the other side; it is called ${norm.join(loc.separator)} there`);
     }
-    localToNorm.set(nameKey(n.name), norm);
     normToLocal.set(nameKey(norm), n.name);
   }
   for (const n of localNodes) ch.send(n);
@@ -209,7 +207,6 @@ async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise
   if (res.changesDuringSync) ctx.changesDuringSync = true;
   for (const guid of res.unsyncable) ctx.unsyncable.add(guid);
   ctx.summary.push(...res.summary);
-  void localToNorm;
 }
 
 // ---------------------------------------------------------------- mailboxes

@@ -79,6 +79,10 @@ export async function openLocation(
       release: async () => {
         try {
           await location.close();
+        } catch (err) {
+          const code = (err as { code?: unknown }).code;
+          if (typeof code === 'string' && code.startsWith('SQLITE_')) throw new Error(`change index ${indexPath}: ${(err as Error).message}`, { cause: err });
+          throw err;
         } finally {
           unlock?.();
         }

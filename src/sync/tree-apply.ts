@@ -68,18 +68,17 @@ export async function applyTreeActions(
         blocked.push(r);
         continue;
       }
-      await tolerate(`renaming ${show(row.name)} to ${show(to)}`, () => loc.renameMailbox(r.guid, to));
+      if (await tolerate(`renaming ${show(row.name)} to ${show(to)}`, () => loc.renameMailbox(r.guid, to))) {
+        res.summary.push(`mailbox ${show(row.name)}: renamed to ${show(to)}`);
+      }
       res.touched.add(r.guid);
-      res.summary.push(`mailbox ${show(row.name)}: renamed to ${show(to)}`);
     }
     if (blocked.length === pending.length) {
       const r = blocked[0];
-      const row = loc.index.mailbox(r.guid)!;
       const holder = loc.mailboxByName(toLocalName(r.to))!;
       const temp = [...holder.name.slice(0, -1), `${holder.name[holder.name.length - 1]}-temp-${holder.guid}`];
       await tolerate(`renaming ${show(holder.name)} out of the way`, () => loc.renameMailbox(holder.guid, temp));
       res.touched.add(holder.guid);
-      void row;
     }
     pending = blocked;
   }

@@ -273,3 +273,13 @@ export async function hasCur(dir: string): Promise<boolean> {
     throw toStorageError(e, 'stat', path.join(dir, 'cur'));
   }
 }
+
+/** The order stores list mailboxes in: INBOX first, then by name. */
+export function compareListed(a: { name: string[] }, b: { name: string[] }): number {
+  const ai = a.name[0] === 'INBOX' ? 0 : 1;
+  const bi = b.name[0] === 'INBOX' ? 0 : 1;
+  if (ai !== bi) return ai - bi;
+  const ak = nameKey(a.name);
+  const bk = nameKey(b.name);
+  return ak < bk ? -1 : ak > bk ? 1 : 0;
+}

@@ -20,24 +20,17 @@ import {
   isNotFound,
   mkdirp,
   randomHex,
-  readFileOrNull,
   toStorageError,
   writeNewFile,
   type FsContext,
   type Warn,
 } from './io.js';
-import { hasCur, isInboxName, MaildirLayout, nameKey, normalizeName, TRASH_PREFIX } from './layout.js';
+import { compareListed, hasCur, isInboxName, MaildirLayout, nameKey, normalizeName, TRASH_PREFIX } from './layout.js';
 import { MaildirMailbox, type MailboxEnv } from './mailbox.js';
 import { withDotLock } from './lock.js';
 import { isMailboxGuid, readUidlistSummary, UIDLIST_NAME } from './uidlist.js';
 import { KEYWORDS_NAME } from './keywords.js';
-import {
-  parseSubscriptions,
-  serializeSubscriptions,
-  SUBSCRIPTIONS_NAME,
-  UnsupportedSubscriptionsVersion,
-  type SubscriptionCodec,
-} from './subscriptions.js';
+import { readSubscriptionsFile, SUBSCRIPTIONS_NAME, writeSubscriptionsFile, type SubscriptionCodec } from './subscriptions.js';
 import { allocateUidValidity } from './uidvalidity.js';
 
 export interface MaildirStoreOptions {
@@ -233,40 +226,18 @@ export class MaildirStore implements MailStore {
         info.uidNext = summary.uidNext;
       }),
     );
-    out.sort((a, b) => {
-      const ai = a.name[0] === 'INBOX' ? 0 : 1;
-      const bi = b.name[0] === 'INBOX' ? 0 : 1;
-      if (ai !== bi) return ai - bi;
-      const ak = nameKey(a.name);
-      const bk = nameKey(b.name);
-      return ak < bk ? -1 : ak > bk ? 1 : 0;
-    });
+    out.sort(compareListed);
     return out;
   }
 
   // ---------------------------------------------------------------- subscriptions
 
-  async readSubscriptions(): Promise<MailboxName[]> {
-    const text = await readFileOrNull(this.subscriptionsPath);
-    if (text === null) return [];
-    try {
-      return parseSubscriptions(text, this.codec, this.ctx.warn, this.subscriptionsPath);
-    } catch (e) {
-      if (e instanceof UnsupportedSubscriptionsVersion) throw new StorageError(e.message, 'CORRUPT');
-      throw e;
-    }
+  readSubscriptions(): Promise<MailboxName[]> {
+    return readSubscriptionsFile(this.subscriptionsPath, this.codec, this.ctx.warn);
   }
 
-  async writeSubscriptions(names: MailboxName[]): Promise<void> {
-    assertWritable(this.ctx, 'write subscriptions');
-    for (const n of names) {
-      if (!Array.isArray(n) || n.length === 0 || n.some((c) => typeof c !== 'string' || c === '')) {
-        throw new StorageError(`invalid subscription name ${JSON.stringify(n)}`, 'INVALIDNAME');
-      }
-    }
-    const text = serializeSubscriptions(names, this.codec);
-    await mkdirp(this.ctx, path.dirname(this.subscriptionsPath));
-    await withDotLock(this.ctx, this.subscriptionsPath, (lock) => lock.replaceTarget(text));
+  writeSubscriptions(names: MailboxName[]): Promise<void> {
+    return writeSubscriptionsFile(this.ctx, this.subscriptionsPath, names, this.codec);
   }
 
   invalidNameReason(name: MailboxName): string | null {

@@ -4,8 +4,10 @@
 // tab-escaped (\x01 -> \x011, TAB -> \x01t, CR -> \x01r, LF -> \x01n). Each component is in the
 // on-disk folder name encoding: modified UTF-7 unless the location has UTF-8 (checked against
 // Dovecot 2.3.19: "Entwürfe" is written "Entw&APw-rfe").
-import type { MailboxName } from '../types.js';
-import type { Warn } from './io.js';
+import * as path from 'node:path';
+import { StorageError, type MailboxName } from '../types.js';
+import { assertWritable, mkdirp, readFileOrNull, type FsContext, type Warn } from './io.js';
+import { withDotLock } from './lock.js';
 import { nameKey, normalizeName } from './layout.js';
 
 export const SUBSCRIPTIONS_NAME = 'subscriptions';
@@ -105,4 +107,29 @@ export function serializeSubscriptions(names: MailboxName[], codec: Subscription
     s += n.map((c) => tabEscape(codec.encode(c))).join('\t') + '\n';
   }
   return s;
+}
+
+/** Reads a subscriptions file (either version); a missing file means no subscriptions. */
+export async function readSubscriptionsFile(file: string, codec: SubscriptionCodec, warn: Warn): Promise<MailboxName[]> {
+  const text = await readFileOrNull(file);
+  if (text === null) return [];
+  try {
+    return parseSubscriptions(text, codec, warn, file);
+  } catch (e) {
+    if (e instanceof UnsupportedSubscriptionsVersion) throw new StorageError(e.message, 'CORRUPT');
+    throw e;
+  }
+}
+
+/** Writes the subscriptions file in Dovecot 2.3's format, atomically under its dotlock. */
+export async function writeSubscriptionsFile(ctx: FsContext, file: string, names: MailboxName[], codec: SubscriptionCodec): Promise<void> {
+  assertWritable(ctx, 'write subscriptions');
+  for (const n of names) {
+    if (!Array.isArray(n) || n.length === 0 || n.some((c) => typeof c !== 'string' || c === '')) {
+      throw new StorageError(`invalid subscription name ${JSON.stringify(n)}`, 'INVALIDNAME');
+    }
+  }
+  const text = serializeSubscriptions(names, codec);
+  await mkdirp(ctx, path.dirname(file));
+  await withDotLock(ctx, file, (lock) => lock.replaceTarget(text));
 }

@@ -38,15 +38,14 @@ import {
   errCode,
   isNotFound,
   mkdirp,
-  readFileOrNull,
   toStorageError,
   writeNewFile,
   type FsContext,
   type Warn,
 } from '../maildir/io.js';
-import { DotLock, withDotLock } from '../maildir/lock.js';
-import { isInboxName, nameKey, normalizeName } from '../maildir/layout.js';
-import { parseSubscriptions, serializeSubscriptions, UnsupportedSubscriptionsVersion, type SubscriptionCodec } from '../maildir/subscriptions.js';
+import { DotLock } from '../maildir/lock.js';
+import { compareListed, isInboxName, nameKey, normalizeName } from '../maildir/layout.js';
+import { readSubscriptionsFile, writeSubscriptionsFile, type SubscriptionCodec } from '../maildir/subscriptions.js';
 import { allocateUidValidity } from '../maildir/uidvalidity.js';
 import { decodeMUtf7, encodeMUtf7, isWellFormedUnicode } from '../utf7.js';
 import { formatFromLine } from './from-line.js';
@@ -421,40 +420,18 @@ export class MboxStore implements MailStore {
       info.guid = await this.guids.lookup(info.name, h.uidValidity, (n) => this.mailboxExists(n), !this.ctx.readOnly);
     }
     await this.guids.save();
-    out.sort((a, b) => {
-      const ai = a.name[0] === 'INBOX' ? 0 : 1;
-      const bi = b.name[0] === 'INBOX' ? 0 : 1;
-      if (ai !== bi) return ai - bi;
-      const ak = nameKey(a.name);
-      const bk = nameKey(b.name);
-      return ak < bk ? -1 : ak > bk ? 1 : 0;
-    });
+    out.sort(compareListed);
     return out;
   }
 
   // ---------------------------------------------------------------- subscriptions
 
-  async readSubscriptions(): Promise<MailboxName[]> {
-    const text = await readFileOrNull(this.subscriptionsPath);
-    if (text === null) return [];
-    try {
-      return parseSubscriptions(text, this.codec, this.ctx.warn, this.subscriptionsPath);
-    } catch (e) {
-      if (e instanceof UnsupportedSubscriptionsVersion) throw new StorageError(e.message, 'CORRUPT');
-      throw e;
-    }
+  readSubscriptions(): Promise<MailboxName[]> {
+    return readSubscriptionsFile(this.subscriptionsPath, this.codec, this.ctx.warn);
   }
 
-  async writeSubscriptions(names: MailboxName[]): Promise<void> {
-    assertWritable(this.ctx, 'write subscriptions');
-    for (const n of names) {
-      if (!Array.isArray(n) || n.length === 0 || n.some((c) => typeof c !== 'string' || c === '')) {
-        throw new StorageError(`invalid subscription name ${JSON.stringify(n)}`, 'INVALIDNAME');
-      }
-    }
-    const text = serializeSubscriptions(names, this.codec);
-    await mkdirp(this.ctx, path.dirname(this.subscriptionsPath));
-    await withDotLock(this.ctx, this.subscriptionsPath, (lock) => lock.replaceTarget(text));
+  writeSubscriptions(names: MailboxName[]): Promise<void> {
+    return writeSubscriptionsFile(this.ctx, this.subscriptionsPath, names, this.codec);
   }
 
   // ---------------------------------------------------------------- create / delete / rename
