@@ -9,6 +9,10 @@ import type { Logger } from '../util/log.js';
 import { Location } from '../location/location.js';
 import { acquireLock } from '../location/lock.js';
 import { createPipePair } from '../transport/pipe.js';
+import { StreamChannel } from '../transport/stream.js';
+import { spawn } from 'node:child_process';
+import type { Readable, Writable } from 'node:stream';
+import type { SyncRecord } from './records.js';
 import { runBrain, type MasterSettings } from './brain.js';
 
 export interface RunSyncOptions {
@@ -136,15 +140,11 @@ function sameDirectory(a: string, b: string): boolean {
 }
 
 export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
-  if (o.remote.kind !== 'location') throw new Error('syncing with a remote dsync server is not implemented yet');
+  if (o.remote.kind === 'command') return runRemote(o, o.remote.argv);
   const remote = o.remote.location;
   if (sameDirectory(o.local.path, remote.path)) throw new Error(`both locations point to the same directory (${o.local.path})`);
-  const backup = o.mode === 'backup' ? (o.reverse ? 'recv' : 'send') : 'none';
-  const settings: MasterSettings = {
-    syncType: o.full ? 'full' : 'changed',
-    backup,
-    altChar: o.altChar,
-  };
+  const settings = masterSettings(o);
+  const backup = settings.backup;
   // The backup source is never written: its store is read-only and its index lives in memory.
   // Locks are taken in one global order (by path) so that "a mirror b" and "b mirror a" started
   // together wait for each other instead of deadlocking.
@@ -175,12 +175,84 @@ export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
   }
 }
 
-export function runServer(_o: {
+function masterSettings(o: RunSyncOptions): MasterSettings {
+  return {
+    syncType: o.full ? 'full' : 'changed',
+    backup: o.mode === 'backup' ? (o.reverse ? 'recv' : 'send') : 'none',
+    altChar: o.altChar,
+  };
+}
+
+/** Syncs with a `dsync server` started by a command (ssh or anything else) over its stdin/stdout. */
+async function runRemote(o: RunSyncOptions, argv: string[]): Promise<RunSyncResult> {
+  const settings = masterSettings(o);
+  const a = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: settings.backup === 'send', lockTimeout: o.lockTimeout });
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'inherit'] });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: Error }>((resolve) => {
+    child.on('error', (error) => resolve({ code: null, signal: null, error }));
+    child.on('exit', (code, signal) => resolve({ code, signal }));
+  });
+  const ch = new StreamChannel(child.stdout!, child.stdin!, { peerName: `the remote dsync (${argv.join(' ')})` });
+  child.stdin!.on('error', () => undefined); // reported through the channel
+  try {
+    if (o.mailbox !== undefined) settings.syncBox = o.mailbox.split(a.location.separator).filter((p) => p !== '');
+    let result;
+    try {
+      result = await runBrain({ role: 'master', location: a.location, channel: ch, log: o.log, settings });
+    } catch (err) {
+      // Say why the remote side went away, if it did.
+      const gone = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 2000))]);
+      if (gone?.error) throw new Error(`could not run ${argv[0]}: ${gone.error.message}`, { cause: err });
+      if (gone && gone.code !== 0) throw new Error(`${(err as Error).message} (the remote command exited with ${gone.signal ?? `code ${gone.code}`})`, { cause: err });
+      throw err;
+    }
+    ch.close();
+    const end = await exited;
+    if (end.code !== 0) o.log.warn(`the remote dsync exited with ${end.signal ?? `code ${end.code}`}`);
+    return { exitCode: result.changesDuringSync || end.code === 2 ? 2 : 0, summary: result.summary.map((l) => `${o.local.path}: ${l}`) };
+  } finally {
+    ch.dispose();
+    if (child.exitCode === null) child.kill('SIGTERM');
+    await a.release();
+  }
+}
+
+/**
+ * `dsync server`: the remote side. Speaks the protocol on input/output for the dsync that started
+ * it; the master's handshake says whether this side is a backup source (then opened read-only).
+ */
+export async function runServer(o: {
   local: MailLocation;
   owner?: { uid: number; gid: number };
   log: Logger;
   input: NodeJS.ReadableStream;
   output: NodeJS.WritableStream;
 }): Promise<number> {
-  return Promise.reject(new Error('dsync server is not implemented yet'));
+  const ch = new StreamChannel(o.input as Readable, o.output as Writable, { peerName: 'the dsync that started this server' });
+  let opened: OpenedLocation | undefined;
+  try {
+    const first = await ch.recv();
+    if (first.type !== 'handshake') throw new Error(`expected a handshake from the peer, got ${first.type}`);
+    opened = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: first.backupSend });
+    let replayed = false;
+    const channel = {
+      send: (r: SyncRecord) => ch.send(r),
+      recv: () => {
+        if (replayed) return ch.recv();
+        replayed = true;
+        return Promise.resolve(first);
+      },
+      flush: () => ch.flush(),
+      abort: (e: Error) => ch.abort(e),
+      close: () => ch.close(),
+    };
+    const result = await runBrain({ role: 'slave', location: opened.location, channel, log: o.log });
+    await ch.flush();
+    ch.close();
+    for (const l of result.summary) o.log.info(l);
+    return result.changesDuringSync ? 2 : 0;
+  } finally {
+    ch.dispose();
+    await opened?.release();
+  }
 }

@@ -1,0 +1,248 @@
+// A channel over a byte stream (stdin/stdout of `dsync server`, through ssh or any command).
+//
+// Framing (ours, versioned; Dovecot's own wire format is a separate codec): the stream starts
+// with the line "DSYNC-TS <version>". Each record is one line of JSON. A `mail` record with a body
+// is followed by the body in chunks: "<length>\n<bytes>", ended by "0\n". Bodies are read from
+// the sender's store while they are written, and up to SPOOL_LIMIT bytes are kept in memory by
+// the receiver; larger bodies are spooled to a temporary file.
+import { createReadStream, mkdtempSync, openSync, writeSync, closeSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import type { MailRecord, SyncRecord } from '../sync/records.js';
+import { ProtocolError, type Channel } from './channel.js';
+
+export const STREAM_PROTOCOL = 'DSYNC-TS 1';
+const SPOOL_LIMIT = 1 << 20;
+const MAX_LINE = 16 << 20;
+
+type Outgoing = SyncRecord | { type: 'abort'; message: string };
+
+export interface StreamChannelOptions {
+  /** Names the peer in error messages, e.g. "the remote dsync". */
+  peerName?: string;
+}
+
+export class StreamChannel implements Channel {
+  private queue: Outgoing[] = [];
+  private pumping: Promise<void> | null = null;
+  private writeError: Error | undefined;
+  private inbox: SyncRecord[] = [];
+  private waiters: { resolve: (r: SyncRecord) => void; reject: (e: Error) => void }[] = [];
+  private failure: Error | undefined;
+  private buf: Buffer = Buffer.alloc(0);
+  private sawVersion = false;
+  private body: { rec: MailRecord; chunks: Buffer[]; size: number; fd?: number; file?: string; need: number } | null = null;
+  private spoolDir: string | undefined;
+  private readonly peer: string;
+
+  constructor(
+    private readonly input: Readable,
+    private readonly output: Writable,
+    opts: StreamChannelOptions = {},
+  ) {
+    this.peer = opts.peerName ?? 'the peer';
+    output.write(`${STREAM_PROTOCOL}\n`);
+    input.on('data', (chunk: Buffer) => {
+      try {
+        this.onData(chunk);
+      } catch (err) {
+        this.fail(err instanceof ProtocolError ? err : new ProtocolError(`${this.peer} sent garbage: ${(err as Error).message}`));
+      }
+    });
+    input.on('end', () => this.fail(new ProtocolError(`${this.peer} closed the connection`)));
+    input.on('error', (err) => this.fail(new ProtocolError(`reading from ${this.peer} failed: ${err.message}`)));
+    output.on('error', (err) => {
+      this.writeError = err;
+      this.fail(new ProtocolError(`writing to ${this.peer} failed: ${err.message}`));
+    });
+  }
+
+  send(rec: SyncRecord): void {
+    this.queue.push(rec);
+    this.pump();
+  }
+
+  recv(): Promise<SyncRecord> {
+    const rec = this.inbox.shift();
+    if (rec) return Promise.resolve(rec);
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  async flush(): Promise<void> {
+    while (this.pumping) await this.pumping;
+    if (this.writeError) throw this.writeError;
+  }
+
+  abort(reason: Error): void {
+    this.queue.push({ type: 'abort', message: reason.message });
+    this.pump();
+    void this.flush()
+      .catch(() => undefined)
+      .then(() => this.output.end());
+    this.fail(reason);
+  }
+
+  close(): void {
+    void this.flush()
+      .catch(() => undefined)
+      .then(() => this.output.end());
+  }
+
+  /** Fails every pending and future recv(). */
+  fail(err: Error): void {
+    if (this.failure) return;
+    this.failure = err;
+    for (const w of this.waiters.splice(0)) w.reject(err);
+    this.cleanupSpool();
+  }
+
+  // ---------------------------------------------------------------- sending
+
+  private pump(): void {
+    if (this.pumping) return;
+    this.pumping = (async () => {
+      while (this.queue.length > 0 && !this.writeError) {
+        const rec = this.queue.shift()!;
+        await this.writeRecord(rec);
+      }
+    })()
+      .catch((err: Error) => {
+        this.writeError = err;
+        this.fail(new ProtocolError(`sending to ${this.peer} failed: ${err.message}`));
+      })
+      .finally(() => {
+        this.pumping = null;
+        if (this.queue.length > 0 && !this.writeError) this.pump();
+      });
+  }
+
+  private write(data: Buffer | string): Promise<void> {
+    if (this.output.write(data)) return Promise.resolve();
+    return new Promise((resolve) => this.output.once('drain', resolve));
+  }
+
+  private async writeRecord(rec: Outgoing): Promise<void> {
+    if (rec.type !== 'mail') {
+      await this.write(`${JSON.stringify(rec)}\n`);
+      return;
+    }
+    const { body, ...head } = rec;
+    await this.write(`${JSON.stringify({ ...head, hasBody: body !== null })}\n`);
+    if (body === null) return;
+    const source = body();
+    if (Buffer.isBuffer(source)) {
+      if (source.length > 0) await this.write(Buffer.concat([Buffer.from(`${source.length}\n`), source]));
+    } else {
+      for await (const chunk of source) {
+        const b = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
+        if (b.length > 0) await this.write(Buffer.concat([Buffer.from(`${b.length}\n`), b]));
+      }
+    }
+    await this.write('0\n');
+  }
+
+  // ---------------------------------------------------------------- receiving
+
+  private onData(chunk: Buffer): void {
+    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    for (;;) {
+      if (this.body && this.body.need > 0) {
+        if (this.buf.length === 0) return;
+        const take = Math.min(this.body.need, this.buf.length);
+        this.addBodyBytes(this.buf.subarray(0, take));
+        this.body.need -= take;
+        this.buf = this.buf.subarray(take);
+        continue;
+      }
+      const nl = this.buf.indexOf(0x0a);
+      if (nl < 0) {
+        if (this.buf.length > MAX_LINE) throw new ProtocolError(`${this.peer} sent a line longer than ${MAX_LINE} bytes`);
+        return;
+      }
+      const line = this.buf.subarray(0, nl).toString('utf8');
+      this.buf = this.buf.subarray(nl + 1);
+      this.onLine(line);
+    }
+  }
+
+  private onLine(line: string): void {
+    if (!this.sawVersion) {
+      if (line !== STREAM_PROTOCOL) {
+        throw new ProtocolError(`${this.peer} does not speak ${STREAM_PROTOCOL} (it said ${JSON.stringify(line.slice(0, 80))})`);
+      }
+      this.sawVersion = true;
+      return;
+    }
+    if (this.body) {
+      // A chunk length line inside a body.
+      if (!/^\d+$/.test(line)) throw new ProtocolError(`${this.peer} sent a bad body chunk header ${JSON.stringify(line.slice(0, 40))}`);
+      const n = Number(line);
+      if (n === 0) this.finishBody();
+      else this.body.need = n;
+      return;
+    }
+    const rec = JSON.parse(line) as Outgoing & { hasBody?: boolean };
+    if (typeof rec !== 'object' || rec === null || typeof rec.type !== 'string') throw new ProtocolError(`${this.peer} sent a line that is not a record`);
+    if (rec.type === 'abort') {
+      this.fail(new ProtocolError(`${this.peer} failed: ${(rec as { message: string }).message}`));
+      return;
+    }
+    if (rec.type === 'mail') {
+      const { hasBody, ...mail } = rec as MailRecord & { hasBody: boolean };
+      if (!hasBody) {
+        this.deliver({ ...mail, body: null });
+        return;
+      }
+      this.body = { rec: { ...mail, body: null }, chunks: [], size: 0, need: 0 };
+      return;
+    }
+    this.deliver(rec as SyncRecord);
+  }
+
+  private addBodyBytes(b: Buffer): void {
+    const body = this.body!;
+    body.size += b.length;
+    if (body.fd === undefined && body.size > SPOOL_LIMIT) {
+      this.spoolDir ??= mkdtempSync(join(tmpdir(), 'dsync-spool-'));
+      body.file = join(this.spoolDir, `${Date.now()}-${Math.random().toString(36).slice(2)}`);
+      body.fd = openSync(body.file, 'w', 0o600);
+      for (const c of body.chunks) writeSync(body.fd, c);
+      body.chunks = [];
+    }
+    if (body.fd !== undefined) writeSync(body.fd, b);
+    else body.chunks.push(Buffer.from(b));
+  }
+
+  private finishBody(): void {
+    const body = this.body!;
+    this.body = null;
+    let factory: () => Readable | Buffer;
+    if (body.fd !== undefined) {
+      closeSync(body.fd);
+      const file = body.file!;
+      factory = () => createReadStream(file);
+    } else {
+      const bytes = Buffer.concat(body.chunks);
+      factory = () => bytes;
+    }
+    this.deliver({ ...body.rec, body: factory });
+  }
+
+  private deliver(rec: SyncRecord): void {
+    const w = this.waiters.shift();
+    if (w) w.resolve(rec);
+    else this.inbox.push(rec);
+  }
+
+  private cleanupSpool(): void {
+    if (this.spoolDir) rmSync(this.spoolDir, { recursive: true, force: true });
+    this.spoolDir = undefined;
+  }
+
+  /** Removes spooled bodies once the run is over. */
+  dispose(): void {
+    this.cleanupSpool();
+  }
+}

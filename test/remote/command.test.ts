@@ -1,0 +1,81 @@
+// Remote sync through a command: the other side is `dsync server`, started by any command (here
+// bin/dsync itself, without ssh) and spoken to over its stdin/stdout.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as os from 'node:os';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { makeMessage } from '../helpers/corpus.js';
+import { snapshot } from '../helpers/snapshot.js';
+import { hashTree } from '../helpers/tmp.js';
+
+const DSYNC = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/dsync');
+const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'dsync-remote-'));
+
+function deliver(dir: string, body: Buffer, flags = ''): void {
+  for (const d of ['cur', 'new', 'tmp']) fs.mkdirSync(path.join(dir, d), { recursive: true });
+  if (path.basename(dir).startsWith('.')) fs.writeFileSync(path.join(dir, 'maildirfolder'), '');
+  fs.writeFileSync(path.join(dir, 'cur', `1700000000.M${Math.floor(Math.random() * 1e9)}P1.rm,S=${body.length}:2,${flags}`), body);
+}
+
+function dsync(local: string, command: string, remoteLocation: string, extra: string[] = []) {
+  const args = ['-o', `mail_location=${local}`, ...extra, command, process.execPath, DSYNC, '-o', `mail_location=${remoteLocation}`];
+  return spawnSync(DSYNC, args, { encoding: 'utf8' });
+}
+
+test('mirror with a dsync server over a command: both ways, conflicts, then nothing to do', async () => {
+  const a = tmp();
+  const b = tmp();
+  for (let i = 0; i < 20; i++) deliver(i % 4 ? a : path.join(a, '.Lists'), makeMessage(`rm${i}`), i % 3 ? 'S' : '');
+  const r1 = dsync(`maildir:${a}`, 'mirror', `maildir:${b}`);
+  assert.equal(r1.status, 0, r1.stderr);
+  assert.deepEqual(await snapshot(`maildir:${b}`), await snapshot(`maildir:${a}`));
+  deliver(a, makeMessage('only-a'));
+  deliver(b, makeMessage('only-b'), 'F');
+  // 3 MB: spooled to disk on the way.
+  deliver(path.join(b, '.Lists'), Buffer.concat([Buffer.from('Subject: big\n\n'), Buffer.alloc(3 << 20, 'x\n')]));
+  const r2 = dsync(`maildir:${a}`, 'mirror', `maildir:${b}`, ['-v']);
+  assert.equal(r2.status, 0, r2.stderr);
+  assert.match(r2.stderr, /renumbered after a UID conflict/);
+  assert.deepEqual(await snapshot(`maildir:${b}`), await snapshot(`maildir:${a}`));
+  const r3 = dsync(`maildir:${a}`, 'mirror', `maildir:${b}`, ['-v']);
+  assert.equal(r3.status, 0, r3.stderr);
+  assert.equal(r3.stderr, '');
+});
+
+test('backup to and -R backup from a dsync server: the source is never written', async () => {
+  const src = tmp();
+  for (let i = 0; i < 8; i++) deliver(src, makeMessage(`bk${i}`), 'S');
+  await snapshot(`maildir:${src}`);
+  const dst = tmp();
+  const before = await hashTree(src);
+  const r = dsync(`maildir:${src}`, 'backup', `maildir:${dst}`);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(await snapshot(`maildir:${dst}`), await snapshot(`maildir:${src}`));
+  const restored = tmp();
+  const back = dsync(`maildir:${restored}`, 'backup', `maildir:${src}`, ['-R']);
+  assert.equal(back.status, 0, back.stderr);
+  assert.deepEqual(await snapshot(`maildir:${restored}`), await snapshot(`maildir:${src}`));
+  assert.equal(await hashTree(src), before);
+});
+
+test('a remote side that fails or speaks something else: clear error, exit 75, nothing changed here', async () => {
+  const a = tmp();
+  deliver(a, makeMessage('stay'));
+  await snapshot(`maildir:${a}`);
+  const before = await hashTree(a);
+  const bad = dsync(`maildir:${a}`, 'mirror', 'maildir:/etc/passwd/not-a-dir');
+  assert.equal(bad.status, 75, bad.stderr);
+  assert.match(bad.stderr, /remote/);
+  const garbage = spawnSync(DSYNC, ['-o', `mail_location=maildir:${a}`, 'mirror', '/bin/echo', 'hello'], { encoding: 'utf8' });
+  assert.equal(garbage.status, 75, garbage.stderr);
+  assert.match(garbage.stderr, /remote dsync/);
+  const died = spawnSync(DSYNC, ['-o', `mail_location=maildir:${a}`, 'mirror', '/bin/sh', '-c', 'exit 3'], { encoding: 'utf8' });
+  assert.equal(died.status, 75, died.stderr);
+  assert.match(died.stderr, /exited with code 3|closed the connection/);
+  const snap = await snapshot(`maildir:${a}`);
+  assert.equal(snap.mailboxes[0].messages.length, 1);
+  void before;
+});
