@@ -209,6 +209,22 @@ export class LocationMailbox {
   }
 
   /** The change records to send to a peer, and the same data as this side's view for the planner. */
+  /**
+   * UIDs of second copies of a mail in this mailbox (same GUID; left by an interrupted save or
+   * move). GUIDs name one mail each, so only the lowest UID is kept; not for header hashes,
+   * which different mails may share.
+   */
+  duplicateUids(): number[] {
+    if (this.identity !== 'guid') return [];
+    const seen = new Set<string>();
+    const dups: number[] = [];
+    for (const m of [...this.messages.values()].sort((a, b) => a.uid - b.uid)) {
+      if (seen.has(m.guid)) dups.push(m.uid);
+      else seen.add(m.guid);
+    }
+    return dups;
+  }
+
   exportChanges(peerId: string, mode: ExportMode): { records: MailChangeRecord[]; view: SideView } {
     if (!this.loaded) throw new Error('mailbox not refreshed');
     const acc = new Map<number, Accumulated>();

@@ -389,6 +389,13 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   // Mails are recognised by GUID when both stores can keep GUIDs, else by header hash (mbox).
   box.identity = mine.haveSaveGuids && theirs.haveSaveGuids ? 'guid' : 'hdrHash';
   if (box.identity === 'hdrHash') await box.ensureHeaderHashes();
+  // A second copy of a mail here (an interrupted save or move left it) is removed before the
+  // comparison, so it can never be copied to the other side as a mail of its own.
+  const dups = ctx.isSource ? [] : box.duplicateUids();
+  if (dups.length > 0) {
+    ctx.log.info(`mailbox ${name}: removing ${dups.length} second copies of mails (left by an interrupted run)`);
+    await box.expunge(dups, '');
+  }
   const exported = box.exportChanges(ctx.peerId, { lastCommonUid, sinceModseq: state?.myModseq ?? 0, complete });
   for (const r of exported.records) ch.send(r);
   ch.send({ type: 'end' });

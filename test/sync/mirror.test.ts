@@ -188,3 +188,23 @@ test('UIDVALIDITY conflict: the mailbox with more mails keeps its UIDVALIDITY, n
   assert.equal(new Set(inbox.messages.map((m) => m.sha)).size, 4);
   await assertNoop(a, b);
 });
+
+test('a second copy of a mail (same GUID, left by an interrupted run) is removed, never copied', async () => {
+  const a = tmp();
+  const b = tmp();
+  deliver(a, makeMessage('dup-1'));
+  await mirror(`maildir:${a}`, `maildir:${b}`);
+  // As if a run died after linking a copy into cur/ but before writing its uidlist entry with G.
+  await withStore(b, async (s) => {
+    const mb = await s.openMailbox(['INBOX']);
+    const [m] = await mb.scan();
+    const body = fs.readFileSync(fs.readdirSync(path.join(b, 'cur')).map((f) => path.join(b, 'cur', f))[0]);
+    await mb.save([{ uid: (await mb.status()).uidNext, guid: m.guid, flags: 0, keywords: [], internalDate: m.internalDate, body }]);
+    await mb.close();
+  });
+  const r = await mirror(`maildir:${a}`, `maildir:${b}`);
+  assert.equal(r.exitCode, 0, r.log.join('\n'));
+  await assertSynced(a, b);
+  assert.equal((await snapshot(`maildir:${a}`)).mailboxes[0].messages.length, 1);
+  await assertNoop(a, b);
+});
