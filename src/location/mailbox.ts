@@ -302,23 +302,13 @@ export class LocationMailbox {
    * Exact bytes of a message for the peer; null if it is gone. The body is read later, perhaps
    * while this side moves the mail to another UID, so the UID is looked up again by GUID at read time.
    */
-  openBody(uid: number, key?: string): (() => Readable | Buffer) | null {
+  openBody(uid: number, key?: string): (() => Readable | Buffer | Promise<Buffer | Readable>) | null {
     const m = this.messages.get(uid);
     if (!m || (key !== undefined && this.key(m) !== key)) return null;
     const want = m.guid;
     const resolve = () => (this.messages.get(uid)?.guid === want ? uid : this.uidOfGuid(want));
-    return () => {
-      // A small mail is read at once (no stream machinery); anything else is streamed.
-      const now = resolve();
-      if (now !== undefined && this.store.readBodySync) {
-        try {
-          const buf = this.store.readBodySync(now, SMALL_BODY);
-          if (buf) return buf;
-        } catch {
-          /* fall back to the stream, which retries after a move */
-        }
-      }
-      return lazyStream(async () => {
+    const stream = () =>
+      lazyStream(async () => {
         const first = resolve();
         if (first !== undefined) {
           try {
@@ -334,6 +324,19 @@ export class LocationMailbox {
         if (later === undefined) throw new Error(`mail ${want} was expunged while it was being copied`);
         return this.store.openBody(later);
       });
+    // A small mail is read in one go (no stream machinery), through the thread pool so that reads
+    // of files not in the page cache overlap; anything else is streamed.
+    return async () => {
+      const now = resolve();
+      if (now !== undefined && this.store.readBody) {
+        try {
+          const buf = await this.store.readBody(now, SMALL_BODY);
+          if (buf) return buf;
+        } catch {
+          /* fall back to the stream, which retries after a move */
+        }
+      }
+      return stream();
     };
   }
 

@@ -48,7 +48,7 @@ export interface SaveRequest {
   keywords: string[];
   internalDate: number;
   /** The exact message bytes: a buffer, or a function giving a stream (or, for a small mail, a buffer). */
-  body: Buffer | (() => Readable | Buffer);
+  body: Buffer | (() => Readable | Buffer | Promise<Buffer | Readable>);
 }
 
 export interface FlagUpdate {
@@ -84,6 +84,8 @@ export interface StoreMailbox {
    * null: use openBody). Cheaper than a stream for the many small mails of a first sync.
    */
   readBodySync?(uid: number, maxBytes: number): Buffer | null;
+  /** Optional: like readBodySync, but through the thread pool (reads of cold files overlap). */
+  readBody?(uid: number, maxBytes: number): Promise<Buffer | null>;
   /** Saves durably (tmp + fsync + rename, then the UID map) before resolving. */
   save(requests: SaveRequest[]): Promise<void>;
   updateFlags(updates: FlagUpdate[]): Promise<void>;

@@ -107,7 +107,7 @@ export interface MailRecord {
   uid: number;
   receivedDate: number;
   /** null when the mail was expunged before it could be sent; a small mail may come as a buffer. */
-  body: (() => Readable | Buffer) | null;
+  body: (() => Readable | Buffer | Promise<Buffer | Readable>) | null;
 }
 
 export interface MailboxStateRecord {

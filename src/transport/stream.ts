@@ -131,7 +131,7 @@ export class StreamChannel implements Channel {
     const { body, ...head } = rec;
     await this.write(`${JSON.stringify({ ...head, hasBody: body !== null })}\n`);
     if (body === null) return;
-    const source = body();
+    const source = await body();
     if (Buffer.isBuffer(source)) {
       if (source.length > 0) await this.write(Buffer.concat([Buffer.from(`${source.length}\n`), source]));
     } else {
@@ -218,7 +218,7 @@ export class StreamChannel implements Channel {
   private finishBody(): void {
     const body = this.body!;
     this.body = null;
-    let factory: () => Readable | Buffer;
+    let factory: () => Readable | Buffer | Promise<Buffer | Readable>;
     if (body.fd !== undefined) {
       closeSync(body.fd);
       const file = body.file!;

@@ -673,6 +673,31 @@ export class MaildirMailbox implements StoreMailbox {
     }
   }
 
+  async readBody(uid: number, maxBytes: number): Promise<Buffer | null> {
+    const f = this.files.get(uid);
+    if (!f || this.closed) return null;
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(this.filePath(f), 'r');
+    } catch {
+      return null; // renamed or gone: the stream path finds it again
+    }
+    try {
+      const size = (await fh.stat()).size;
+      if (size > maxBytes) return null;
+      const buf = Buffer.allocUnsafe(size);
+      let off = 0;
+      while (off < size) {
+        const { bytesRead } = await fh.read(buf, off, size - off, off);
+        if (bytesRead === 0) break;
+        off += bytesRead;
+      }
+      return off === size ? buf : buf.subarray(0, off);
+    } finally {
+      await fh.close();
+    }
+  }
+
   private openBodySerial(uid: number): Promise<Readable> {
     return this.serial(async () => {
       let f = await this.lookup(uid);
@@ -714,7 +739,7 @@ export class MaildirMailbox implements StoreMailbox {
       }
       const counter = new SizeCounter();
       try {
-        const body = typeof req.body === 'function' ? req.body() : req.body;
+        const body = typeof req.body === 'function' ? await req.body() : req.body;
         if (Buffer.isBuffer(body)) {
           counter.add(body);
           // One buffer: written in one go from this thread; only the fsync goes to the pool.

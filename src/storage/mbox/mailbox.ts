@@ -632,7 +632,7 @@ export class MboxMailbox implements StoreMailbox {
 
   private async prepare(req: SaveRequest): Promise<NewMessage> {
     let bytes: Buffer;
-    const body = typeof req.body === 'function' ? req.body() : req.body;
+    const body = typeof req.body === 'function' ? await req.body() : req.body;
     if (Buffer.isBuffer(body)) bytes = body;
     else {
       const chunks: Buffer[] = [];
