@@ -83,8 +83,6 @@ export interface StoreMailbox {
    * Optional: the message's bytes read at once, if it is known and at most maxBytes long (else
    * null: use openBody). Cheaper than a stream for the many small mails of a first sync.
    */
-  readBodySync?(uid: number, maxBytes: number): Buffer | null;
-  /** Optional: like readBodySync, but through the thread pool (reads of cold files overlap). */
   readBody?(uid: number, maxBytes: number): Promise<Buffer | null>;
   /** Saves durably (tmp + fsync + rename, then the UID map) before resolving. */
   save(requests: SaveRequest[]): Promise<void>;

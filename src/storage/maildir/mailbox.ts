@@ -648,31 +648,6 @@ export class MaildirMailbox implements StoreMailbox {
     return this.openBodySerial(uid);
   }
 
-  readBodySync(uid: number, maxBytes: number): Buffer | null {
-    const f = this.files.get(uid);
-    if (!f || this.closed) return null;
-    let fd: number;
-    try {
-      fd = fs.openSync(this.filePath(f), 'r');
-    } catch {
-      return null; // renamed or gone: the stream path finds it again
-    }
-    try {
-      const size = fs.fstatSync(fd).size;
-      if (size > maxBytes) return null;
-      const buf = Buffer.allocUnsafe(size);
-      let off = 0;
-      while (off < size) {
-        const n = fs.readSync(fd, buf, off, size - off, off);
-        if (n === 0) break;
-        off += n;
-      }
-      return off === size ? buf : buf.subarray(0, off);
-    } finally {
-      fs.closeSync(fd);
-    }
-  }
-
   async readBody(uid: number, maxBytes: number): Promise<Buffer | null> {
     const f = this.files.get(uid);
     if (!f || this.closed) return null;
