@@ -12,7 +12,8 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureCorpus, corpusRoot, DEFAULT_SEED, MAIL_GID, MAIL_UID, SIZES, type SizeName } from './corpus.js';
 import { copyTree, freezeBuild, rmrf, syncDisks, timed, type Sample } from './lib/exec.js';
-import { diffTrees, readTree } from './lib/snapshot.js';
+import { diffExpected, diffTrees, expectedOf, readTree, type Expected } from './lib/snapshot.js';
+import { applyPlan, expectedAfter, planIncremental } from './lib/mutate.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -188,17 +189,30 @@ async function main(): Promise<void> {
   parts.push(`## Profile of our dsync, ${size} corpus (${corpus.manifest.count} messages, ${(corpus.manifest.totalBytes / 1e6).toFixed(0)} MB)`, '');
   parts.push(`${new Date().toISOString()} · \`node --cpu-prof\` (main thread only: thread-pool I/O shows up as idle) · regenerate: \`node dist/bench/profile.js --size ${size}${strace ? ' --strace' : ''}\``, '');
 
-  const runs: { id: string; title: string }[] = [
-    { id: 'initial', title: 'Initial mirror → empty' },
-    { id: 'rerun1', title: 'No-change re-run, 1st after the initial mirror' },
-    { id: 'nochange', title: 'No-change re-run, steady state' },
+  const corpusExpected = expectedOf(readTree(corpus.maildir));
+  const incremental = planIncremental(corpusExpected, corpus.maildir, seed);
+  const runs: { id: string; title: string; full?: boolean; before?: () => void; expected: Expected }[] = [
+    { id: 'initial', title: 'Initial mirror → empty', expected: corpusExpected },
+    { id: 'rerun1', title: 'No-change re-run, 1st after the initial mirror', expected: corpusExpected },
+    { id: 'nochange', title: 'No-change re-run, steady state', expected: corpusExpected },
+    { id: 'full', title: 'No-change re-run with -f', full: true, expected: corpusExpected },
+    {
+      id: 'incremental',
+      title: `Incremental: ${incremental.reflag.length} re-flagged + ${incremental.deliver.length} new on A, ${incremental.expunge.length} expunged on B`,
+      before: () => applyPlan(incremental, { a, b }, { a: readTree(a), b: readTree(b) }),
+      expected: expectedAfter(corpusExpected, incremental),
+    },
   ];
   for (const r of runs) {
+    r.before?.();
     syncDisks();
-    const res = await timed([...asMailUser, process.execPath, '--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${r.id}.cpuprofile`, BIN, ...dsyncArgs], { env, reruns: 0 });
+    const args = r.full ? ['-f', ...dsyncArgs] : dsyncArgs;
+    const res = await timed([...asMailUser, process.execPath, '--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${r.id}.cpuprofile`, BIN, ...args], { env, reruns: 0 });
     if (res.exitCode !== 0) throw new Error(`${r.title}: exit ${res.exitCode}: ${res.stderr}`);
-    const d = diffTrees(readTree(a), readTree(b));
-    if (d.length) throw new Error(`${r.title}: sides differ after the run:\n${d.join('\n')}`);
+    const ta = readTree(a);
+    const tb = readTree(b);
+    const d = [...diffTrees(ta, tb), ...diffExpected(ta, r.expected, 'A'), ...diffExpected(tb, r.expected, 'B')];
+    if (d.length) throw new Error(`${r.title}: wrong result after the run:\n${d.join('\n')}`);
     const prof = JSON.parse(fs.readFileSync(path.join(profDir, `${r.id}.cpuprofile`), 'utf8')) as CpuProfile;
     parts.push(renderSummary(r.title, summarize(prof), res));
     process.stderr.write(`${r.title}: ${res.wall.toFixed(2)} s\n`);

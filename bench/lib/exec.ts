@@ -224,3 +224,34 @@ export function freezeBuild(repo: string, dest: string): string {
   sh('chmod', ['-R', 'a+rX', dest]);
   return path.join(dest, 'bin', 'dsync');
 }
+
+/**
+ * Sets atime := mtime on every message file (cur/, new/) under root, as `cp -a` of a mail store
+ * nobody has read since delivery would have them. With hard-linked copies the first run to read
+ * a file would otherwise update its (shared) atime and spare every later run that cost: under
+ * relatime, reading a file whose atime is not newer than its mtime dirties its inode.
+ */
+export function resetAtimes(root: string): number {
+  let n = 0;
+  const walk = (dir: string, parentName: string): void => {
+    let entries: fs.Dirent[];
+    try {
+      entries = fs.readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) walk(p, e.name);
+      else if (e.isFile() && (parentName === 'cur' || parentName === 'new')) {
+        const st = fs.statSync(p);
+        if (st.atimeMs !== st.mtimeMs) {
+          fs.utimesSync(p, st.mtime, st.mtime);
+          n++;
+        }
+      }
+    }
+  };
+  walk(root, '');
+  return n;
+}

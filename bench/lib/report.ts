@@ -42,6 +42,8 @@ export interface SizeResults {
   seed: number;
   /** How each run got its copy: 'link' (cp -al + real copies of non-message files) or 'cp' (cp -a). */
   copy: string;
+  /** Niceness of the timed commands (0 = plain). */
+  nice?: number;
   machine: Machine;
   corpus: { messages: number; bytes: number; folders: number; dir: string };
   scenarios: ScenarioResult[];
@@ -142,7 +144,7 @@ export function renderSize(r: SizeResults): string {
   lines.push(`### ${r.size}: ${r.corpus.messages.toLocaleString('en-US')} messages, ${(r.corpus.bytes / 1e6).toFixed(1)} MB, ${r.corpus.folders} folders`);
   lines.push('');
   lines.push(
-    `${r.date} · n = repetitions per cell (default ${r.reps}), ours and Dovecot alternating · seed ${r.seed} · copies: ${r.copy === 'cp' ? '`cp -a`' : '`cp -al` + real copies of all non-message files'} · total bench time ${Math.round(r.durationS)} s · dsync ${m.commit}`,
+    `${r.date} · n = repetitions per cell (default ${r.reps}), ours and Dovecot alternating · seed ${r.seed} · copies: ${r.copy === 'cp' ? '`cp -a`' : '`cp -al` + real copies of all non-message files'} ${r.nice ? ` · timed commands under \`nice -n ${r.nice}\`` : ''} · total bench time ${Math.round(r.durationS)} s · dsync ${m.commit}`,
   );
   lines.push('');
   lines.push('| Scenario | n | ours: wall median [min–max] | Dovecot: wall median [min–max] | ours/Dovecot | CPU (user+sys) ours / Dovecot | peak RSS ours / Dovecot |');

@@ -237,8 +237,25 @@ const show = (d: string) => (d === '' ? 'INBOX' : d);
 const fmt = (m: { uid?: number; flags: string; keywords: string[]; sha?: string }) =>
   `${m.uid !== undefined ? `uid ${m.uid} ` : ''}flags "${m.flags}" kw [${m.keywords.join(' ')}]${m.sha ? ` sha ${m.sha.slice(0, 10)}` : ''}`;
 
-/** Differences between two trees (folders, subscriptions, per-folder UID/flags/keywords/body). */
-export function diffTrees(a: TreeState, b: TreeState, names: [string, string] = ['A', 'B'], key: BodyKey = 'sha', limit = 20): string[] {
+/** True when no message of the tree has a UID on disk (e.g. a source a tool only read). */
+export function hasNoUids(t: TreeState): boolean {
+  for (const f of t.folders.values()) for (const m of f.messages) if (m.uid !== 0) return false;
+  return true;
+}
+
+/**
+ * Differences between two trees (folders, subscriptions, per-folder UID/flags/keywords/body).
+ * With contentOnlyA, A's UIDs and UIDVALIDITY are not compared (A has none on disk): per
+ * folder the (body, flags, keywords) multisets must match, and B must still have UIDs.
+ */
+export function diffTrees(
+  a: TreeState,
+  b: TreeState,
+  names: [string, string] = ['A', 'B'],
+  key: BodyKey = 'sha',
+  limit = 20,
+  o: { contentOnlyA?: boolean } = {},
+): string[] {
   const out: string[] = [];
   const add = (s: string) => {
     if (out.length < limit) out.push(s);
@@ -252,6 +269,19 @@ export function diffTrees(a: TreeState, b: TreeState, names: [string, string] = 
   for (const [d, fa] of a.folders) {
     const fb = b.folders.get(d);
     if (!fb) continue;
+    if (o.contentOnlyA) {
+      const sig = (m: MsgState) => `${m[key]} ${m.flags} ${m.keywords.join(' ')}`;
+      const count = new Map<string, number>();
+      for (const m of fa.messages) count.set(sig(m), (count.get(sig(m)) ?? 0) + 1);
+      for (const m of fb.messages) {
+        if (m.uid === 0) add(`${show(d)}: a message in ${names[1]} has no UID in dovecot-uidlist`);
+        const c = count.get(sig(m)) ?? 0;
+        if (c === 0) add(`${show(d)}: ${fmt(m)} only in ${names[1]}`);
+        else count.set(sig(m), c - 1);
+      }
+      for (const [k, c] of count) if (c > 0) add(`${show(d)}: ${c}× "${k}" only in ${names[0]}`);
+      continue;
+    }
     for (const [f, n] of [
       [fa, names[0]],
       [fb, names[1]],
