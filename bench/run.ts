@@ -150,9 +150,9 @@ interface Tool {
 
 class CheckFailure extends Error {}
 
-/** Other processes used more than 10% of one CPU on average during the sample. */
+/** Other processes used more than 10% of one CPU on average during the sample (and > 0.1 CPU-s). */
 function contaminated(s: Sample): boolean {
-  return s.foreignCpu > 0.1 * s.wall + 0.05;
+  return s.foreignCpu > Math.max(0.1 * s.wall, 0.1);
 }
 
 function contaminationNotes(res: ScenarioResult): string[] {

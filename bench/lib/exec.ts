@@ -18,8 +18,8 @@ export interface Sample {
   /** How many times the command ran: 1, more when it asked to be run again (exit code 2). */
   runs: number;
   /**
-   * CPU seconds the rest of the machine used during the run (all CPU time of the system minus the
-   * tool's own): other people's processes competing with the measurement. ~0 on a quiet machine.
+   * CPU seconds other user-space processes used during the run (not kernel threads, which also do
+   * the tool's own writeback): other people's processes competing with the measurement.
    */
   foreignCpu: number;
   /** Seconds spent before the run waiting for the machine to become quiet (see waitForQuiet). */
@@ -43,6 +43,46 @@ function readCpu(): { busy: number; iowait: number; total: number } {
   } catch {
     return { busy: 0, iowait: 0, total: 0 };
   }
+}
+
+/**
+ * CPU jiffies (own + reaped children) of every user-space process except this one, by pid.
+ * Kernel threads are left out: they also do the measured tool's own I/O (writeback, journal).
+ */
+function userProcessCpu(): Map<number, number> {
+  const out = new Map<number, number>();
+  let pids: string[] = [];
+  try {
+    pids = fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x));
+  } catch {
+    return out;
+  }
+  for (const p of pids) {
+    const pid = Number(p);
+    if (pid === process.pid) continue;
+    try {
+      const st = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
+      const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+      // f[0] = state (field 3); ppid f[1]; flags f[6]; utime f[11], stime f[12], cutime f[13], cstime f[14]
+      const ppid = Number(f[1]);
+      const flags = Number(f[6]);
+      if (pid === 2 || ppid === 2 || (flags & 0x00200000) !== 0) continue; // kthreadd and kernel threads
+      out.set(pid, Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return out;
+}
+
+/** CPU seconds used by other user-space processes between two userProcessCpu() snapshots. */
+function foreignSeconds(before: Map<number, number>, after: Map<number, number>, exclude: Set<number>): number {
+  let j = 0;
+  for (const [pid, v] of after) {
+    if (exclude.has(pid)) continue;
+    j += Math.max(0, v - (before.get(pid) ?? 0));
+  }
+  return j / CLK_TCK;
 }
 
 const sleepMs = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -72,7 +112,7 @@ export async function waitForQuiet(o: { maxWaitS?: number; maxBusyCpus?: number 
 function once(cmd: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<RunResult> {
   const tf = path.join(os.tmpdir(), `dsync-bench-time-${process.pid}-${Math.random().toString(36).slice(2)}`);
   return new Promise((resolve, reject) => {
-    const cpu0 = readCpu();
+    const procs0 = userProcessCpu();
     const t0 = performance.now();
     const child = spawn(GNU_TIME, ['-f', '%e %U %S %M', '-o', tf, '--', ...cmd], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -91,7 +131,7 @@ function once(cmd: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       const wall = (performance.now() - t0) / 1000;
-      const cpu1 = readCpu();
+      const procs1 = userProcessCpu();
       let text = '';
       try {
         text = fs.readFileSync(tf, 'utf8');
@@ -102,7 +142,6 @@ function once(cmd: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise
       // On failure GNU time writes "Command exited with non-zero status N" first.
       const last = text.trim().split('\n').pop() ?? '';
       const [, u, s, m] = last.split(' ').map(Number);
-      const systemCpu = (cpu1.busy - cpu0.busy) / CLK_TCK;
       resolve({
         wall,
         user: u ?? NaN,
@@ -111,7 +150,9 @@ function once(cmd: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise
         rssKb: m ?? NaN,
         exitCode: code ?? (signal ? 128 : 1),
         runs: 1,
-        foreignCpu: Math.max(0, Math.round((systemCpu - (u ?? 0) - (s ?? 0)) * 100) / 100),
+        // The measured command is this process's reaped child: it is in neither snapshot's
+        // survivors (our own cutime is not read), so everything counted here is someone else's.
+        foreignCpu: Math.round(foreignSeconds(procs0, procs1, new Set([child.pid ?? -1])) * 100) / 100,
         waitedS: 0,
         stdout,
         stderr,
