@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { planTree, type TreeSide } from '../../src/sync/decide/tree-plan.js';
 import type { MailboxTreeNodeRecord } from '../../src/sync/records.js';
+import { nameHash as nameHashOf } from '../../src/sync/decide/name-hash.js';
 
 const box = (name: string[], guid: string, p: Partial<MailboxTreeNodeRecord> = {}): MailboxTreeNodeRecord => ({
   type: 'node',
@@ -76,4 +77,15 @@ test('backup: the destination mirrors the source and the source is never changed
     { op: 'delete', guid: G('z'), name: ['Z'] },
     { op: 'create', name: ['A'], guid: G('a'), uidValidity: 100 },
   ]);
+});
+
+test('a directory deleted on one side is not deleted on the other while a mailbox lives below it', () => {
+  const dir = (name: string[], p: Partial<MailboxTreeNodeRecord> = {}): MailboxTreeNodeRecord => ({ ...box(name, ''), mailboxGuid: undefined, ...p });
+  const hash = nameHashOf(['D'], '.');
+  const p = planTree(
+    side([], { dirs: [{ key: hash, timestamp: 50 }] }),
+    side([dir(['D'], { lastRenamedOrCreated: 10 }), box(['D', 'x'], G('c'))]),
+    'mirror',
+  );
+  assert.deepEqual(p.slave.filter((a) => a.op === 'deleteDir'), []);
 });

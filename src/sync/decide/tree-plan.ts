@@ -178,6 +178,9 @@ function planDirs(master: TreeSide, slave: TreeSide, mode: TreeMode, finals: Map
   const md = dirs(master);
   const sd = dirs(slave);
   const mailboxNames = new Set([...finals.values()].map((f) => nameKey(f.name)));
+  // A directory with a mailbox below it stays (it is that mailbox's parent): never delete it.
+  const parents = new Set<string>();
+  for (const f of finals.values()) for (let i = 1; i < f.name.length; i++) parents.add(nameKey(f.name.slice(0, i)));
   const deletedBy = (side: TreeSide, name: string[]) => {
     const h = nameHash(name, side.deletes.hierarchySep);
     return side.deletes.dirs.find((t) => t.key === h)?.timestamp;
@@ -188,6 +191,7 @@ function planDirs(master: TreeSide, slave: TreeSide, mode: TreeMode, finals: Map
   ] as const) {
     for (const [k, n] of self) {
       if (other.has(k) || mailboxNames.has(k)) continue;
+      if (parents.has(k)) continue;
       const gone = deletedBy(otherTree, n.name);
       const source = mode === 'backup-master-to-slave' ? 'master' : mode === 'backup-slave-to-master' ? 'slave' : undefined;
       if (source ? source !== selfSide : gone !== undefined && gone >= n.lastRenamedOrCreated) plan[selfSide].push({ op: 'deleteDir', name: n.name });
