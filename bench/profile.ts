@@ -10,6 +10,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { spawnSync } from 'node:child_process';
 import { ensureCorpus, corpusRoot, DEFAULT_SEED, MAIL_GID, MAIL_UID, SIZES, type SizeName } from './corpus.js';
 import { copyTree, freezeBuild, rmrf, syncDisks, timed, type Sample } from './lib/exec.js';
 import { diffExpected, diffTrees, expectedOf, readTree, type Expected } from './lib/snapshot.js';
@@ -187,7 +188,9 @@ async function main(): Promise<void> {
   const dsyncArgs = ['-o', `mail_location=maildir:${a}`, 'mirror', `maildir:${b}`];
   const parts: string[] = [];
   parts.push(`## Profile of our dsync, ${size} corpus (${corpus.manifest.count} messages, ${(corpus.manifest.totalBytes / 1e6).toFixed(0)} MB)`, '');
-  parts.push(`${new Date().toISOString()} · \`node --cpu-prof\` (main thread only: thread-pool I/O shows up as idle) · regenerate: \`node dist/bench/profile.js --size ${size}${strace ? ' --strace' : ''}\``, '');
+  const head = spawnSync('git', ['-C', REPO, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim();
+  const dirty = spawnSync('git', ['-C', REPO, 'status', '--porcelain', '--', 'src'], { encoding: 'utf8' }).stdout.trim() !== '';
+  parts.push(`${new Date().toISOString()} · dsync ${head || '?'}${dirty ? ' (+ uncommitted changes in src/)' : ''} · \`node --cpu-prof\` (main thread only: thread-pool I/O shows up as idle) · regenerate: \`node dist/bench/profile.js --size ${size}${strace ? ' --strace' : ''}\``, '');
 
   const corpusExpected = expectedOf(readTree(corpus.maildir));
   const incremental = planIncremental(corpusExpected, corpus.maildir, seed);

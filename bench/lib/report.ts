@@ -144,7 +144,7 @@ export function renderSize(r: SizeResults): string {
   lines.push(`### ${r.size}: ${r.corpus.messages.toLocaleString('en-US')} messages, ${(r.corpus.bytes / 1e6).toFixed(1)} MB, ${r.corpus.folders} folders`);
   lines.push('');
   lines.push(
-    `${r.date} · n = repetitions per cell (default ${r.reps}), ours and Dovecot alternating · seed ${r.seed} · copies: ${r.copy === 'cp' ? '`cp -a`' : '`cp -al` + real copies of all non-message files'} ${r.nice ? ` · timed commands under \`nice -n ${r.nice}\`` : ''} · total bench time ${Math.round(r.durationS)} s · dsync ${m.commit}`,
+    `${r.date} · n = repetitions per cell (default ${r.reps}), ours and Dovecot alternating · seed ${r.seed} · copies: ${r.copy === 'cp' ? '`cp -a`' : '`cp -al` + real copies of all non-message files'}${r.nice ? ` · timed commands under \`nice -n ${r.nice}\`` : ''} · total bench time ${Math.round(r.durationS)} s · create+write 4 KiB+fsync probe ${m.fsyncMs} ms · dsync ${m.commit}`,
   );
   lines.push('');
   lines.push('| Scenario | n | ours: wall median [min–max] | Dovecot: wall median [min–max] | ours/Dovecot | CPU (user+sys) ours / Dovecot | peak RSS ours / Dovecot |');
@@ -175,7 +175,7 @@ export function renderSize(r: SizeResults): string {
 export function renderMachine(m: Machine): string {
   return [
     `- CPU: ${m.cpuModel}, nproc ${m.nproc}; RAM ${m.ramGiB} GiB`,
-    `- Kernel: ${m.kernel}; file system: ${m.filesystem}; create+write 4 KiB+fsync: ${m.fsyncMs} ms (median)`,
+    `- Kernel: ${m.kernel}; file system: ${m.filesystem}`,
     `- Node ${m.node}; Dovecot ${m.dovecot}`,
   ].join('\n');
 }
