@@ -48,6 +48,7 @@ import {
 import { layoutMessage, metaHeaders, padUid, pseudoMessage, type MessageShape, type Piece } from './compose.js';
 import { formatFromLine, parseFromLine } from './from-line.js';
 import { WindowReader } from './reader.js';
+import type { DovecotIndexUids } from './dovecot-index.js';
 
 /** What a mailbox needs from its store. */
 export interface MboxEnv {
@@ -62,6 +63,8 @@ export interface MboxEnv {
   exclusive<T>(file: string, fn: () => Promise<T>): Promise<T>;
   /** Removes Dovecot's index of the mailbox (its ".imap/<name>" directory), if any. */
   dropDovecotIndex(name: MailboxName): Promise<void>;
+  /** UIDVALIDITY / next UID in Dovecot's index of the mailbox, if it has a usable one (never throws). */
+  dovecotIndexUids(name: MailboxName): Promise<DovecotIndexUids | null>;
 }
 
 /** A message to append, prepared outside the lock. */
@@ -101,9 +104,10 @@ function isNew(m: MboxMessage | NewMessage): m is NewMessage {
 }
 
 /**
- * UIDVALIDITY for a file that holds none (empty, never seen by Dovecot, or a bad X-IMAPbase):
- * derived from the file's identity, so a read-only look and the first writing one agree; it is
- * written into the file with the first change.
+ * UIDVALIDITY for a file that holds none (empty, never seen by Dovecot, or a bad X-IMAPbase) and
+ * has no Dovecot index that knows one (see MboxMailbox.uidValidityOf): derived from the file's
+ * identity, so a read-only look and the first writing one agree; the first writing look puts it
+ * into the file (see MboxMailbox.mustPersist).
  */
 export function derivedUidValidity(id: FileIdentity): number {
   const h = createHash('md5').update(`dsync-mbox-uidvalidity\0${id.dev}\0${id.ino}`).digest();
@@ -175,6 +179,8 @@ export function shapeOf(bytes: Buffer): { shape: MessageShape; eol: string } {
 
 export class MboxMailbox implements StoreMailbox {
   private parsed: ParsedMbox | null = null;
+  /** What Dovecot's index says, for parses of a file without UIDVALIDITY (see uidValidityOf). */
+  private readonly fromIndex = new WeakMap<ParsedMbox, DovecotIndexUids | null>();
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
 
@@ -227,6 +233,7 @@ export class MboxMailbox implements StoreMailbox {
         const after = identityOf(await fh.stat());
         const onPath = await fsp.stat(this.file).catch(() => null);
         if (sameIdentity(after, id) && onPath && onPath.ino === id.ino && onPath.dev === id.dev) {
+          if (parsed.uidValidity === 0) this.fromIndex.set(parsed, await this.env.dovecotIndexUids(this.name));
           this.parsed = parsed;
           return parsed;
         }
@@ -239,12 +246,22 @@ export class MboxMailbox implements StoreMailbox {
     throw new StorageError(`${this.label} kept changing while it was being read (another program is writing it); try again later`, 'LOCKED');
   }
 
+  /**
+   * The file's UIDVALIDITY; for a file without one (an empty mailbox created through Dovecot is
+   * an empty file), the one in Dovecot's index of the mailbox, which is what Dovecot shows and
+   * keeps (checked with 2.3.19, also after the file was emptied or rewritten by another program);
+   * only without either a derived one. The value goes into the file on the first writing look
+   * (see mustPersist), except that an empty file with an index stays empty (as Dovecot keeps it)
+   * until the first mail is saved.
+   */
   private uidValidityOf(p: ParsedMbox): number {
-    return p.uidValidity || derivedUidValidity(p.identity);
+    return p.uidValidity || this.fromIndex.get(p)?.uidValidity || derivedUidValidity(p.identity);
   }
 
+  /** With the UIDVALIDITY of Dovecot's index, its next UID is kept too (as Dovecot does). */
   private uidNextOf(p: ParsedMbox): number {
-    return Math.max(p.nextUid, p.lastUid + 1);
+    const indexNext = p.uidValidity === 0 ? (this.fromIndex.get(p)?.nextUid ?? 0) : 0;
+    return Math.max(p.nextUid, p.lastUid + 1, indexNext);
   }
 
   // ---------------------------------------------------------------- locking
@@ -303,11 +320,22 @@ export class MboxMailbox implements StoreMailbox {
     }
   }
 
+  /**
+   * Something exists only in memory and must be written to be kept: UIDs or UIDVALIDITY the file
+   * lacks, including the UIDVALIDITY of an empty file that nothing else keeps. An empty file
+   * whose UIDVALIDITY is in Dovecot's index is left alone, as Dovecot leaves it; without an index
+   * Dovecot would make up its own on its first look (never ours), so ours goes into the file
+   * (a pseudo message, as Dovecot writes when a mailbox becomes empty).
+   */
+  private mustPersist(p: ParsedMbox): boolean {
+    return p.needsPersist || (p.uidValidity === 0 && p.identity.size === 0 && !this.fromIndex.get(p));
+  }
+
   /** Writes UIDs and UIDVALIDITY that exist only in memory (the way Dovecot does on its first look). */
   private async persist(): Promise<ParsedMbox> {
     return this.withLock(async (lock) => {
       const p = await this.load();
-      if (!p.needsPersist) return p;
+      if (!this.mustPersist(p)) return p;
       const uv = this.uidValidityOf(p);
       await this.rewrite(lock, p, {
         uidValidity: uv,
@@ -321,7 +349,7 @@ export class MboxMailbox implements StoreMailbox {
 
   private async current(): Promise<ParsedMbox> {
     let p = await this.load();
-    if (p.needsPersist && !this.ctx.readOnly) p = await this.persist();
+    if (this.mustPersist(p) && !this.ctx.readOnly) p = await this.persist();
     return p;
   }
 

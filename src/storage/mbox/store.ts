@@ -19,8 +19,10 @@
 //    both versions are read);
 //  * UIDVALIDITY allocation: dovecot-uidvalidity in Dovecot's index root (<root>/.imap, or INDEX=),
 //    shared with Dovecot, so the two never hand out the same value;
-//  * Dovecot's own index of a mailbox ("<dir>/.imap/<name>/") is moved along on rename and removed
-//    on delete, as Dovecot does; we never read or write the index files themselves.
+//  * Dovecot's own index of a mailbox ("<dir>/.imap/<name>/", see dovecotIndexDir) is moved along
+//    on rename and removed on delete, as Dovecot does. We never write the index files, and read
+//    only UIDVALIDITY and the next UID from them, for a file that holds no UIDVALIDITY (an empty
+//    mailbox created through Dovecot: see dovecot-index.ts).
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Dirent } from 'node:fs';
@@ -53,6 +55,7 @@ import { pseudoMessage } from './compose.js';
 import { identityOf, peekBase, type MboxQuoting } from './parse.js';
 import { derivedUidValidity, MboxMailbox, type MboxEnv } from './mailbox.js';
 import { GUID_MAP_NAME, GuidMap } from './guids.js';
+import { readDovecotIndexUids, type DovecotIndexUids } from './dovecot-index.js';
 import { hostname } from 'node:os';
 
 export interface MboxStoreOptions {
@@ -159,6 +162,7 @@ export class MboxStore implements MailStore {
       },
       exclusive: (file, fn) => this.exclusive(file, fn),
       dropDovecotIndex: (name) => this.removeDovecotIndex(isInboxName(name) ? this.inboxPath : this.pathOf(name)),
+      dovecotIndexUids: (name) => this.dovecotIndexUids(isInboxName(name) ? this.inboxPath : this.pathOf(name)),
     };
   }
 
@@ -259,10 +263,21 @@ export class MboxStore implements MailStore {
     }
   }
 
-  /** Dovecot's index directory of a mailbox file: "<dir>/.imap/<name>", for INBOX "<index root>/INBOX". */
+  /**
+   * Dovecot's index directory of a mailbox file <root>/<dirs>/<name>: "<base>/<dirs>/.imap/<name>",
+   * for INBOX (wherever INBOX= puts it) "<base>/.imap/INBOX", where <base> is INDEX= or else the
+   * root (checked with Dovecot 2.3.19, with and without INDEX=).
+   */
   private dovecotIndexDir(file: string): string {
-    if (file === this.inboxPath) return path.join(this.indexRoot, 'INBOX');
-    return path.join(path.dirname(file), '.imap', path.basename(file));
+    const base = this.loc.index && this.loc.index !== 'MEMORY' ? path.resolve(this.loc.index) : this.root;
+    if (file === this.inboxPath) return path.join(base, '.imap', 'INBOX');
+    return path.join(base, path.relative(this.root, path.dirname(file)), '.imap', path.basename(file));
+  }
+
+  /** UIDVALIDITY / next UID in Dovecot's index of a mailbox file; null without one (INDEX=MEMORY: never). */
+  private async dovecotIndexUids(file: string): Promise<DovecotIndexUids | null> {
+    if (this.loc.index === 'MEMORY') return null;
+    return readDovecotIndexUids(this.dovecotIndexDir(file));
   }
 
   private exclusive<T>(file: string, fn: () => Promise<T>): Promise<T> {
@@ -371,7 +386,12 @@ export class MboxStore implements MailStore {
     try {
       const st = await fh.stat();
       if (!st.isFile()) return null;
-      if (st.size === 0) return { uidValidity: derivedUidValidity(identityOf(st)), uidNext: 1 };
+      if (st.size === 0) {
+        // An empty mailbox created through Dovecot: its UIDVALIDITY is only in Dovecot's index.
+        const idx = await this.dovecotIndexUids(file);
+        if (idx) return { uidValidity: idx.uidValidity, uidNext: Math.max(1, idx.nextUid) };
+        return { uidValidity: derivedUidValidity(identityOf(st)), uidNext: 1 };
+      }
       // The first message's header: usually a few KB.
       for (const want of [16 * 1024, 256 * 1024]) {
         const len = Math.min(st.size, want);
