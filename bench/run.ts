@@ -8,8 +8,9 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureCorpus, chownR, corpusRoot, MAIL_GID, MAIL_UID, SIZES, DEFAULT_SEED, type Corpus, type SizeName } from './corpus.js';
 import { copyTree, freezeBuild, resetAtimes, rmrf, sh, syncDisks, timed, GNU_TIME, type CopyMode, type RunResult, type Sample } from './lib/exec.js';
-import { doveadmSyncCmd, dovecotVersion, primeWithDovecot, writeDoveadmConfig, type DoveadmEnv } from './lib/dovecot.js';
+import { doveadmCmd, doveadmSyncCmd, dovecotVersion, primeWithDovecot, writeDoveadmConfig, type DoveadmEnv } from './lib/dovecot.js';
 import { diffExpected, diffTrees, expectedOf, hasNoUids, messageCount, readTree, type BodyKey, type Expected, type TreeState } from './lib/snapshot.js';
+import { mboxLocation, readMboxTree } from './lib/mbox.js';
 import { applyPlan, expectedAfter, planConflicts, planIncremental, type MutationPlan } from './lib/mutate.js';
 import { describeMachine, renderSize, writeBenchmarksMd, type FloorResult, type ScenarioResult, type SizeResults, type ToolId } from './lib/report.js';
 
@@ -17,7 +18,7 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 const RESULTS_DIR = path.join(REPO, 'bench', 'results');
 const MD_PATH = path.join(REPO, 'BENCHMARKS.md');
 
-const SCENARIOS = ['initial', 'rerun1', 'indexed', 'backup', 'nochange', 'nochange-full', 'incremental', 'conflicts', 'floors'] as const;
+const SCENARIOS = ['initial', 'rerun1', 'indexed', 'backup', 'nochange', 'nochange-full', 'incremental', 'conflicts', 'convert', 'floors'] as const;
 type ScenarioId = (typeof SCENARIOS)[number];
 
 interface Options {
@@ -145,10 +146,43 @@ interface Tool {
   /** How bodies must match: ours byte for byte; Dovecot stores the mail it saves with LF line ends. */
   key: BodyKey;
   cmd(mode: 'mirror' | 'backup', a: string, b: string, full: boolean): string[];
+  /**
+   * Between any two locations (`maildir:DIR`, `mbox:DIR:INBOX=FILE`): the convert scenario. For
+   * Dovecot with the config whose namespace names the separator (see writeDoveadmConfig).
+   */
+  locCmd(mode: 'mirror' | 'backup', local: string, remote: string): string[];
   env: NodeJS.ProcessEnv;
 }
 
+/**
+ * Folders that have child folders and hold mails themselves cannot exist in mbox (a mailbox is a
+ * file there, and a file cannot have children): the convert scenario moves their mails into a
+ * child folder of this name (Archive -> Archive/General), so the parent becomes a \Noselect
+ * directory, as Lists already is in the corpus.
+ */
+const CONVERT_CHILD = 'General';
+
 class CheckFailure extends Error {}
+
+/**
+ * Differences between two trees plus those of one of them against what it must contain, without
+ * saying twice that a folder is there or missing; a folder only in one tree is marked "(empty)"
+ * when it has no messages there.
+ */
+function mergeDiffs(pair: string[], expected: string[], trees: Record<string, TreeState>): string[] {
+  const folderLine = /^folder (.+) only in (.+)$/;
+  const shown = new Set(pair.map((l) => folderLine.exec(l)?.[1]).filter((x): x is string => !!x));
+  const out = pair.map((l) => {
+    const m = folderLine.exec(l);
+    const f = m && trees[m[2]!]?.folders.get(m[1] === 'INBOX' ? '' : m[1]!);
+    return f && f.messages.length === 0 ? `${l} (empty)` : l;
+  });
+  for (const l of expected) {
+    const m = /: (?:unexpected folder (.+)|folder (.+) is missing)$/.exec(l);
+    if (!m || !shown.has((m[1] ?? m[2])!)) out.push(l);
+  }
+  return out;
+}
 
 /** Other processes used more than 10% of one CPU on average during the sample (and > 0.1 CPU-s). */
 function contaminated(s: Sample): boolean {
@@ -174,6 +208,8 @@ const fmtS = (x: number) => (x < 1 ? `${(x * 1000).toFixed(0)} ms` : `${x.toFixe
 class SizeBench {
   readonly work: string;
   readonly dove: DoveadmEnv;
+  /** Dovecot's config for the convert scenario: the same plus a namespace with separator '/'. */
+  readonly doveConvert: DoveadmEnv;
   tools: Tool[];
   /** bin/dsync of the frozen copy of the build under test. */
   readonly bin: string;
@@ -183,6 +219,10 @@ class SizeBench {
   readonly golden = new Map<ToolId, { dir: string; a: TreeState; b: TreeState }>();
   readonly scenarios: ScenarioResult[] = [];
   readonly floors: FloorResult[] = [];
+  /** The convert scenario's source tree (the corpus as mbox can hold it), made on first use. */
+  convertSource?: { dir: string; expected: Expected; moved: string[] };
+  /** Per tool: the settled Maildir the convert scenario starts from, and its snapshot. */
+  readonly convertGolden = new Map<ToolId, { dir: string; snap: TreeState }>();
 
   constructor(
     readonly size: SizeName,
@@ -192,31 +232,22 @@ class SizeBench {
     this.work = fs.mkdtempSync(path.join(corpusRoot(), `work-${size}-`));
     fs.chmodSync(this.work, 0o755);
     this.dove = writeDoveadmConfig(path.join(this.work, 'dovecot-conf'));
+    this.doveConvert = writeDoveadmConfig(path.join(this.work, 'dovecot-conf-convert'), { separator: '/' });
     this.bin = freezeBuild(REPO, path.join(this.work, 'build'));
     const home = path.join(this.work, 'home');
     fs.mkdirSync(home);
     fs.chownSync(home, MAIL_UID, MAIL_GID);
     const oursEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home, LANG: 'C' };
+    // Same identity as Dovecot's mail processes (mail_uid 65534): no chown of what it creates.
+    const ours = (args: string[]) => ['setpriv', `--reuid=${MAIL_UID}`, `--regid=${MAIL_GID}`, '--clear-groups', process.execPath, this.bin, ...args];
     this.tools = [
       {
         id: 'ours',
         label: 'ours',
         key: 'sha',
         env: oursEnv,
-        // Same identity as Dovecot's mail processes (mail_uid 65534): no chown of what it creates.
-        cmd: (mode, a, b, full) => [
-          'setpriv',
-          `--reuid=${MAIL_UID}`,
-          `--regid=${MAIL_GID}`,
-          '--clear-groups',
-          process.execPath,
-          this.bin,
-          ...(full ? ['-f'] : []),
-          '-o',
-          `mail_location=maildir:${a}`,
-          mode,
-          `maildir:${b}`,
-        ],
+        cmd: (mode, a, b, full) => ours([...(full ? ['-f'] : []), '-o', `mail_location=maildir:${a}`, mode, `maildir:${b}`]),
+        locCmd: (mode, local, remote) => ours(['-o', `mail_location=${local}`, mode, remote]),
       },
       {
         id: 'dovecot',
@@ -224,6 +255,7 @@ class SizeBench {
         key: 'lfSha',
         env: this.dove.env,
         cmd: (mode, a, b, full) => doveadmSyncCmd(this.dove, mode, a, b, full),
+        locCmd: (mode, local, remote) => doveadmCmd(this.doveConvert, mode, local, remote),
       },
     ];
     this.tools = this.tools.filter((t) => o.tools.has(t.id));
@@ -291,10 +323,14 @@ class SizeBench {
   }
 
   async run(t: Tool, mode: 'mirror' | 'backup', a: string, b: string, full = false): Promise<RunResult> {
-    resetAtimes(a);
-    if (fs.existsSync(b)) resetAtimes(b);
+    return this.timedCmd(t, t.cmd(mode, a, b, full), [a, b]);
+  }
+
+  /** A timed command: atimes of the message files under `roots` reset, dirty pages flushed first. */
+  async timedCmd(t: Tool, cmd: string[], roots: string[]): Promise<RunResult> {
+    for (const r of roots) if (fs.existsSync(r)) resetAtimes(r);
     syncDisks();
-    return timed(this.niced(t.cmd(mode, a, b, full)), { env: t.env, quiet: this.o.maxWait > 0 ? { maxWaitS: this.o.maxWait } : false });
+    return timed(this.niced(cmd), { env: t.env, quiet: this.o.maxWait > 0 ? { maxWaitS: this.o.maxWait } : false });
   }
 
   /** An untimed mirror (setup): must succeed. */
@@ -477,6 +513,153 @@ class SizeBench {
     this.savePartial();
   }
 
+  // -------------------------------------------------------------- (g) convert
+
+  /**
+   * The corpus as mbox can hold it: a `cp -al` copy in which every folder that has child folders
+   * and mails of its own (Archive, Work, Work/Projects, Personal) has its mails moved into the
+   * child folder CONVERT_CHILD (its Maildir++ directory renamed), subscriptions renamed alike.
+   * Same messages, bytes, flags and keywords as the corpus.
+   */
+  mboxableSource(): { dir: string; expected: Expected; moved: string[] } {
+    if (this.convertSource) return this.convertSource;
+    const dir = path.join(this.work, 'convert-source');
+    copyTree(this.corpus.maildir, dir, this.o.copy);
+    const dirs = fs.readdirSync(dir).filter((n) => n.startsWith('.') && fs.existsSync(path.join(dir, n, 'cur')));
+    const parents = dirs.filter((d) => dirs.some((c) => c.startsWith(`${d}.`)));
+    for (const d of parents) fs.renameSync(path.join(dir, d), path.join(dir, `${d}.${CONVERT_CHILD}`));
+    // Subscriptions: version 2 ("V\t2", empty line, names with '\t' between levels).
+    const subPath = path.join(dir, 'subscriptions');
+    const lines = fs.readFileSync(subPath, 'utf8').split('\n');
+    if (!lines[0]?.startsWith('V\t')) throw new Error(`${subPath}: expected a version 2 subscriptions file`);
+    const renamed = lines.map((l, i) => (i > 0 && l !== '' && parents.includes('.' + l.split('\t').join('.')) ? `${l}\t${CONVERT_CHILD}` : l));
+    fs.writeFileSync(subPath, renamed.join('\n'));
+    chownR(dir);
+    const expected = expectedOf(readTree(dir));
+    let n = 0;
+    for (const list of expected.folders.values()) n += list.length;
+    if (n !== this.corpus.manifest.count) throw new Error(`internal: the convert source has ${n} messages, the corpus ${this.corpus.manifest.count}`);
+    const moved = parents.map((d) => d.slice(1).replaceAll('.', '/'));
+    this.convertSource = { dir, expected, moved };
+    return this.convertSource;
+  }
+
+  /**
+   * Each tool's settled Maildir for the convert scenario: the mbox-able source after an initial
+   * mirror by that tool and one more mirror (as (c)–(e) use; untimed), i.e. with that tool's
+   * dovecot-uidlist files and its own index, as a store the tool has been serving looks. For
+   * Dovecot with the convert config (separator '/'), so its list index is the one it converts with.
+   */
+  async ensureConvertGoldens(): Promise<void> {
+    const src = this.mboxableSource();
+    for (const t of this.tools) {
+      if (this.convertGolden.has(t.id)) continue;
+      log(`  (untimed) initial mirror + settling mirror of the mbox-able corpus for ${t.label}`);
+      const p = this.freshPair(t, src.dir);
+      for (const what of ['initial mirror', 'settling mirror']) {
+        const r = await timed(t.locCmd('mirror', `maildir:${p.a}`, `maildir:${p.b}`), { env: t.env, quiet: false });
+        if (r.exitCode !== 0) this.fail(t, `convert: ${what} (untimed)`, r);
+      }
+      const snaps = this.check(t, 'convert: settled source (untimed)', p.a, p.b, src.expected);
+      const gdir = path.join(this.toolDir(t), 'convert-golden');
+      rmrf(gdir);
+      fs.renameSync(p.a, gdir);
+      rmrf(this.pair(t).dir);
+      this.convertGolden.set(t.id, { dir: gdir, snap: snaps.a });
+    }
+  }
+
+  /**
+   * A check of the convert scenario. Ours: a difference fails the benchmark (CheckFailure), as
+   * everywhere. Dovecot: it is the reference we measure against, not the code under test, so a
+   * wrong result is counted in the cell and described in the notes, and the run goes on.
+   */
+  private verdict(t: Tool, res: ScenarioResult, diffs: string[], what: string, kept: string, notes: Set<string>): void {
+    if (diffs.length === 0) return;
+    if (t.id === 'ours') {
+      throw new CheckFailure(`CORRECTNESS FAILURE: ${t.label}, ${what}:\n  ${diffs.slice(0, 25).join('\n  ')}\n(files kept in ${kept})`);
+    }
+    res.wrong = { ...res.wrong, [t.id]: (res.wrong?.[t.id] ?? 0) + 1 };
+    const short = diffs.slice(0, 6).map((d) => d.replace(/\/tmp\/[^\s:]+/g, '…'));
+    notes.add(`${t.label}'s result differs from what the check expects (recorded, not fatal; ${diffs.length}${diffs.length > 20 ? '+' : ''} differences): ${short.join('; ')}${diffs.length > 6 ? '; …' : ''}`);
+    log(`  !!! ${t.label}: ${what}: the result differs from what the check expects (recorded, not fatal):\n    ${diffs.slice(0, 10).join('\n    ')}`);
+  }
+
+  /** (g): Maildir -> mbox (backup into a new mbox), then that mbox -> a new Maildir. */
+  async convert(): Promise<void> {
+    const src = this.mboxableSource();
+    await this.ensureConvertGoldens();
+    const toMbox: ScenarioResult = { id: 'convert-mbox', title: '(g) convert Maildir → mbox: backup into a new mbox', ours: [], dovecot: [], notes: [] };
+    const toMaildir: ScenarioResult = { id: 'convert-maildir', title: '(g) convert back mbox → Maildir: backup of that mbox into a new Maildir', ours: [], dovecot: [], notes: [] };
+    const notes1 = new Set<string>();
+    const notes2 = new Set<string>();
+    log(`[${this.size}] (g) convert Maildir → mbox → Maildir`);
+    for (let rep = 1; rep <= this.o.reps; rep++) {
+      for (const t of this.tools) {
+        if (!Array.isArray(toMbox[t.id])) continue; // failed in an earlier repetition
+        const g = this.convertGolden.get(t.id)!;
+        const dir = this.pair(t).dir;
+        rmrf(dir);
+        fs.mkdirSync(dir);
+        fs.chownSync(dir, MAIL_UID, MAIL_GID);
+        const a = path.join(dir, 'a');
+        const m = path.join(dir, 'mbox');
+        const c = path.join(dir, 'c');
+        copyTree(g.dir, a, this.o.copy);
+        const steps = [
+          { res: toMbox, notes: notes1, id: 'convert→mbox', cmd: t.locCmd('backup', `maildir:${a}`, mboxLocation(m)), roots: [a] },
+          { res: toMaildir, notes: notes2, id: 'convert→maildir', cmd: t.locCmd('backup', mboxLocation(m), `maildir:${c}`), roots: [] },
+        ];
+        for (const [i, step] of steps.entries()) {
+          const r = await this.timedCmd(t, step.cmd, step.roots);
+          if (r.exitCode !== 0) {
+            if (t.id === 'ours') this.fail(t, step.res.title, r);
+            const why = (r.stderr.trim().split('\n').pop() ?? '').replace(/\/tmp\/[^\s:]+/g, '…');
+            log(`  !!! ${t.label}: ${step.res.title}: exit ${r.exitCode}: ${why}`);
+            for (const res of steps.slice(i).map((s) => s.res)) res[t.id] = { unsupported: `fails: exit ${r.exitCode} (${why.slice(0, 150)})` };
+            break;
+          }
+          this.noteStderr(step.notes, t, r);
+          let diffs: string[];
+          if (i === 0) {
+            // The source is unchanged; the mbox holds the same folders, subscriptions, UIDVALIDITY
+            // and (UID, flags, keywords, body) per folder as the source, and the corpus content.
+            const ta = readTree(a);
+            const { tree: tm, problems } = readMboxTree(m);
+            diffs = [
+              ...diffTrees(g.snap, ta, ['the source before', 'the source after'], 'sha'),
+              ...problems,
+              ...mergeDiffs(diffTrees(ta, tm, ['A (Maildir)', 'M (mbox)'], t.key), diffExpected(tm, src.expected, 'M (mbox)', t.key), { 'M (mbox)': tm }),
+            ];
+          } else {
+            // Back in Maildir: everything as in the original source, UIDs and UIDVALIDITY included.
+            const tc = readTree(c);
+            diffs = mergeDiffs(diffTrees(g.snap, tc, ['A (original Maildir)', 'C (Maildir from the mbox)'], t.key), diffExpected(tc, src.expected, 'C (Maildir from the mbox)', t.key), {
+              'C (Maildir from the mbox)': tc,
+            });
+          }
+          this.verdict(t, step.res, diffs, `${step.res.title} #${rep}`, dir, step.notes);
+          (step.res[t.id] as Sample[]).push(this.sample(r));
+          this.logSample(step.id, t, rep, r);
+        }
+      }
+    }
+    const layout = `mbox layout \`mbox:DIR:INBOX=DIR/inbox\``;
+    toMbox.notes.push(
+      `source: each tool's own settled Maildir of the corpus (after its initial mirror and one more mirror: its dovecot-uidlist files and its own index), with the mails of ${src.moved.join(', ')} moved into a child folder ${CONVERT_CHILD} (an mbox mailbox cannot have children); ${layout}; Dovecot with \`namespace inbox { separator = / }\` (it refuses different separators otherwise)`,
+    );
+    for (const res of [toMbox, toMaildir]) {
+      for (const t of this.tools) {
+        const s = res[t.id];
+        if (Array.isArray(s) && s.some((x) => x.runs > 1)) res.notes.push(`${t.label} exited 2 ("run again") and was rerun in ${s.filter((x) => x.runs > 1).length} of ${s.length} repetitions (times include the reruns)`);
+      }
+    }
+    toMbox.notes.push(...contaminationNotes(toMbox), ...[...notes1].slice(0, 4));
+    toMaildir.notes.push(...contaminationNotes(toMaildir), ...[...notes2].slice(0, 4));
+    this.scenarios.push(toMbox, toMaildir);
+    this.savePartial();
+  }
+
   /** (f): what copying the same bytes costs without any sync logic. */
   async physicalFloors(): Promise<void> {
     log(`[${this.size}] (f) physical floors`);
@@ -523,6 +706,7 @@ class SizeBench {
       const title = `(e) conflicts: ${na} new on A + ${nb} new on B in the same 5 folders, ${plan.reflag.length / 2} mails flagged on both sides`;
       await this.fromGolden('conflicts', title, plan, false);
     }
+    if (only.has('convert')) await this.convert();
     if (only.has('floors')) await this.physicalFloors();
     // The runs shared the corpus's message inodes (copy mode link): make sure none was written to.
     const d = diffExpected(readTree(this.corpus.maildir, { cache: false }), this.corpusExpected, 'corpus', 'sha');

@@ -10,7 +10,13 @@ export interface DoveadmEnv {
   env: NodeJS.ProcessEnv;
 }
 
-export function writeDoveadmConfig(dir: string): DoveadmEnv {
+/**
+ * `separator`: adds `namespace inbox { inbox = yes; separator = ... }`. Dovecot refuses to sync
+ * between storages whose hierarchy separators differ (Maildir++ '.', mbox '/') unless the
+ * namespace names one explicitly: "Mail locations must use the same hierarchy separator (specify
+ * namespace prefix="" { separator } explicitly)".
+ */
+export function writeDoveadmConfig(dir: string, o: { separator?: string } = {}): DoveadmEnv {
   fs.mkdirSync(dir, { recursive: true });
   fs.chmodSync(dir, 0o755);
   const home = path.join(dir, 'home');
@@ -28,7 +34,7 @@ first_valid_gid = 1
 mail_location =
 ssl = no
 protocols =
-`;
+${o.separator ? `namespace inbox {\n  inbox = yes\n  separator = ${o.separator}\n}\n` : ''}`;
   const configPath = path.join(dir, 'dovecot.conf');
   fs.writeFileSync(configPath, conf, { mode: 0o644 });
   return { configPath, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', USER: 'bench', HOME: home, LANG: 'C' } };
@@ -41,7 +47,12 @@ export function dovecotVersion(): string {
 
 /** doveadm's own command line for a sync: `doveadm -c CONF -o mail_location=maildir:A sync|backup [-f] maildir:B`. */
 export function doveadmSyncCmd(d: DoveadmEnv, mode: 'mirror' | 'backup', a: string, b: string, full: boolean): string[] {
-  return ['doveadm', '-c', d.configPath, '-o', `mail_location=maildir:${a}`, mode === 'mirror' ? 'sync' : 'backup', ...(full ? ['-f'] : []), `maildir:${b}`];
+  return doveadmCmd(d, mode, `maildir:${a}`, `maildir:${b}`, full);
+}
+
+/** The same between any two locations (`maildir:DIR`, `mbox:DIR:INBOX=FILE`, ...). */
+export function doveadmCmd(d: DoveadmEnv, mode: 'mirror' | 'backup', local: string, remote: string, full = false): string[] {
+  return ['doveadm', '-c', d.configPath, '-o', `mail_location=${local}`, mode === 'mirror' ? 'sync' : 'backup', ...(full ? ['-f'] : []), remote];
 }
 
 /** Opens every mailbox once (`doveadm index '*'`): uidlists and dovecot.index* as Dovecot leaves them. */

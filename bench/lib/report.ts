@@ -14,6 +14,11 @@ export interface ScenarioResult {
   ours: Sample[] | { unsupported: string };
   dovecot: Sample[] | { unsupported: string };
   notes: string[];
+  /**
+   * Per tool: how many of its samples produced a result that failed a correctness check without
+   * failing the benchmark (only Dovecot's, in the convert scenario: see the notes for what).
+   */
+  wrong?: Partial<Record<ToolId, number>>;
 }
 
 export interface FloorResult {
@@ -151,8 +156,13 @@ export function renderSize(r: SizeResults): string {
   lines.push('|---|---|---|---|---|---|---|');
   for (const s of r.scenarios) {
     const n = Math.max(Array.isArray(s.ours) ? s.ours.length : 0, Array.isArray(s.dovecot) ? s.dovecot.length : 0);
+    const wrong = (id: ToolId) => {
+      const k = s.wrong?.[id];
+      const x = s[id];
+      return k ? ` ⚠ ${k} of ${Array.isArray(x) ? x.length : '?'} results wrong (see notes)` : '';
+    };
     lines.push(
-      `| ${s.title} | ${n} | ${cell(s.ours, 'wall')} | ${cell(s.dovecot, 'wall')} | ${ratio(s.ours, s.dovecot)} | ${cell(s.ours, 'cpu')} / ${cell(s.dovecot, 'cpu')} | ${cell(s.ours, 'rss')} / ${cell(s.dovecot, 'rss')} |`,
+      `| ${s.title} | ${n} | ${cell(s.ours, 'wall')}${wrong('ours')} | ${cell(s.dovecot, 'wall')}${wrong('dovecot')} | ${ratio(s.ours, s.dovecot)} | ${cell(s.ours, 'cpu')} / ${cell(s.dovecot, 'cpu')} | ${cell(s.ours, 'rss')} / ${cell(s.dovecot, 'rss')} |`,
     );
   }
   if (r.floors.length) {

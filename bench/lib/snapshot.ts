@@ -88,7 +88,7 @@ function parseKeywords(text: string | null): Map<string, string> {
   return m;
 }
 
-function parseSubscriptions(text: string | null): string[] {
+export function parseSubscriptions(text: string | null): string[] {
   if (text === null) return [];
   const lines = text.split('\n');
   const v2 = lines[0]?.startsWith('V\t') ?? false;
