@@ -5,6 +5,7 @@
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
 import { existsSync, renameSync, statSync, unlinkSync } from 'node:fs';
+import { NO_STRINGS } from '../util/empty.js';
 
 const SCHEMA_VERSION = '1';
 
@@ -120,7 +121,7 @@ export interface PeerState {
 const encName = (n: string[]) => JSON.stringify(n);
 const decName = (s: string) => JSON.parse(s) as string[];
 const encKw = (k: readonly string[]) => k.join(' ');
-const decKw = (s: string) => (s === '' ? [] : s.split(' '));
+const decKw = (s: string) => (s === '' ? NO_STRINGS : s.split(' '));
 
 export interface OpenIndexResult {
   index: ChangeIndex;
@@ -284,16 +285,14 @@ export class ChangeIndex {
   }
 
   messages(mailbox: string): MessageRow[] {
-    return (this.stmts.messages.all(mailbox) as any[]).map((r) => ({
-      uid: r.uid,
-      guid: r.guid,
-      flags: r.flags,
-      keywords: decKw(r.keywords),
-      modseq: r.modseq,
-      internalDate: r.internal_date,
-      size: r.size,
-      hdrHash: r.hdr_hash,
-    }));
+    // Raw rows (arrays) are about twice as fast to fetch as objects with named columns.
+    const rows = this.stmts.messages.raw(true).all(mailbox) as unknown as [number, string, number, string, number, number, number, string | null][];
+    const out: MessageRow[] = new Array(rows.length);
+    for (let i = 0; i < rows.length; i++) {
+      const r = rows[i]!;
+      out[i] = { uid: r[0], guid: r[1], flags: r[2], keywords: decKw(r[3]), modseq: r[4], internalDate: r[5], size: r[6], hdrHash: r[7] };
+    }
+    return out;
   }
   messageCount(mailbox: string): number {
     return this.stmts.countMessages.get(mailbox)?.n ?? 0;

@@ -7,6 +7,7 @@ import type { MailChangeRecord } from '../sync/records.js';
 import type { ExpungeView, MessageView, SideView } from '../sync/decide/mailbox-plan.js';
 import type { Location } from './location.js';
 import { headerHash } from '../storage/header-hash.js';
+import { NO_STRINGS, orShared } from '../util/empty.js';
 
 export interface ExportMode {
   /** Messages at or below this UID are common with the peer (0 = no usable state). */
@@ -84,53 +85,70 @@ export class LocationMailbox {
       return;
     }
     const status = await this.store.status();
-    const scanned = await this.store.scan();
+    // The index's rows of this mailbox: kept in memory in step with every change made through
+    // this handle, so a rescan after the sync does not read them again.
+    const fresh = this.index.mailbox(this.row.guid);
+    if (fresh) this.row = { ...fresh, name: this.row.name };
+    const reset = this.row.uidValidity !== status.uidValidity;
+    const rows = reset ? new Map<number, MessageRow>() : this.messages;
+    // Files of messages the index knows need no stat: their size and date are on record.
+    const scanned = await this.store.scan({ known: (uid, guid) => rows.get(uid)?.guid === guid });
     const now = this.location.now();
     this.index.transaction(() => {
-      const fresh = this.index.mailbox(this.row.guid);
-      if (fresh) this.row = { ...fresh, name: this.row.name };
-      const known = new Map(this.index.messages(this.row.guid).map((m) => [m.uid, m]));
-      if (this.row.uidValidity !== status.uidValidity) {
+      if (reset) {
         // The mailbox was recreated or its UIDs reset outside dsync: nothing we knew holds.
         if (this.row.uidValidity !== 0) this.location.log.warn(`mailbox ${this.name.join(this.location.separator)}: UIDVALIDITY changed from ${this.row.uidValidity} to ${status.uidValidity} outside dsync`);
         this.index.dropMailbox(this.row.guid);
         this.index.deleteAllPeerStates(this.row.guid);
-        known.clear();
         this.row.uidValidity = status.uidValidity;
       }
-      const initial = known.size === 0 && this.row.highestModseq === 0;
+      const initial = rows.size === 0 && this.row.highestModseq === 0;
+      const seen = new Set<number>();
       for (const m of scanned) {
-        const old = known.get(m.uid);
-        known.delete(m.uid);
-        const keywords = [...new Set(m.keywords)].sort();
+        seen.add(m.uid);
+        const old = rows.get(m.uid);
         if (old && old.guid !== m.guid) {
           this.journalExpunge(old, '', now);
+          rows.delete(m.uid);
         } else if (old) {
+          const keywords = normalizedKeywords(m.keywords);
           if (old.flags === m.flags && sameKeywords(old.keywords, keywords)) continue;
           const modseq = this.nextModseq();
           this.journalFlags(m.uid, old, m.flags, keywords, '', now, modseq);
-          this.index.putMessage(this.row.guid, { ...old, flags: m.flags, keywords, modseq });
+          const row = { ...old, flags: m.flags, keywords, modseq };
+          this.index.putMessage(this.row.guid, row);
+          rows.set(m.uid, row);
           continue;
         }
-        this.index.putMessage(this.row.guid, {
+        if (m.size < 0 || m.internalDate < 0) throw new Error(`internal error: the store did not stat new mail ${m.uid} in ${this.name.join('/')}`);
+        const row: MessageRow = {
           uid: m.uid,
           guid: m.guid,
           flags: m.flags,
-          keywords,
+          keywords: normalizedKeywords(m.keywords),
           modseq: initial ? 1 : this.nextModseq(),
           internalDate: m.internalDate,
           size: m.size,
           hdrHash: m.hdrHash ?? null,
-        });
+        };
+        this.index.putMessage(this.row.guid, row);
+        rows.set(m.uid, row);
       }
       if (initial && scanned.length > 0 && this.row.highestModseq === 0) this.row.highestModseq = 1;
-      for (const gone of known.values()) this.journalExpunge(gone, '', now);
+      if (rows.size > seen.size) {
+        for (const [uid, gone] of rows) {
+          if (seen.has(uid)) continue;
+          this.journalExpunge(gone, '', now);
+          rows.delete(uid);
+        }
+      }
       const maxUid = scanned.length ? scanned[scanned.length - 1].uid : 0;
       this.row.uidNext = Math.max(status.uidNext, maxUid + 1);
       this.row.scanToken = token;
       this.index.putMailbox(this.row);
     });
-    this.loadedMessages = null;
+    // New rows were appended after higher ones may have been loaded: keep the map in UID order.
+    this.loadedMessages = inUidOrder(rows);
     this.loaded = true;
   }
 
@@ -257,14 +275,16 @@ export class LocationMailbox {
       const isNew = m.uid > mode.lastCommonUid;
       if (!isNew && !mode.complete && !a) continue;
       pushExpungesBelow(m.uid);
-      const kwAdd = a ? [...a.kwAdd] : [];
-      const kwRemove = a ? [...a.kwRemove] : [];
-      const present = new Set(m.keywords);
-      const keywordChanges = [
-        ...m.keywords.map((k) => (kwAdd.includes(k) ? `&${k}` : `=${k}`)),
-        ...kwAdd.filter((k) => !present.has(k)).map((k) => `+${k}`),
-        ...kwRemove.map((k) => `-${k}`),
-      ];
+      const kwAdd = a && a.kwAdd.size > 0 ? [...a.kwAdd] : NO_STRINGS;
+      const kwRemove = a && a.kwRemove.size > 0 ? [...a.kwRemove] : NO_STRINGS;
+      const keywordChanges =
+        m.keywords.length + kwAdd.length + kwRemove.length === 0
+          ? NO_STRINGS
+          : [
+              ...m.keywords.map((k) => (kwAdd.includes(k) ? `&${k}` : `=${k}`)),
+              ...kwAdd.filter((k) => !m.keywords.includes(k)).map((k) => `+${k}`),
+              ...kwRemove.map((k) => `-${k}`),
+            ];
       records.push({
         type: 'change',
         changeType: isNew ? 'save' : 'flags',
@@ -302,42 +322,43 @@ export class LocationMailbox {
    * Exact bytes of a message for the peer; null if it is gone. The body is read later, perhaps
    * while this side moves the mail to another UID, so the UID is looked up again by GUID at read time.
    */
-  openBody(uid: number, key?: string): (() => Readable | Buffer | Promise<Buffer | Readable>) | null {
+  openBody(uid: number, key?: string): (() => Promise<Buffer | Readable>) | null {
     const m = this.messages.get(uid);
     if (!m || (key !== undefined && this.key(m) !== key)) return null;
     const want = m.guid;
-    const resolve = () => (this.messages.get(uid)?.guid === want ? uid : this.uidOfGuid(want));
-    const stream = () =>
-      lazyStream(async () => {
-        const first = resolve();
-        if (first !== undefined) {
-          try {
-            return await this.store.openBody(first);
-          } catch {
-            // Moved to another UID just now (the store knows before our map does): look again
-            // once the move is recorded. Never wait up front: the move may itself be waiting
-            // for the peer to read our mails.
-          }
-        }
-        await this.moving;
-        const later = resolve();
-        if (later === undefined) throw new Error(`mail ${want} was expunged while it was being copied`);
-        return this.store.openBody(later);
-      });
+    // One small closure per mail: a first sync queues one for every mail of the mailbox.
+    return () => this.readBodyOf(uid, want);
+  }
+
+  private async readBodyOf(uid: number, guid: string): Promise<Buffer | Readable> {
+    const resolve = () => (this.messages.get(uid)?.guid === guid ? uid : this.uidOfGuid(guid));
     // A small mail is read in one go (no stream machinery), through the thread pool so that reads
     // of files not in the page cache overlap; anything else is streamed.
-    return async () => {
-      const now = resolve();
-      if (now !== undefined && this.store.readBody) {
+    const now = resolve();
+    if (now !== undefined && this.store.readBody) {
+      try {
+        const buf = await this.store.readBody(now, SMALL_BODY);
+        if (buf) return buf;
+      } catch {
+        /* fall back to the stream, which retries after a move */
+      }
+    }
+    return lazyStream(async () => {
+      const first = resolve();
+      if (first !== undefined) {
         try {
-          const buf = await this.store.readBody(now, SMALL_BODY);
-          if (buf) return buf;
+          return await this.store.openBody(first);
         } catch {
-          /* fall back to the stream, which retries after a move */
+          // Moved to another UID just now (the store knows before our map does): look again
+          // once the move is recorded. Never wait up front: the move may itself be waiting
+          // for the peer to read our mails.
         }
       }
-      return stream();
-    };
+      await this.moving;
+      const later = resolve();
+      if (later === undefined) throw new Error(`mail ${guid} was expunged while it was being copied`);
+      return this.store.openBody(later);
+    });
   }
 
   private uidOfGuid(guid: string): number | undefined {
@@ -556,6 +577,23 @@ function accumulate(acc: Map<number, Accumulated>, c: ChangeRow): void {
     a.kwAdd.delete(k);
     a.kwRemove.add(k);
   }
+}
+
+/** Sorted and without duplicates (as stored in the index); the input array is returned when it already is. */
+function normalizedKeywords(k: readonly string[]): string[] {
+  if (k.length === 0) return NO_STRINGS;
+  for (let i = 1; i < k.length; i++) if (!(k[i - 1]! < k[i]!)) return [...new Set(k)].sort();
+  return k as string[];
+}
+
+/** The same map, its entries sorted by UID (a no-op copy avoided when already sorted). */
+function inUidOrder(rows: Map<number, MessageRow>): Map<number, MessageRow> {
+  let last = -1;
+  for (const uid of rows.keys()) {
+    if (uid < last) return new Map([...rows].sort((a, b) => a[0] - b[0]));
+    last = uid;
+  }
+  return rows;
 }
 
 function sameKeywords(a: readonly string[], b: readonly string[]): boolean {

@@ -63,6 +63,15 @@ export interface StoreMailboxStatus {
   uidNext: number;
 }
 
+export interface ScanOptions {
+  /**
+   * Messages the caller already knows (it has this UID with this GUID on record). Message files
+   * never change in place, so a store may skip reading their size and INTERNALDATE and report
+   * both as -1.
+   */
+  known?: (uid: number, guid: string) => boolean;
+}
+
 export interface StoreMailbox {
   readonly name: MailboxName;
   /**
@@ -70,7 +79,7 @@ export interface StoreMailbox {
    * give new files UIDs in dovecot-uidlist, assign a mailbox GUID / UIDVALIDITY if missing)
    * and return every message, sorted by UID.
    */
-  scan(): Promise<StoreMessage[]>;
+  scan(opts?: ScanOptions): Promise<StoreMessage[]>;
   status(): Promise<StoreMailboxStatus>;
   /**
    * Optional: a cheap value (no reading of messages) that changes whenever scan() could return

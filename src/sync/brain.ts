@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import type { Channel } from '../transport/channel.js';
 import { ProtocolError, expectRecord, recvList } from '../transport/channel.js';
 import type { Location } from '../location/location.js';
-import type { LocationMailbox } from '../location/mailbox.js';
+import type { ExportMode, LocationMailbox } from '../location/mailbox.js';
 import type { Logger } from '../util/log.js';
 import { BodySourceError, type SaveRequest } from '../storage/types.js';
 import type {
@@ -23,6 +23,8 @@ import { planBackup } from './decide/backup-plan.js';
 import { nameKey } from './decide/name-hash.js';
 import { applyTreeActions } from './tree-apply.js';
 import { forbiddenChars, makeNameNormalizer } from './names.js';
+import { traceMemory, trimHeap } from '../util/memory.js';
+import { NO_STRINGS, orShared } from '../util/empty.js';
 
 export const PROTOCOL = 1;
 
@@ -151,14 +153,21 @@ function wanted(ctx: Ctx, name: string[]): boolean {
 async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise<void> {
   const { loc, ch } = ctx;
   await loc.refreshTree();
-  // Scan every mailbox now: the tree needs to know which changed since the last sync.
+  // Scan every mailbox now: the tree needs to know which changed since the last sync. The
+  // handles are closed again (their messages are in the index), so that memory follows the
+  // largest mailbox rather than the sum of all; each is reopened when its turn comes.
   for (const row of loc.mailboxes()) {
     if (!wanted(ctx, row.name)) continue;
     const box = await loc.openMailbox(row.guid);
     if (!box) continue;
-    await box.refresh(ctx.settings.syncType === 'full');
-    ctx.open.set(box.guid, box);
+    try {
+      await box.refresh(ctx.settings.syncType === 'full');
+    } finally {
+      await box.close();
+    }
+    trimHeap();
   }
+  traceMemory(ctx.log, 'after the tree scan');
   const localNodes = loc.treeNodes(ctx.peerId).filter((n) => wanted(ctx, n.name));
   const normToLocal = new Map<string, string[]>();
   for (const n of localNodes) {
@@ -216,7 +225,8 @@ async function getBox(ctx: Ctx, guid: string): Promise<LocationMailbox | undefin
   if (!box) {
     box = await ctx.loc.openMailbox(guid);
     if (!box) return undefined;
-    await box.refresh(ctx.settings.syncType === 'full');
+    // The tree phase scanned every mailbox (fully with -f); this catches only what changed since.
+    await box.refresh();
     ctx.open.set(guid, box);
   }
   return box;
@@ -228,6 +238,8 @@ async function release(ctx: Ctx, guid: string): Promise<void> {
   if (!box) return;
   ctx.open.delete(guid);
   await box.close();
+  trimHeap();
+  traceMemory(ctx.log, `after mailbox ${ctx.show(box.name)}`);
 }
 
 function mailboxRecord(ctx: Ctx, box: LocationMailbox): MailboxRecord {
@@ -326,21 +338,29 @@ function viewFromRecords(records: MailChangeRecord[], uidNext: number, complete:
       expunges.push({ uid: r.uid, key: (identity === 'guid' ? r.guid : r.hdrHash) ?? '' });
       continue;
     }
-    const keywords: string[] = [];
-    const kwAdd: string[] = [];
-    const kwRemove: string[] = [];
-    for (const c of r.keywordChanges) {
-      const kw = c.slice(1);
-      if (c[0] === '=' || c[0] === '&') keywords.push(kw);
-      if (c[0] === '+' || c[0] === '&') kwAdd.push(kw);
-      if (c[0] === '-') kwRemove.push(kw);
+    let keywords = NO_STRINGS;
+    let kwAdd = NO_STRINGS;
+    let kwRemove = NO_STRINGS;
+    if (r.keywordChanges.length > 0) {
+      keywords = [];
+      kwAdd = [];
+      kwRemove = [];
+      for (const c of r.keywordChanges) {
+        const kw = c.slice(1);
+        if (c[0] === '=' || c[0] === '&') keywords.push(kw);
+        if (c[0] === '+' || c[0] === '&') kwAdd.push(kw);
+        if (c[0] === '-') kwRemove.push(kw);
+      }
+      keywords = orShared(keywords.sort());
+      kwAdd = orShared(kwAdd);
+      kwRemove = orShared(kwRemove);
     }
     messages.push({
       uid: r.uid,
       key: (identity === 'guid' ? r.guid : r.hdrHash) ?? '',
       kind: r.changeType === 'save' ? 'save' : 'flags',
       flags: r.finalFlags,
-      keywords: keywords.sort(),
+      keywords,
       addFlags: r.addFlags,
       removeFlags: r.removeFlags,
       kwAdd,
@@ -350,6 +370,38 @@ function viewFromRecords(records: MailChangeRecord[], uidNext: number, complete:
     });
   }
   return { uidNext, complete, messages, expunges };
+}
+
+/**
+ * Sends this side's changes, receives the peer's, and plans both sides' actions. Its own function
+ * so that the change records and views (two per message of a first sync) can be collected as soon
+ * as the plan exists.
+ */
+async function exchangeChanges(ctx: Ctx, box: LocationMailbox, mode: ExportMode, mine: MailboxRecord, theirs: MailboxRecord): Promise<SidePlan> {
+  const { ch } = ctx;
+  const exported = box.exportChanges(ctx.peerId, mode);
+  for (const r of exported.records) ch.send(r);
+  ch.send({ type: 'end' });
+  const peerView = viewFromRecords(await recvList(ch, 'change'), theirs.uidNext, mode.complete, box.identity);
+  return ctx.settings.backup !== 'none'
+    ? backupPlan(ctx, exported.view, peerView, mine, theirs)
+    : mirrorPlan(ctx, exported.view, peerView, mode.lastCommonUid, box.identity === 'guid');
+}
+
+/** Asks the peer for the bodies of the mails to copy from it, and answers its requests. */
+async function exchangeBodies(ctx: Ctx, box: LocationMailbox, saves: SaveAction[]): Promise<Map<number, MailRecord>> {
+  const { ch } = ctx;
+  for (const s of saves) if (s.from === 'peer') ch.send({ type: 'request', guid: s.key, uid: s.sourceUid });
+  ch.send({ type: 'end' });
+  for (const r of await recvList(ch, 'request')) {
+    const body = box.openBody(r.uid ?? 0, r.guid);
+    const msg = box.message(r.uid ?? 0);
+    ch.send({ type: 'mail', guid: r.guid ?? '', uid: r.uid ?? 0, receivedDate: msg?.internalDate ?? 0, body });
+  }
+  ch.send({ type: 'end' });
+  const mails = new Map<number, MailRecord>();
+  for (const m of await recvList(ch, 'mail')) mails.set(m.uid, m);
+  return mails;
 }
 
 async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxRecord, theirs: MailboxRecord): Promise<void> {
@@ -396,31 +448,12 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     ctx.log.info(`mailbox ${name}: removing ${dups.length} second copies of mails (left by an interrupted run)`);
     await box.expunge(dups, '');
   }
-  const exported = box.exportChanges(ctx.peerId, { lastCommonUid, sinceModseq: state?.myModseq ?? 0, complete });
-  for (const r of exported.records) ch.send(r);
-  ch.send({ type: 'end' });
-  const peerRecords = await recvList(ch, 'change');
-  const myView = exported.view;
-  const peerView = viewFromRecords(peerRecords, theirs.uidNext, complete, box.identity);
-  const plan = backup ? backupPlan(ctx, myView, peerView, mine, theirs) : mirrorPlan(ctx, myView, peerView, lastCommonUid, box.identity === 'guid');
+  const plan = await exchangeChanges(ctx, box, { lastCommonUid, sinceModseq: state?.myModseq ?? 0, complete }, mine, theirs);
   const actions = plan.actions;
   if (ctx.isSource && (actions.saves.length || actions.expunges.length || actions.flagUpdates.length)) {
     throw new Error('internal error: the backup source was asked to change mail');
   }
-
-  // Bodies: ask the peer for what we lack; answer the peer's requests.
-  const fromPeer = actions.saves.filter((s) => s.from === 'peer');
-  for (const s of fromPeer) ch.send({ type: 'request', guid: s.key, uid: s.sourceUid });
-  ch.send({ type: 'end' });
-  const requests = await recvList(ch, 'request');
-  for (const r of requests) {
-    const body = box.openBody(r.uid ?? 0, r.guid);
-    const msg = box.message(r.uid ?? 0);
-    ch.send({ type: 'mail', guid: r.guid ?? '', uid: r.uid ?? 0, receivedDate: msg?.internalDate ?? 0, body });
-  }
-  ch.send({ type: 'end' });
-  const mails = new Map<number, MailRecord>();
-  for (const m of await recvList(ch, 'mail')) mails.set(m.uid, m);
+  const mails = await exchangeBodies(ctx, box, actions.saves);
 
   // Saves first (a UID move copies before it expunges), then the barrier: after it the peer
   // may expunge the mails whose bodies we were reading.
@@ -495,6 +528,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     }
     const requests = run.map(bodyOf).filter((r): r is SaveRequest => r !== null);
     const n = await saveSkippingUnreadable(ctx, box, requests, name);
+    trimHeap();
     if (n < requests.length) changesDuringSync = true;
     applied.fromPeer += n;
   }

@@ -11,6 +11,7 @@ import {
   type FlagUpdate,
   type MailboxName,
   type SaveRequest,
+  type ScanOptions,
   type StoreMailbox,
   type StoreMailboxStatus,
   type StoreMessage,
@@ -66,14 +67,6 @@ export interface MailboxEnv {
   allocateUidValidity(): Promise<number>;
   /** Stat strategy for scans (see statFiles). */
   statMode?: 'sync' | 'async';
-  /**
-   * "sub/file name" -> stat result of earlier scans of this mailbox (shared by all objects of the
-   * same mailbox in a store). Message files never change in place: a flag change is a rename, so
-   * a known name needs no new stat.
-   */
-  statCache?: Map<string, FileStat>;
-  /** The last parsed uidlist of this mailbox with its identity (inode, size, mtime). Never mutated. */
-  uidlistCache?: { key: string; ul: Uidlist } | null;
   /** Warnings about stray entries already given (a run scans a mailbox several times). */
   warned?: Set<string>;
 }
@@ -97,6 +90,10 @@ interface FoundFile {
 }
 
 const MAX_UID = 0xffffffff;
+/** For scans that only map UIDs to files: listed files need no stat. */
+const ALL_KNOWN = (): boolean => true;
+/** Size and mtime of a file the scan did not stat (the caller knows the message). */
+const UNKNOWN_STAT: FileStat = Object.freeze({ size: -1, mtimeMs: -1000 });
 const STAT_CONCURRENCY = 64;
 
 /**
@@ -165,6 +162,8 @@ export class MaildirMailbox implements StoreMailbox {
   private bases: Set<string> | null = null;
   private queue: Promise<unknown> = Promise.resolve();
   private kwCache: { key: string; map: KeywordMap } | null = null;
+  /** The last parsed uidlist with its identity (inode, size, mtime); dropped on close. Never mutated. */
+  private uidlistCache: { key: string; ul: Uidlist } | null = null;
   private closed = false;
   private scanned = false;
   readonly uidlistPath: string;
@@ -340,6 +339,17 @@ export class MaildirMailbox implements StoreMailbox {
    * the size, rewrites are renames and change the inode). The result must not be mutated.
    */
   private async readUidlistCached(): Promise<Uidlist | null> {
+    const key = await this.uidlistKey();
+    if (key === null) return null;
+    const c = this.uidlistCache;
+    if (c && c.key === key) return c.ul;
+    const ul = await readUidlist(this.uidlistPath, this.ctx.warn);
+    if (ul) this.uidlistCache = { key, ul };
+    return ul;
+  }
+
+  /** The uidlist's identity (inode, size, mtime), or null when there is none. */
+  private async uidlistKey(): Promise<string | null> {
     let st: Stats;
     try {
       st = await fsp.stat(this.uidlistPath);
@@ -347,12 +357,32 @@ export class MaildirMailbox implements StoreMailbox {
       if (isNotFound(e)) return null;
       throw toStorageError(e, 'stat', this.uidlistPath);
     }
-    const key = `${st.ino}:${st.size}:${st.mtimeMs}`;
-    const c = this.env.uidlistCache;
-    if (c && c.key === key) return c.ul;
-    const ul = await readUidlist(this.uidlistPath, this.ctx.warn);
-    if (ul) this.env.uidlistCache = { key, ul };
-    return ul;
+    return `${st.ino}:${st.size}:${st.mtimeMs}`;
+  }
+
+  /**
+   * The uidlist to change, under the lock: the cached copy when the file is still the one we
+   * last read or wrote (a save of 10,000 mails in batches would otherwise re-parse a growing
+   * file per batch), else read afresh. The caller owns (mutates) the result; see keepUidlist.
+   */
+  private async uidlistForUpdate(): Promise<Uidlist | null> {
+    const key = await this.uidlistKey();
+    const c = this.uidlistCache;
+    this.uidlistCache = null;
+    if (key !== null && c && c.key === key) {
+      // A copy: a scan running meanwhile may still be reading the cached one.
+      const ul: Uidlist = { ...c.ul, header: { ...c.ul.header }, entries: c.ul.entries.slice() };
+      const listed = listedCache.get(c.ul);
+      if (listed) listedCache.set(ul, listed);
+      return ul;
+    }
+    return readUidlist(this.uidlistPath, () => undefined);
+  }
+
+  /** Remembers a uidlist just written under the lock as the current one. */
+  private async keepUidlist(ul: Uidlist): Promise<void> {
+    const key = await this.uidlistKey();
+    this.uidlistCache = key === null ? null : { key, ul };
   }
 
   /** Header values to report when the uidlist is missing/incomplete and we must not write. */
@@ -402,31 +432,31 @@ export class MaildirMailbox implements StoreMailbox {
   private async lookup(uid: number): Promise<MsgFile | undefined> {
     let f = this.files.get(uid);
     if (!f) {
-      await this.doScan();
+      await this.doScan(ALL_KNOWN);
       f = this.files.get(uid);
     }
     return f;
   }
 
   private async ensureScanned(): Promise<void> {
-    if (!this.scanned) await this.doScan();
+    if (!this.scanned) await this.doScan(ALL_KNOWN);
   }
 
   // ---------------------------------------------------------------- scan
 
-  scan(): Promise<StoreMessage[]> {
-    return this.serial(() => this.doScan());
+  scan(opts: ScanOptions = {}): Promise<StoreMessage[]> {
+    return this.serial(() => this.doScan(opts.known));
   }
 
-  private async doScan(): Promise<StoreMessage[]> {
+  private async doScan(known?: ScanOptions['known']): Promise<StoreMessage[]> {
     for (let attempt = 0; ; attempt++) {
-      const r = await this.scanOnce(attempt >= 3);
+      const r = await this.scanOnce(attempt >= 3, known);
       if (r) return r;
     }
   }
 
   /** One scan pass; null when a concurrent change was detected and the scan should be repeated. */
-  private async scanOnce(final: boolean): Promise<StoreMessage[] | null> {
+  private async scanOnce(final: boolean, known?: ScanOptions['known']): Promise<StoreMessage[] | null> {
     const { ctx } = this;
     const warn = ctx.warn;
     await this.assertExists();
@@ -513,13 +543,17 @@ export class MaildirMailbox implements StoreMailbox {
       }
     }
 
-    // Size and mtime (INTERNALDATE) of every message: cached ones from earlier scans, stat the rest.
-    const cache = this.env.statCache;
+    // UIDs of the files the uidlist lists already.
+    let listed = new Map<string, UidlistEntry>();
+    if (ul) for (const e of ul.entries) listed.set(e.base, e);
+
+    // Size and mtime (INTERNALDATE): only for files the caller does not know yet (a file never
+    // changes in place; a flag change is a rename that keeps the base name).
     const present = new Map<string, { f: FoundFile; st: FileStat }>();
     const toStat: string[] = [];
     for (const [base, f] of found) {
-      const hit = cache?.get(statKey(f));
-      if (hit) present.set(base, { f, st: hit });
+      const e = known ? listed.get(base) : undefined;
+      if (e && known!(e.uid, entryGuid(e))) present.set(base, { f, st: UNKNOWN_STAT });
       else toStat.push(base);
     }
     let stats: (Stats | null)[];
@@ -544,20 +578,13 @@ export class MaildirMailbox implements StoreMailbox {
       }
       present.set(toStat[i]!, { f, st: { size: st.size, mtimeMs: st.mtimeMs } });
     }
-    if (cache && (toStat.length > 0 || cache.size !== present.size)) {
-      cache.clear();
-      for (const { f, st } of present.values()) cache.set(statKey(f), st);
-    }
 
-    // UIDs.
-    let listed = new Map<string, UidlistEntry>();
-    if (ul) for (const e of ul.entries) listed.set(e.base, e);
     // New files get UIDs in Dovecot's order (numeric seconds, then microseconds): clients take UID order as arrival order.
     const unlisted = [...present.keys()].filter((b) => !listed.has(b)).sort(compareForUidOrder);
     const needHeader = !ul || !ul.header.guid || !ul.header.uidValidity;
     if (!ctx.readOnly && (needHeader || unlisted.length > 0)) {
       ul = await this.withLock(async (lock) => {
-        const existing = await readUidlist(this.uidlistPath, () => undefined);
+        const existing = await this.uidlistForUpdate();
         const fresh = existing ?? emptyUidlist();
         const headerChanged = await this.completeHeader(fresh);
         const freshBases = new Set(fresh.entries.map((e) => e.base));
@@ -571,6 +598,7 @@ export class MaildirMailbox implements StoreMailbox {
         }
         await this.writeEntries(lock, fresh, added, headerChanged || fresh.needsRewrite || !existing);
         fresh.needsRewrite = false;
+        await this.keepUidlist(fresh);
         return fresh;
       });
       listed = new Map(ul.entries.map((e) => [e.base, e]));
@@ -595,7 +623,7 @@ export class MaildirMailbox implements StoreMailbox {
         guid,
         flags,
         keywords,
-        internalDate: Math.floor(st.mtimeMs / 1000),
+        internalDate: st === UNKNOWN_STAT ? -1 : Math.floor(st.mtimeMs / 1000),
         size: st.size,
       });
       files.set(e.uid, { uid: e.uid, base, sub: f.sub, name: f.name, guid });
@@ -819,7 +847,7 @@ export class MaildirMailbox implements StoreMailbox {
 
       // Phase 2: under the uidlist lock, move into cur/ and record the UIDs.
       await this.withLock(async (lock) => {
-        const existing = await readUidlist(this.uidlistPath, () => undefined);
+        const existing = await this.uidlistForUpdate();
         const ul = existing ?? emptyUidlist();
         const headerChanged = await this.completeHeader(ul);
         const targets = [...requests.map((r) => r.uid), ...moves.map((m) => m.to)];
@@ -834,8 +862,10 @@ export class MaildirMailbox implements StoreMailbox {
         for (const r of requests) for (const k of r.keywords) allKeywords.add(k);
         const kw = allKeywords.size > 0 ? await this.registerKeywords(allKeywords) : await this.readKeywords();
 
-        const taken = new Set(await this.knownBases());
-        for (const e of ul.entries) taken.add(e.base);
+        const present = await this.knownBases();
+        const listed = listedBases(ul);
+        const taken = new Set<string>();
+        const isTaken = (b: string) => taken.has(b) || present.has(b) || listed.has(b);
         const added: UidlistEntry[] = [];
         const placed: MsgFile[] = [];
         const curDir = path.join(this.mailDir, 'cur');
@@ -844,7 +874,7 @@ export class MaildirMailbox implements StoreMailbox {
             const { req } = p;
             const info = buildInfo(null, req.flags, this.keywordLetters(kw, req.keywords), kw);
             let candidate: string | null = null;
-            if (isUsableBaseName(req.guid) && !taken.has(req.guid)) {
+            if (isUsableBaseName(req.guid) && !isTaken(req.guid)) {
               const hints = sizeHints(req.guid);
               const sizesOk = (hints.size === undefined || hints.size === p.size) && (hints.vsize === undefined || hints.vsize === p.vsize);
               const inNew = fs.existsSync(path.join(this.mailDir, 'new', req.guid));
@@ -872,18 +902,23 @@ export class MaildirMailbox implements StoreMailbox {
           }
           if (placed.length > 0) await fsyncDir(curDir);
           if (moves.length > 0) {
-            const byUid = new Map(ul.entries.map((e) => [e.uid, e]));
+            const at = new Map(ul.entries.map((e, i) => [e.uid, i]));
             for (const m of moves) {
-              const e = byUid.get(m.from);
-              if (e) e.uid = m.to;
+              const i = at.get(m.from);
+              if (i !== undefined) ul.entries[i] = { ...ul.entries[i]!, uid: m.to };
             }
           }
-          ul.entries.push(...added);
+          for (const e of added) {
+            ul.entries.push(e);
+            listed.add(e.base);
+          }
           if (moves.length > 0) ul.entries.sort((x, y) => x.uid - y.uid);
           const top = Math.max(...targets) + 1;
           ul.nextUid = Math.max(ul.nextUid, top);
           if (moves.length > 0) ul.header.nextUid = Math.max(ul.header.nextUid, top);
           await this.writeEntries(lock, ul, added, moves.length > 0 || headerChanged || ul.needsRewrite || !existing);
+          ul.needsRewrite = false;
+          await this.keepUidlist(ul);
         } catch (e) {
           // Files already in cur/ but without a uidlist entry would get UIDs at the next scan with
           // their base name as GUID (the G field is lost): a second copy of the mail once synced.
@@ -1143,11 +1178,20 @@ export class MaildirMailbox implements StoreMailbox {
     this.closed = true;
     this.files.clear();
     this.bases = null;
+    this.uidlistCache = null;
+    this.kwCache = null;
     this.scanned = false;
   }
 }
 
-/** Stat cache key: the file name for cur/ (the common case, no string building), "new/<name>" else. */
-function statKey(f: FoundFile): string {
-  return f.sub === 'cur' ? f.name : `new/${f.name}`;
+/** Base names a uidlist lists, built once per parsed uidlist and kept up to date by saves. */
+const listedCache = new WeakMap<Uidlist, Set<string>>();
+function listedBases(ul: Uidlist): Set<string> {
+  let set = listedCache.get(ul);
+  if (!set) {
+    set = new Set(ul.entries.map((e) => e.base));
+    listedCache.set(ul, set);
+  }
+  return set;
 }
+

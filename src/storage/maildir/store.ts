@@ -179,8 +179,6 @@ export class MaildirStore implements MailStore {
         ctx: this.ctx,
         allocateUidValidity: () => this.newUidValidity(),
         statMode: this.statMode,
-        statCache: new Map(),
-        uidlistCache: null,
       };
       this.envs.set(mailDir, env);
     }

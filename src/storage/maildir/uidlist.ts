@@ -117,6 +117,9 @@ function parseHeader(line: string, warn: Warn, where: string): { header: Uidlist
   return { header, ok };
 }
 
+/** Shared by the many entries without extension fields; never mutated (frozen). */
+const NO_EXT: [string, string][] = Object.freeze([]) as unknown as [string, string][];
+
 /** Parses one entry line; returns null when it is garbled. */
 export function parseEntry(line: string, version: number): UidlistEntry | null {
   const sp = line.indexOf(' ');
@@ -124,7 +127,7 @@ export function parseEntry(line: string, version: number): UidlistEntry | null {
   const uid = parseUint(line.slice(0, sp));
   if (uid === null || uid === 0) return null;
   let rest = line.slice(sp + 1);
-  const ext: [string, string][] = [];
+  let ext: [string, string][] = NO_EXT;
   let fileName: string;
   if (version === 1) {
     fileName = rest;
@@ -139,6 +142,7 @@ export function parseEntry(line: string, version: number): UidlistEntry | null {
       const tok = rest.slice(0, next);
       const key = tok[0];
       if (key === undefined || key < 'A' || key > 'Z') return null;
+      if (ext === NO_EXT) ext = [];
       ext.push([key, tok.slice(1)]);
       rest = rest.slice(next + 1);
     }

@@ -1,5 +1,6 @@
 // Per-flag, per-keyword merge of one message's flags from two sides (dsync-design.md §6.4).
 // Pure and symmetric: both brains call it with (master, slave) and get the same answer.
+import { NO_STRINGS } from '../../util/empty.js';
 
 export interface FlagSide {
   flags: number;
@@ -49,6 +50,10 @@ export function mergeFlags(master: FlagSide, slave: FlagSide): MergedFlags {
     );
     if (on) flags |= bit;
   }
+  // Most messages have no keywords at all: no sets to build.
+  if (master.keywords.length + slave.keywords.length + master.kwAdd.length + master.kwRemove.length + slave.kwAdd.length + slave.kwRemove.length === 0) {
+    return { flags, keywords: NO_STRINGS };
+  }
   const mk = new Set(master.keywords);
   const sk = new Set(slave.keywords);
   const mChanged = new Set([...master.kwAdd, ...master.kwRemove]);
@@ -63,6 +68,7 @@ export function mergeFlags(master: FlagSide, slave: FlagSide): MergedFlags {
 
 export function sameFlags(a: { flags: number; keywords: readonly string[] }, b: { flags: number; keywords: readonly string[] }): boolean {
   if (a.flags !== b.flags || a.keywords.length !== b.keywords.length) return false;
+  if (a.keywords.length === 0) return true;
   const s = new Set(a.keywords);
   return b.keywords.every((k) => s.has(k));
 }

@@ -1,6 +1,7 @@
 // What both sides must do to one mailbox, computed from the two sides' exported views
 // (dsync-design.md §6.3–6.6). Pure: both brains run it on the same (master, slave) views and
 // each executes its own half, so they converge without another round trip.
+import { NO_STRINGS } from '../../util/empty.js';
 import { mergeFlags, sameFlags, type FlagSide } from './flag-merge.js';
 import { assignUids } from './uid-assign.js';
 
@@ -95,10 +96,10 @@ export function planMailbox({ master, slave, lastCommonUid: L, uniqueKeys = true
       } else if (m) {
         // The slave does not list it: unchanged there, or (complete view) expunged there.
         if (slave.complete) out.master.expunges.push({ uid, key: m.key });
-        else out.slave.flagUpdates.push({ uid, flags: m.flags, keywords: [...m.keywords] });
+        else out.slave.flagUpdates.push({ uid, flags: m.flags, keywords: copyKeywords(m.keywords) });
       } else if (s) {
         if (master.complete) out.slave.expunges.push({ uid, key: s.key });
-        else out.master.flagUpdates.push({ uid, flags: s.flags, keywords: [...s.keywords] });
+        else out.master.flagUpdates.push({ uid, flags: s.flags, keywords: copyKeywords(s.keywords) });
       }
     }
   }
@@ -140,7 +141,7 @@ export function planMailbox({ master, slave, lastCommonUid: L, uniqueKeys = true
   for (const a of assignment.mails) {
     const m = a.masterUid !== undefined ? mNewByUid.get(a.masterUid) : undefined;
     const s = a.slaveUid !== undefined ? sNewByUid.get(a.slaveUid) : undefined;
-    const merged = m && s ? mergeFlags(m, s) : { flags: (m ?? s)!.flags, keywords: [...(m ?? s)!.keywords] };
+    const merged = m && s ? mergeFlags(m, s) : { flags: (m ?? s)!.flags, keywords: copyKeywords((m ?? s)!.keywords) };
     const internalDate = (m ?? s)!.internalDate;
     if (a.finalUid !== a.masterUid && a.finalUid !== a.slaveUid) renumbered++;
     placeOn(out.master, m, s, a.finalUid, merged, internalDate, a.key);
@@ -187,4 +188,8 @@ function dropDuplicates(list: MessageView[], mine: SideActions): MessageView[] {
       mine.expunges.push({ uid: m.uid, key: m.key });
       return false;
     });
+}
+
+function copyKeywords(k: readonly string[]): string[] {
+  return k.length === 0 ? NO_STRINGS : [...k];
 }
