@@ -144,7 +144,6 @@ export class ChangeIndex {
       if (!cols.some((c) => c.name === 'hdr_hash')) db.exec(`ALTER TABLE ${table} ADD COLUMN hdr_hash TEXT`);
     }
     this.stmts = this.prepare();
-    if (path !== ':memory:') this.setMeta('clean', '0');
     if (this.getMeta('schema_version') === undefined) {
       this.setMeta('schema_version', SCHEMA_VERSION);
       this.setMeta('location_id', randomBytes(16).toString('hex'));
@@ -156,11 +155,16 @@ export class ChangeIndex {
     if (path === ':memory:') return { index: new ChangeIndex(new Database(':memory:')) };
     let db: Database.Database | undefined;
     try {
+      // close() folds the write-ahead log back into the file and empties it: a log with content
+      // means the last run did not close the index (it was killed, or the machine went down).
+      // Looked at before opening, which may replay the log. No write is needed to know this, so a
+      // run that changes nothing writes nothing.
+      const walBytes = fileSize(`${path}-wal`);
       db = new Database(path);
       // A full check costs time proportional to the index; it is done when the last run did not
       // close the index cleanly, or when the file's size does not match what its header says.
       const pageBytes = (db.pragma('page_count', { simple: true }) as number) * (db.pragma('page_size', { simple: true }) as number);
-      const cleanlyClosed = ChangeIndex.readClean(db) && statSync(path).size === pageBytes;
+      const cleanlyClosed = walBytes === 0 && statSync(path).size === pageBytes;
       if (!cleanlyClosed) {
         const ok = db.pragma('quick_check', { simple: true });
         if (ok !== 'ok') throw new Error(`integrity check failed: ${String(ok)}`);
@@ -187,16 +191,6 @@ export class ChangeIndex {
       }
       const index = new ChangeIndex(new Database(path), path);
       return { index, rebuiltReason: `${(err as Error).message}; moved it to ${aside} and rebuilt the index from the mail store` };
-    }
-  }
-
-  /** Whether the previous user of this database closed it (see close()). */
-  private static readClean(db: Database.Database): boolean {
-    try {
-      const r = db.prepare("SELECT value FROM meta WHERE key = 'clean'").get() as { value: string } | undefined;
-      return r?.value === '1';
-    } catch {
-      return false;
     }
   }
 
@@ -370,7 +364,6 @@ export class ChangeIndex {
   }
 
   close(): void {
-    this.setMeta('clean', '1');
     // Fold the write-ahead log back so the file is complete on its own (and its size checkable).
     if (this.path !== ':memory:') this.db.pragma('wal_checkpoint(TRUNCATE)');
     this.db.close();
@@ -388,4 +381,13 @@ function rowToMailbox(r: any): MailboxRow {
     lastRenamedOrCreated: r.last_renamed_or_created,
     scanToken: r.scan_token,
   };
+}
+
+/** Size of a file, 0 when it does not exist. */
+function fileSize(p: string): number {
+  try {
+    return statSync(p).size;
+  } catch {
+    return 0;
+  }
 }

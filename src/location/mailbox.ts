@@ -62,6 +62,11 @@ export class LocationMailbox {
     return this.loadedMessages ? this.loadedMessages.size : this.index.messageCount(this.row.guid);
   }
 
+  /** Messages held in memory (0 until something needed them). */
+  get loadedCount(): number {
+    return this.loadedMessages ? this.loadedMessages.size : 0;
+  }
+
   private get messages(): Map<number, MessageRow> {
     if (!this.loadedMessages) this.loadedMessages = new Map(this.index.messages(this.row.guid).map((m) => [m.uid, m]));
     return this.loadedMessages;
@@ -81,6 +86,14 @@ export class LocationMailbox {
     // Nothing on disk changed since the last scan: the index is up to date.
     const token = this.store.changeToken ? await this.store.changeToken() : null;
     if (!force && token !== null && token === this.row.scanToken) {
+      this.loaded = true;
+      return;
+    }
+    // Our own changes since our last scan do not need a scan to be known: when they are all
+    // that changed, only the new token is recorded.
+    if (!force && token !== null && this.loadedMessages && this.store.unchangedSinceScan && (await this.store.unchangedSinceScan())) {
+      this.row.scanToken = token;
+      this.index.putMailbox(this.row);
       this.loaded = true;
       return;
     }

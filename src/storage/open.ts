@@ -1,8 +1,6 @@
 // Opens the MailStore for a parsed mail location.
 import type { MailStore } from './types.js';
 import type { MailLocation } from './location.js';
-import { MaildirStore } from './maildir/store.js';
-import { MboxStore } from './mbox/store.js';
 
 export interface OpenStoreOptions {
   /**
@@ -20,10 +18,12 @@ export interface OpenStoreOptions {
 
 export async function openStore(loc: MailLocation, opts: OpenStoreOptions = {}): Promise<MailStore> {
   switch (loc.format) {
+    // Loaded on demand: a run touches one or two formats, and start-up time counts for a
+    // sync that finds nothing to do.
     case 'maildir':
-      return MaildirStore.open(loc, opts);
+      return (await import('./maildir/store.js')).MaildirStore.open(loc, opts);
     case 'mbox':
-      return MboxStore.open(loc, opts);
+      return (await import('./mbox/store.js')).MboxStore.open(loc, opts);
     default:
       throw new Error(`mail format "${loc.format}" is not supported yet`);
   }

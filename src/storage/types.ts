@@ -82,6 +82,12 @@ export interface StoreMailbox {
   scan(opts?: ScanOptions): Promise<StoreMessage[]>;
   status(): Promise<StoreMailboxStatus>;
   /**
+   * Optional: true when a scan now would find exactly what this handle's last scan found plus
+   * the changes made through it since (nothing changed from outside), checked more cheaply than
+   * a scan. False whenever in doubt.
+   */
+  unchangedSinceScan?(): Promise<boolean>;
+  /**
    * Optional: a cheap value (no reading of messages) that changes whenever scan() could return
    * something different, so an unchanged mailbox need not be scanned.
    */

@@ -150,19 +150,31 @@ function wanted(ctx: Ctx, name: string[]): boolean {
   return !box || nameKey(box) === nameKey(name);
 }
 
+/** Messages whose mailbox handles the tree phase may keep open for the mailbox phase. */
+const KEEP_OPEN_MESSAGES = 10_000;
+
 async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise<void> {
   const { loc, ch } = ctx;
   await loc.refreshTree();
-  // Scan every mailbox now: the tree needs to know which changed since the last sync. The
-  // handles are closed again (their messages are in the index), so that memory follows the
-  // largest mailbox rather than the sum of all; each is reopened when its turn comes.
+  // Scan every mailbox now: the tree needs to know which changed since the last sync. Handles
+  // stay open (their messages in memory, ready for the mailbox phase) up to a budget; beyond it
+  // they are closed and reopened when their turn comes, so that memory follows the largest
+  // mailbox rather than the sum of all.
+  let kept = 0;
   for (const row of loc.mailboxes()) {
     if (!wanted(ctx, row.name)) continue;
     const box = await loc.openMailbox(row.guid);
     if (!box) continue;
     try {
       await box.refresh(ctx.settings.syncType === 'full');
-    } finally {
+    } catch (err) {
+      await box.close();
+      throw err;
+    }
+    if (kept + box.loadedCount <= KEEP_OPEN_MESSAGES) {
+      kept += box.loadedCount;
+      ctx.open.set(box.guid, box);
+    } else {
       await box.close();
     }
     trimHeap();

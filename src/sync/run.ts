@@ -9,8 +9,7 @@ import type { Logger } from '../util/log.js';
 import { Location } from '../location/location.js';
 import { acquireLock } from '../location/lock.js';
 import { createPipePair } from '../transport/pipe.js';
-import { StreamChannel } from '../transport/stream.js';
-import { spawn } from 'node:child_process';
+import type { StreamChannel } from '../transport/stream.js';
 import type { Readable, Writable } from 'node:stream';
 import type { SyncRecord } from './records.js';
 import { runBrain, type MasterSettings } from './brain.js';
@@ -187,12 +186,14 @@ function masterSettings(o: RunSyncOptions): MasterSettings {
 async function runRemote(o: RunSyncOptions, argv: string[]): Promise<RunSyncResult> {
   const settings = masterSettings(o);
   const a = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: settings.backup === 'send', lockTimeout: o.lockTimeout });
+  const { spawn } = await import('node:child_process');
+  const Channel = await streamChannel();
   const child = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'inherit'] });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: Error }>((resolve) => {
     child.on('error', (error) => resolve({ code: null, signal: null, error }));
     child.on('exit', (code, signal) => resolve({ code, signal }));
   });
-  const ch = new StreamChannel(child.stdout!, child.stdin!, { peerName: `the remote dsync (${argv.join(' ')})` });
+  const ch = new Channel(child.stdout!, child.stdin!, { peerName: `the remote dsync (${argv.join(' ')})` });
   child.stdin!.on('error', () => undefined); // reported through the channel
   try {
     if (o.mailbox !== undefined) settings.syncBox = o.mailbox.split(a.location.separator).filter((p) => p !== '');
@@ -228,7 +229,7 @@ export async function runServer(o: {
   input: NodeJS.ReadableStream;
   output: NodeJS.WritableStream;
 }): Promise<number> {
-  const ch = new StreamChannel(o.input as Readable, o.output as Writable, { peerName: 'the dsync that started this server' });
+  const ch = new (await streamChannel())(o.input as Readable, o.output as Writable, { peerName: 'the dsync that started this server' });
   let opened: OpenedLocation | undefined;
   try {
     const first = await ch.recv();
@@ -255,4 +256,9 @@ export async function runServer(o: {
     ch.dispose();
     await opened?.release();
   }
+}
+
+/** The byte-stream transport, loaded only by runs that talk to another process. */
+async function streamChannel(): Promise<typeof StreamChannel> {
+  return (await import('../transport/stream.js')).StreamChannel;
 }

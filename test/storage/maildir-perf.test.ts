@@ -24,15 +24,20 @@ test('perf: scanning 10,000 messages', async (t) => {
   const firstMs = performance.now() - t0;
   assert.equal(first.length, N);
   assert.equal(first[N - 1]!.uid, N);
+  // A rescan through a new handle, as a sync does, with the messages its index knows: their
+  // files need no stat (size and date are on record) and come back with -1 for both.
+  const onRecord = new Map(first.map((m) => [m.uid, m.guid]));
+  const known = (uid: number, guid: string) => onRecord.get(uid) === guid;
   const times: number[] = [];
   for (let i = 0; i < 7; i++) {
     t0 = performance.now();
-    const again = await (await store.openMailbox(['INBOX'])).scan();
+    const again = await (await store.openMailbox(['INBOX'])).scan({ known });
     times.push(performance.now() - t0);
     assert.equal(again.length, N);
+    assert.ok(again.every((m) => m.size === -1 && m.internalDate === -1), 'known files are not stat()ed');
   }
   times.sort((a, b) => a - b);
   const median = times[3]!;
-  t.diagnostic(`10k scan: first ${firstMs.toFixed(1)} ms (stat of every file + 100 new UIDs), cached rescan median ${median.toFixed(1)} ms, min ${times[0]!.toFixed(1)} ms`);
-  assert.ok(median < 300, `cached rescan median ${median.toFixed(1)} ms`);
+  t.diagnostic(`10k scan: first ${firstMs.toFixed(1)} ms (stat of every file + 100 new UIDs), rescan of known files: median ${median.toFixed(1)} ms, min ${times[0]!.toFixed(1)} ms`);
+  assert.ok(median < 300, `rescan of known files: median ${median.toFixed(1)} ms`);
 });

@@ -90,6 +90,9 @@ interface FoundFile {
 }
 
 const MAX_UID = 0xffffffff;
+/** How old an mtime must be before a change token trusts it (see changeToken). */
+const FINE_TICK_MARGIN_MS = 100;
+const COARSE_TICK_MARGIN_MS = 2000;
 /** For scans that only map UIDs to files: listed files need no stat. */
 const ALL_KNOWN = (): boolean => true;
 /** Size and mtime of a file the scan did not stat (the caller knows the message). */
@@ -349,15 +352,8 @@ export class MaildirMailbox implements StoreMailbox {
   }
 
   /** The uidlist's identity (inode, size, mtime), or null when there is none. */
-  private async uidlistKey(): Promise<string | null> {
-    let st: Stats;
-    try {
-      st = await fsp.stat(this.uidlistPath);
-    } catch (e) {
-      if (isNotFound(e)) return null;
-      throw toStorageError(e, 'stat', this.uidlistPath);
-    }
-    return `${st.ino}:${st.size}:${st.mtimeMs}`;
+  private uidlistKey(): Promise<string | null> {
+    return this.fileKey(this.uidlistPath);
   }
 
   /**
@@ -635,12 +631,52 @@ export class MaildirMailbox implements StoreMailbox {
     return msgs;
   }
 
+  /**
+   * True when cur/ and new/ hold exactly what this handle's last scan found plus its own changes
+   * since, and the uidlist and keyword files are the ones it last read or wrote: a rescan would
+   * find nothing. Costs two readdirs, against a full scan's parsing and per-file work.
+   */
+  unchangedSinceScan(): Promise<boolean> {
+    return this.serial(async () => {
+      if (!this.scanned) return false;
+      const [ulKey, kwKey] = await Promise.all([this.uidlistKey(), this.fileKey(this.keywordsPath)]);
+      if (ulKey === null || ulKey !== this.uidlistCache?.key) return false;
+      if (kwKey !== (this.kwCache?.key ?? null)) return false;
+      let cur: string[];
+      let fresh: string[];
+      try {
+        [cur, fresh] = await Promise.all([fsp.readdir(path.join(this.mailDir, 'cur')), fsp.readdir(path.join(this.mailDir, 'new'))]);
+      } catch {
+        return false;
+      }
+      if (fresh.length > 0 || cur.length !== this.files.size) return false;
+      const names = new Set<string>();
+      for (const f of this.files.values()) {
+        if (f.sub !== 'cur') return false;
+        names.add(f.name);
+      }
+      for (const n of cur) if (!names.has(n)) return false;
+      return true;
+    });
+  }
+
+  /** A file's identity (inode, size, mtime), or null when it does not exist. */
+  private async fileKey(p: string): Promise<string | null> {
+    try {
+      const st = await fsp.stat(p);
+      return `${st.ino}:${st.size}:${st.mtimeMs}`;
+    } catch (e) {
+      if (isNotFound(e)) return null;
+      throw toStorageError(e, 'stat', p);
+    }
+  }
+
   // ---------------------------------------------------------------- status
 
   status(): Promise<StoreMailboxStatus> {
     return this.serial(async () => {
       await this.assertExists();
-      const ul = await readUidlist(this.uidlistPath, this.ctx.warn);
+      const ul = await this.readUidlistCached();
       // Read-only, files not yet in the uidlist get UIDs in memory only: UIDNEXT counts them too.
       let memNext = 0;
       if (this.ctx.readOnly) for (const uid of this.files.keys()) memNext = Math.max(memNext, uid + 1);
@@ -1017,24 +1053,31 @@ export class MaildirMailbox implements StoreMailbox {
       if (gone.size === 0) return;
       await fsyncDir(path.join(this.mailDir, 'cur'));
       await this.withLock(async (lock) => {
-        const ul = await readUidlist(this.uidlistPath, () => undefined);
+        const ul = await this.uidlistForUpdate();
         if (!ul) return;
         const before = ul.entries.length;
         ul.entries = ul.entries.filter((e) => !gone.has(e.uid));
-        if (ul.entries.length !== before || ul.needsRewrite) await this.writeEntries(lock, ul, [], true);
+        if (ul.entries.length !== before || ul.needsRewrite) {
+          await this.writeEntries(lock, ul, [], true);
+          ul.needsRewrite = false;
+          listedCache.delete(ul);
+        }
+        await this.keepUidlist(ul);
       });
     });
   }
 
   /** Changes whenever a file is added, renamed or removed in cur/ or new/, or the uidlist or keywords change. */
   async changeToken(): Promise<string> {
-    // A change within the same clock tick as the stat could leave the mtime unchanged on file
-    // systems with coarse timestamps: very recent mtimes give a token that never matches.
-    const fresh = Date.now() - 2000;
+    // A change within the same timestamp tick as an earlier one leaves the mtime as it was, so a
+    // token taken within a tick of the last change may miss one still to come: such recent
+    // mtimes give a token that never matches. A tick is at most 10 ms where timestamps have
+    // sub-second parts (ext4, xfs, btrfs, tmpfs), up to 2 s elsewhere (ext3, FAT).
+    const now = Date.now();
     const part = (p: string, withIno: boolean) => {
       try {
         const st = fs.statSync(p);
-        if (st.mtimeMs > fresh) return `recent-${Math.random()}`;
+        if (st.mtimeMs > now - (st.mtimeMs % 1000 !== 0 ? FINE_TICK_MARGIN_MS : COARSE_TICK_MARGIN_MS)) return `recent-${Math.random()}`;
         return withIno ? `${st.ino}:${st.size}:${st.mtimeMs}` : `${st.mtimeMs}`;
       } catch {
         return '-';

@@ -1,0 +1,167 @@
+// How a Maildir mailbox tells that nothing changed without a full scan: the change token (dir
+// and file mtimes) and unchangedSinceScan (this handle's own changes are all there is). A miss
+// here means a change made by a mail client is never synced, so every way in is tried.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Flag } from '../../src/model/flags.js';
+import type { StoreMailbox } from '../../src/storage/types.js';
+import { mirror } from '../helpers/mirror.js';
+import { makeMaildir, msg, openMaildir, tempDir, writeMail } from './helpers.js';
+
+/** Sets the mtime of a mailbox's directories and files to `secs` (seconds since the epoch, may have a fraction). */
+function ageMailbox(root: string, secs: number): void {
+  for (const p of ['cur', 'new', 'dovecot-uidlist', 'dovecot-keywords']) {
+    const full = path.join(root, p);
+    if (fs.existsSync(full)) fs.utimesSync(full, secs, secs);
+  }
+}
+
+async function inboxOf(root: string): Promise<{ box: StoreMailbox; close: () => Promise<void> }> {
+  const store = await openMaildir(`maildir:${root}`);
+  const box = await store.openMailbox(['INBOX']);
+  return { box, close: () => store.close() };
+}
+
+function seed(t: Parameters<typeof tempDir>[0]): string {
+  const root = path.join(tempDir(t), 'Maildir');
+  makeMaildir(root);
+  for (let i = 1; i <= 3; i++) writeMail(path.join(root, 'cur', `1000.M${i}P1.h:2,`), msg(i), 1000 + i);
+  return root;
+}
+
+test('change token: stable while nothing changes, different after any change, never trusted within a tick of a change', async (t) => {
+  const root = seed(t);
+  const { box, close } = await inboxOf(root);
+  t.after(close);
+  await box.scan();
+  const old = Date.now() / 1000 - 3600 + 0.25; // an hour ago, with a sub-second part
+  ageMailbox(root, old);
+  const t1 = await box.changeToken!();
+  assert.equal(await box.changeToken!(), t1, 'nothing changed: same token');
+
+  const changes: [string, () => void][] = [
+    ['a delivery to new/', () => writeMail(path.join(root, 'new', '2000.M9P1.h'), msg(9))],
+    ['a flag change (rename in cur/)', () => fs.renameSync(path.join(root, 'cur', '1000.M1P1.h:2,'), path.join(root, 'cur', '1000.M1P1.h:2,S'))],
+    ['an expunge (unlink in cur/)', () => fs.unlinkSync(path.join(root, 'cur', '1000.M2P1.h:2,'))],
+    ['a uidlist append', () => fs.appendFileSync(path.join(root, 'dovecot-uidlist'), '99 :1000.M99P1.h\n')],
+    ['a keywords file', () => fs.writeFileSync(path.join(root, 'dovecot-keywords'), '0 $Label1\n')],
+  ];
+  for (const [what, change] of changes) {
+    ageMailbox(root, old);
+    const before = await box.changeToken!();
+    change();
+    const after = await box.changeToken!();
+    assert.notEqual(after, before, what);
+    // Even once the change is older than a tick, its token differs from the one before it.
+    ageMailbox(root, old + 1);
+    assert.notEqual(await box.changeToken!(), before, `${what}, later`);
+  }
+
+  // Within a tick of the last change the token never matches anything, not even itself.
+  const now = Date.now() / 1000;
+  ageMailbox(root, now - 0.01);
+  assert.notEqual(await box.changeToken!(), await box.changeToken!(), 'mtime 10 ms ago');
+  ageMailbox(root, now - 0.5);
+  const settled = await box.changeToken!();
+  assert.equal(await box.changeToken!(), settled, 'mtime 0.5 s ago (sub-second timestamps): trusted');
+  // Whole-second timestamps (ext3, FAT) are trusted only after 2 s.
+  ageMailbox(root, Math.floor(now) - 1);
+  assert.notEqual(await box.changeToken!(), await box.changeToken!(), 'whole-second mtime 1 s ago');
+  ageMailbox(root, Math.floor(now) - 3);
+  const coarse = await box.changeToken!();
+  assert.equal(await box.changeToken!(), coarse, 'whole-second mtime 3 s ago');
+});
+
+test('unchangedSinceScan: true after the handle\'s own saves, flag changes and expunges; false after any change from outside', async (t) => {
+  const root = seed(t);
+  const { box, close } = await inboxOf(root);
+  t.after(close);
+  assert.equal(await box.unchangedSinceScan!(), false, 'never scanned');
+  await box.scan();
+  assert.equal(await box.unchangedSinceScan!(), true, 'just scanned');
+
+  const st = await box.status();
+  await box.save([{ uid: st.uidNext, guid: 'saved-guid-1', flags: Flag.Seen, keywords: [], internalDate: 1700000000, body: Buffer.from(msg('s')) }]);
+  assert.equal(await box.unchangedSinceScan!(), true, 'after our save');
+  await box.updateFlags([{ uid: 1, flags: Flag.Flagged, keywords: [] }]);
+  assert.equal(await box.unchangedSinceScan!(), true, 'after our flag change');
+  await box.expunge([2]);
+  assert.equal(await box.unchangedSinceScan!(), true, 'after our expunge');
+  await box.updateFlags([{ uid: 3, flags: 0, keywords: ['$Label1'] }]);
+  assert.equal(await box.unchangedSinceScan!(), false, 'a new keyword rewrote dovecot-keywords: not trusted');
+  await box.scan();
+  assert.equal(await box.unchangedSinceScan!(), true);
+
+  const cur = path.join(root, 'cur');
+  const outside: [string, () => Promise<void> | void][] = [
+    ['a delivery to new/', () => writeMail(path.join(root, 'new', '2000.M9P1.h'), msg(9))],
+    ['a file added to cur/', () => writeMail(path.join(cur, '2000.M8P1.h:2,S'), msg(8))],
+    ['a flag change by a client', () => {
+      const name = fs.readdirSync(cur).find((n) => n.startsWith('1000.M3P1.h'))!;
+      fs.renameSync(path.join(cur, name), path.join(cur, `${name}T`));
+    }],
+    ['an expunge by a client', () => fs.unlinkSync(path.join(cur, fs.readdirSync(cur).find((n) => n.startsWith('1000.M1P1.h'))!))],
+    ['the uidlist rewritten by another writer', () => {
+      const p = path.join(root, 'dovecot-uidlist');
+      const text = fs.readFileSync(p);
+      fs.writeFileSync(`${p}.new`, text);
+      fs.renameSync(`${p}.new`, p);
+    }],
+    ['the keywords file changed by another writer', () => fs.writeFileSync(path.join(root, 'dovecot-keywords'), '0 $Label1\n1 other\n')],
+    ['a save through another handle', async () => {
+      const other = await inboxOf(root);
+      try {
+        await other.box.scan();
+        const n = (await other.box.status()).uidNext;
+        await other.box.save([{ uid: n, guid: 'other-guid', flags: 0, keywords: [], internalDate: 1700000000, body: Buffer.from(msg('o')) }]);
+      } finally {
+        await other.close();
+      }
+    }],
+  ];
+  for (const [what, change] of outside) {
+    await box.scan();
+    assert.equal(await box.unchangedSinceScan!(), true, `before ${what}`);
+    await change();
+    assert.equal(await box.unchangedSinceScan!(), false, what);
+  }
+});
+
+test('mirror: changes made from outside after a sync whose mailboxes were all skipped are still found', async (t) => {
+  const dir = tempDir(t, 'dsync-change-detect-');
+  const a = path.join(dir, 'A');
+  const b = path.join(dir, 'B');
+  makeMaildir(a);
+  for (let i = 1; i <= 5; i++) writeMail(path.join(a, 'cur', `1000.M${i}P1.h:2,`), msg(i), 1000 + i);
+  const run = async () => {
+    const r = await mirror(`maildir:${a}`, `maildir:${b}`);
+    assert.equal(r.exitCode, 0, r.log.join('\n'));
+  };
+  await run();
+  await new Promise((r) => setTimeout(r, 150)); // past a tick: the tokens are trusted from here on
+  await run();
+  const curB = path.join(b, 'cur');
+  const namesB = () => fs.readdirSync(curB).sort();
+  assert.equal(namesB().length, 5);
+
+  // A client on A flags a mail and another expunges one, long after the last sync.
+  await new Promise((r) => setTimeout(r, 150));
+  const curA = path.join(a, 'cur');
+  fs.renameSync(path.join(curA, '1000.M1P1.h:2,'), path.join(curA, '1000.M1P1.h:2,F'));
+  fs.unlinkSync(path.join(curA, '1000.M2P1.h:2,'));
+  await run();
+  assert.equal(namesB().length, 4);
+  assert.ok(namesB().some((n) => n.startsWith('1000.M1P1.h') && n.endsWith(':2,F')), namesB().join(' '));
+
+  // And on B, right after that sync (tokens of the just-changed mailboxes are recent).
+  writeMail(path.join(b, 'new', '3000.M7P1.h'), msg(7));
+  await run();
+  assert.ok(fs.readdirSync(curA).some((n) => n.startsWith('3000.M7P1.h')));
+  await new Promise((r) => setTimeout(r, 150));
+  writeMail(path.join(b, 'new', '3000.M8P1.h'), msg(8));
+  await run();
+  assert.ok(fs.readdirSync(curA).some((n) => n.startsWith('3000.M8P1.h')));
+  assert.equal(fs.readdirSync(curA).length, 6);
+});
