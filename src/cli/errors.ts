@@ -7,6 +7,8 @@ export const EX_OK = 0;
 export const EX_CHANGED = 2;
 /** Bad command line. */
 export const EX_USAGE = 64;
+/** Done, but mailboxes were left out: the other side's format cannot hold them (sysexits EX_DATAERR). */
+export const EX_DATAERR = 65;
 /** The -u user does not exist. */
 export const EX_NOUSER = 67;
 /** Default failure: anything without a more specific class (I/O, remote disconnect, ...). */

@@ -45,6 +45,7 @@ Exit status:
   0   everything synced
   2   done, but mailboxes changed during the run: run dsync again
   64  command-line usage error
+  65  done, but mailboxes the other side's format cannot hold were left out (see warnings)
   67  no such user (-u)
   75  temporary failure (I/O error, remote side failed, ...)
   77  permission denied (e.g. -u another user without being root)

@@ -3,7 +3,7 @@
 // bin/dsync does, with the code returned here.
 import { parseArgs, type ParsedArgs } from './args.js';
 import { applyOverrides, applyProtocolFilter, emptyConfig, loadConfigFile, type DovecotConfig } from './config.js';
-import { CliError, ConfigError, EX_CHANGED, EX_OK, EX_TEMPFAIL, PermissionError, UsageError } from './errors.js';
+import { CliError, ConfigError, EX_CHANGED, EX_DATAERR, EX_OK, EX_TEMPFAIL, PermissionError, UsageError } from './errors.js';
 import { helpText } from './help.js';
 import { effectiveSettings, resolveRemote, resolveRunSettings, type RunSettings } from './settings.js';
 import { currentUser, lookupUser, type UserInfo } from './user.js';
@@ -127,6 +127,8 @@ async function run(args: ParsedArgs, io: MainIO, log: Logger, stdout: LogSink | 
   for (const line of result.summary) log.info(line);
   if (result.exitCode === EX_CHANGED) {
     log.warn('mailbox changes caused a desync, run dsync again');
+  } else if (result.exitCode === EX_DATAERR) {
+    log.warn('some mailboxes could not be synced because the other side cannot hold them (see the warnings above); the rest is synced');
   }
   return result.exitCode;
 }

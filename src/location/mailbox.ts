@@ -62,6 +62,14 @@ export class LocationMailbox {
     return this.loadedMessages ? this.loadedMessages.size : this.index.messageCount(this.row.guid);
   }
 
+  /**
+   * The last refresh could not record a change token (the mailbox had just changed): the next
+   * run would have to scan it. Refreshing again a little later, on this same handle, avoids that.
+   */
+  get tokenPending(): boolean {
+    return this.loaded && this.row.scanToken === null && this.loadedMessages !== null && typeof this.store.changeToken === 'function';
+  }
+
   /** Messages held in memory (0 until something needed them). */
   get loadedCount(): number {
     return this.loadedMessages ? this.loadedMessages.size : 0;
@@ -90,8 +98,8 @@ export class LocationMailbox {
       return;
     }
     // Our own changes since our last scan do not need a scan to be known: when they are all
-    // that changed, only the new token is recorded.
-    if (!force && token !== null && this.loadedMessages && this.store.unchangedSinceScan && (await this.store.unchangedSinceScan())) {
+    // that changed, only the new token is recorded (none if the store cannot give one yet).
+    if (!force && this.loadedMessages && this.store.unchangedSinceScan && (await this.store.unchangedSinceScan())) {
       this.row.scanToken = token;
       this.index.putMailbox(this.row);
       this.loaded = true;

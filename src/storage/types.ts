@@ -89,9 +89,10 @@ export interface StoreMailbox {
   unchangedSinceScan?(): Promise<boolean>;
   /**
    * Optional: a cheap value (no reading of messages) that changes whenever scan() could return
-   * something different, so an unchanged mailbox need not be scanned.
+   * something different, so an unchanged mailbox need not be scanned. null when the store
+   * cannot vouch for the present state yet (it changed a moment ago): scan, and ask again later.
    */
-  changeToken?(): Promise<string>;
+  changeToken?(): Promise<string | null>;
   /** The message's exact bytes as a stream; rejects with code 'EXPUNGED' if it vanished. */
   openBody(uid: number): Promise<Readable>;
   /**

@@ -47,6 +47,8 @@ export interface BrainOptions {
 
 export interface BrainResult {
   changesDuringSync: boolean;
+  /** Mailboxes were left out because one side's format cannot hold them (names in `summary`). */
+  leftOut: boolean;
   summary: string[];
 }
 
@@ -61,8 +63,13 @@ interface Ctx {
   isSource: boolean;
   isDestination: boolean;
   open: Map<string, LocationMailbox>;
+  /** Finished mailboxes kept open until the end of the run to record their change tokens (see settleTokens). */
+  settling: LocationMailbox[];
+  settlingMessages: number;
   /** Mailboxes of the peer this store cannot hold (e.g. a folder below an mbox file). */
   unsyncable: Set<string>;
+  /** The peer answered a mailbox with mailboxIgnore: it cannot hold it. */
+  peerLeftOut: boolean;
   changesDuringSync: boolean;
   summary: string[];
   show: (n: string[]) => string;
@@ -120,7 +127,10 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
     isSource: settings.backup === 'send',
     isDestination: settings.backup === 'recv',
     open: new Map(),
+    settling: [],
+    settlingMessages: 0,
     unsyncable: new Set(),
+    peerLeftOut: false,
     changesDuringSync: false,
     summary: [],
     show: (n) => n.join(loc.separator),
@@ -137,10 +147,12 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
     await syncTree(ctx, normalize);
     if (role === 'master') await masterMailboxes(ctx);
     else await slaveMailboxes(ctx);
+    await settleTokens(ctx);
   } finally {
     for (const box of ctx.open.values()) await box.close();
+    for (const box of ctx.settling) await box.close();
   }
-  return { changesDuringSync: ctx.changesDuringSync, summary: ctx.summary };
+  return { changesDuringSync: ctx.changesDuringSync, leftOut: ctx.unsyncable.size > 0 || ctx.peerLeftOut, summary: ctx.summary };
 }
 
 // ---------------------------------------------------------------- tree
@@ -244,11 +256,33 @@ async function getBox(ctx: Ctx, guid: string): Promise<LocationMailbox | undefin
   return box;
 }
 
+/**
+ * Mailboxes this run changed could not get a change token right after the change (see
+ * StoreMailbox.changeToken): without one the next run must scan them. By the end of the run most
+ * changes are old enough; a refresh on the same handle then only checks that nothing else
+ * changed and records the token. No waiting: what is still too recent is scanned next time.
+ */
+async function settleTokens(ctx: Ctx): Promise<void> {
+  for (const box of ctx.settling.splice(0)) {
+    try {
+      await box.refresh();
+    } finally {
+      await box.close();
+    }
+  }
+  ctx.settlingMessages = 0;
+}
+
 /** A mailbox is done: drop its handle (and its messages) so memory follows the largest mailbox, not the sum. */
 async function release(ctx: Ctx, guid: string): Promise<void> {
   const box = ctx.open.get(guid);
   if (!box) return;
   ctx.open.delete(guid);
+  if (box.tokenPending && ctx.settlingMessages + box.loadedCount <= KEEP_OPEN_MESSAGES) {
+    ctx.settling.push(box);
+    ctx.settlingMessages += box.loadedCount;
+    return;
+  }
   await box.close();
   trimHeap();
   traceMemory(ctx.log, `after mailbox ${ctx.show(box.name)}`);
@@ -303,6 +337,8 @@ async function masterMailboxes(ctx: Ctx): Promise<void> {
     ctx.ch.send(mine);
     const theirs = await expectRecord(ctx.ch, 'mailbox');
     if (theirs.mailboxIgnore) {
+      ctx.peerLeftOut = true;
+      ctx.summary.push(`mailbox ${ctx.show(box.name)}: not synced, the other side cannot hold it`);
       ctx.log.debug(`mailbox ${ctx.show(box.name)}: cannot exist on the other side, not synced`);
       await release(ctx, box.guid);
       continue;

@@ -30,8 +30,12 @@ export interface RunSyncOptions {
 
 export type RemoteSpec = { kind: 'location'; location: MailLocation } | { kind: 'command'; argv: string[] };
 
+/** Exit code when mailboxes were left out because the other format cannot hold them (EX_DATAERR). */
+export const EXIT_LEFT_OUT = 65;
+
 export interface RunSyncResult {
-  exitCode: 0 | 2;
+  /** 0 synced, 2 changes during the sync (run again), 65 mailboxes left out (see the summary). */
+  exitCode: 0 | 2 | typeof EXIT_LEFT_OUT;
   summary: string[];
 }
 
@@ -167,7 +171,7 @@ export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
       runBrain({ role: 'slave', location: b.location, channel: chB, log: o.log }),
     ]);
     const summary = [...ra.summary.map((l) => `${o.local.path}: ${l}`), ...rb.summary.map((l) => `${remote.path}: ${l}`)];
-    return { exitCode: ra.changesDuringSync || rb.changesDuringSync ? 2 : 0, summary };
+    return { exitCode: ra.leftOut || rb.leftOut ? EXIT_LEFT_OUT : ra.changesDuringSync || rb.changesDuringSync ? 2 : 0, summary };
   } finally {
     await b?.release();
     await a?.release();
@@ -210,7 +214,8 @@ async function runRemote(o: RunSyncOptions, argv: string[]): Promise<RunSyncResu
     ch.close();
     const end = await exited;
     if (end.code !== 0) o.log.warn(`the remote dsync exited with ${end.signal ?? `code ${end.code}`}`);
-    return { exitCode: result.changesDuringSync || end.code === 2 ? 2 : 0, summary: result.summary.map((l) => `${o.local.path}: ${l}`) };
+    const exitCode = result.leftOut || end.code === EXIT_LEFT_OUT ? EXIT_LEFT_OUT : result.changesDuringSync || end.code === 2 ? 2 : 0;
+    return { exitCode, summary: result.summary.map((l) => `${o.local.path}: ${l}`) };
   } finally {
     ch.dispose();
     if (child.exitCode === null) child.kill('SIGTERM');
@@ -251,7 +256,7 @@ export async function runServer(o: {
     await ch.flush();
     ch.close();
     for (const l of result.summary) o.log.info(l);
-    return result.changesDuringSync ? 2 : 0;
+    return result.leftOut ? EXIT_LEFT_OUT : result.changesDuringSync ? 2 : 0;
   } finally {
     ch.dispose();
     await opened?.release();

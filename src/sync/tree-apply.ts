@@ -36,7 +36,7 @@ export async function applyTreeActions(
       }
       if (err instanceof StorageError && err.code === 'INVALIDNAME') {
         // Running again will not help: say so once, leave the mailbox out, and go on.
-        loc.log.warn(`${what}: ${err.message}; this mailbox is left out of the sync (rename it, or choose another -C alt char)`);
+        loc.log.warn(`${what}: ${err.message}; this mailbox is left out of the sync (rename it to something the other side can hold)`);
         return false;
       }
       throw err;

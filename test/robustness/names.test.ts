@@ -150,6 +150,33 @@ test('a name too long for the other side is reported and skipped; every other ma
   assert.ok(fs.existsSync(path.join(a, p1, p2, 'cur', '1700000001.x.robust:2,S')), 'the mail stays where it is');
   const sb = await snap(lb);
   assertContainsOnce(sb, [[sha(mail('ok')), 'Ok'], [sha(mail('inbox')), 'INBOX']], 'B');
+  // Exit 65, not 0: the run did what it could, but not everything is synced (and running again
+  // will not change that, so not 2 either).
+  assert.equal(r.code, 65, r.stderr);
+  assert.match(r.stderr, /some mailboxes could not be synced/);
   const again = dsync(args);
-  assert.notEqual(again.code, 75, again.stderr);
+  assert.equal(again.code, 65, again.stderr);
+});
+
+test('Maildir -> mbox: a folder with both mail and subfolders cannot be an mbox file; it is named, the rest syncs, exit 65', { timeout: 30_000 }, async (t) => {
+  const root = tempDir(t);
+  const a = path.join(root, 'a');
+  const b = path.join(root, 'b');
+  putFile(a, 'cur', '1700000001.i.robust:2,S', mail('inbox'));
+  putFile(path.join(a, '.Work'), 'cur', '1700000002.w.robust:2,S', mail('work'));
+  putFile(path.join(a, '.Work.Sub'), 'cur', '1700000003.s.robust:2,S', mail('work sub'));
+  putFile(path.join(a, '.Other'), 'cur', '1700000004.o.robust:2,S', mail('other'));
+  const args = mirrorArgs(`maildir:${a}`, `mbox:${b}:INBOX=${b}/inbox`);
+  const r = dsync(args);
+  assert.equal(r.code, 65, r.stderr);
+  assert.match(r.stderr, /Work/);
+  assert.match(r.stderr, /some mailboxes could not be synced/);
+  const sb = await snap(`mbox:${b}:INBOX=${b}/inbox`);
+  const where = new Map(sb.mailboxes.flatMap((m) => m.messages.map((x) => [x.sha, m.name] as const)));
+  assert.equal(where.get(sha(mail('inbox'))), 'INBOX');
+  assert.equal(where.get(sha(mail('other'))), 'Other');
+  // Nothing lost on the source: the mails stay where they were.
+  assert.ok(fs.existsSync(path.join(a, '.Work', 'cur', '1700000002.w.robust:2,S')));
+  assert.ok(fs.existsSync(path.join(a, '.Work.Sub', 'cur', '1700000003.s.robust:2,S')));
+  assert.equal(dsync(args).code, 65);
 });

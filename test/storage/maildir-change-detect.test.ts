@@ -8,6 +8,8 @@ import * as path from 'node:path';
 import { Flag } from '../../src/model/flags.js';
 import type { StoreMailbox } from '../../src/storage/types.js';
 import { mirror } from '../helpers/mirror.js';
+import { Location } from '../../src/location/location.js';
+import { Logger } from '../../src/util/log.js';
 import { makeMaildir, msg, openMaildir, tempDir, writeMail } from './helpers.js';
 
 /** Sets the mtime of a mailbox's directories and files to `secs` (seconds since the epoch, may have a fraction). */
@@ -53,22 +55,23 @@ test('change token: stable while nothing changes, different after any change, ne
     const before = await box.changeToken!();
     change();
     const after = await box.changeToken!();
+    assert.notEqual(before, null);
     assert.notEqual(after, before, what);
-    // Even once the change is older than a tick, its token differs from the one before it.
+    // Once the change is older than a tick, its token differs from the one before it.
     ageMailbox(root, old + 1);
     assert.notEqual(await box.changeToken!(), before, `${what}, later`);
   }
 
-  // Within a tick of the last change the token never matches anything, not even itself.
+  // Within a tick of the last change there is no token (a scan is needed every time).
   const now = Date.now() / 1000;
   ageMailbox(root, now - 0.01);
-  assert.notEqual(await box.changeToken!(), await box.changeToken!(), 'mtime 10 ms ago');
+  assert.equal(await box.changeToken!(), null, 'mtime 10 ms ago');
   ageMailbox(root, now - 0.5);
   const settled = await box.changeToken!();
   assert.equal(await box.changeToken!(), settled, 'mtime 0.5 s ago (sub-second timestamps): trusted');
   // Whole-second timestamps (ext3, FAT) are trusted only after 2 s.
   ageMailbox(root, Math.floor(now) - 1);
-  assert.notEqual(await box.changeToken!(), await box.changeToken!(), 'whole-second mtime 1 s ago');
+  assert.equal(await box.changeToken!(), null, 'whole-second mtime 1 s ago');
   ageMailbox(root, Math.floor(now) - 3);
   const coarse = await box.changeToken!();
   assert.equal(await box.changeToken!(), coarse, 'whole-second mtime 3 s ago');
@@ -164,4 +167,48 @@ test('mirror: changes made from outside after a sync whose mailboxes were all sk
   await run();
   assert.ok(fs.readdirSync(curA).some((n) => n.startsWith('3000.M8P1.h')));
   assert.equal(fs.readdirSync(curA).length, 6);
+});
+
+test('a mailbox changed a moment ago gets no token; the same handle records one a tick later without scanning again', async (t) => {
+  const root = seed(t);
+  const store = await openMaildir(`maildir:${root}`);
+  const loc = Location.open(store, { indexPath: path.join(root, 'dsync-index.sqlite'), log: new Logger({ sink: { write: () => undefined } }) });
+  t.after(() => loc.close());
+  await loc.refreshTree();
+  const row = loc.mailboxes().find((r) => r.name.join('/') === 'INBOX')!;
+  const box = (await loc.openMailbox(row.guid))!;
+  let scans = 0;
+  const scan = box.store.scan.bind(box.store);
+  box.store.scan = (o) => {
+    scans++;
+    return scan(o);
+  };
+  await box.refresh();
+  assert.equal(scans, 1);
+  await box.updateFlags([{ uid: 1, flags: Flag.Seen, keywords: [] }], '');
+  await box.refresh();
+  assert.equal(scans, 1, 'our own change needs no scan');
+  assert.equal(box.tokenPending, true, 'changed a moment ago: no token yet');
+  await new Promise((r) => setTimeout(r, 150));
+  await box.refresh();
+  assert.equal(scans, 1, 'still no scan');
+  assert.equal(box.tokenPending, false);
+  assert.notEqual(loc.index.mailbox(row.guid)!.scanToken, null);
+  // A later handle trusts the token: no scan at all.
+  await box.close();
+  const again = (await loc.openMailbox(row.guid))!;
+  let later = 0;
+  const scan2 = again.store.scan.bind(again.store);
+  again.store.scan = (o) => {
+    later++;
+    return scan2(o);
+  };
+  await again.refresh();
+  assert.equal(later, 0);
+  // Unless a client changed something meanwhile.
+  writeMail(path.join(root, 'new', '2000.M9P1.h'), msg(9));
+  await again.refresh();
+  assert.equal(later, 1);
+  assert.equal(again.messageCount, 4);
+  await again.close();
 });

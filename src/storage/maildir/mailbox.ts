@@ -1068,16 +1068,16 @@ export class MaildirMailbox implements StoreMailbox {
   }
 
   /** Changes whenever a file is added, renamed or removed in cur/ or new/, or the uidlist or keywords change. */
-  async changeToken(): Promise<string> {
+  async changeToken(): Promise<string | null> {
     // A change within the same timestamp tick as an earlier one leaves the mtime as it was, so a
-    // token taken within a tick of the last change may miss one still to come: such recent
-    // mtimes give a token that never matches. A tick is at most 10 ms where timestamps have
+    // token taken within a tick of the last change may miss one still to come: then there is
+    // no token (null: scan, and try again later). A tick is at most 10 ms where timestamps have
     // sub-second parts (ext4, xfs, btrfs, tmpfs), up to 2 s elsewhere (ext3, FAT).
     const now = Date.now();
     const part = (p: string, withIno: boolean) => {
       try {
         const st = fs.statSync(p);
-        if (st.mtimeMs > now - (st.mtimeMs % 1000 !== 0 ? FINE_TICK_MARGIN_MS : COARSE_TICK_MARGIN_MS)) return `recent-${Math.random()}`;
+        if (st.mtimeMs > now - (st.mtimeMs % 1000 !== 0 ? FINE_TICK_MARGIN_MS : COARSE_TICK_MARGIN_MS)) return null;
         return withIno ? `${st.ino}:${st.size}:${st.mtimeMs}` : `${st.mtimeMs}`;
       } catch {
         return '-';
@@ -1089,7 +1089,7 @@ export class MaildirMailbox implements StoreMailbox {
       part(this.uidlistPath, true),
       part(this.keywordsPath, true),
     ];
-    return parts.join('|');
+    return parts.includes(null) ? null : parts.join('|');
   }
 
   /** Empties the mailbox and restarts its UIDs at 1 under a new UIDVALIDITY (GUID kept). */
