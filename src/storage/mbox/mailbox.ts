@@ -12,6 +12,12 @@
 //    X-IMAPbase) writes a complete new file next to the old one, fsyncs it, gives it the old one's
 //    mode and owner and renames it over the old one. A failure at any point leaves the original as
 //    it was. A 1 GB mbox is rewritten in full for a single flag change: simple and crash-safe.
+//
+// Memory does not depend on the size of the file or of its messages: the file is parsed through
+// one reused window into a few hundred bytes per message (parse.ts), and concurrent readers share
+// one parse; bodies over WHOLE_BODY_MAX are streamed; a save reads its bodies (a few ahead)
+// before taking the lock, keeping up to SAVE_MEMORY_BUDGET of them in memory and the rest in a
+// spool file next to the mbox, and copies them into the file in pieces.
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
@@ -33,6 +39,7 @@ import { invalidKeywordReason } from '../maildir/keywords.js';
 import {
   identityOf,
   isMetadataHeader,
+  LineFilter,
   MAX_UID,
   parseMbox,
   quoteFromLines,
@@ -73,8 +80,12 @@ interface NewMessage {
   flags: number;
   keywords: string[];
   internalDate: number;
-  bytes: Buffer;
+  /** The header and the blank line after it (the whole message when it has no blank line). */
+  head: Buffer;
+  /** The rest: in memory, or a range of the save's spool file. */
+  body: Buffer[] | ByteRange;
   eol: string;
+  /** Ranges in the message's bytes: head, then body. */
   shape: MessageShape;
 }
 
@@ -94,13 +105,21 @@ interface RewritePlan {
 }
 
 const COPY_CHUNK = 1 << 20;
+/** Bodies a save keeps in memory; beyond this they wait in a spool file (see Spool). */
+const SAVE_MEMORY_BUDGET = 8 << 20;
+/** How many bodies a save asks for ahead of the one it reads. */
+const BODY_READ_AHEAD = 16;
+/** Messages up to this size are read in one piece by openBody; bigger ones are streamed. */
+const WHOLE_BODY_MAX = 1 << 20;
+/** Piece size of streamed messages. */
+const STREAM_CHUNK = 256 * 1024;
 /** What separates messages in files we write (see compose.ts). */
 const LF_SEPARATOR = Buffer.from('\n');
 const TOUCH_EVERY_MS = 30_000;
 const READ_ATTEMPTS = 5;
 
 function isNew(m: MboxMessage | NewMessage): m is NewMessage {
-  return (m as NewMessage).bytes !== undefined;
+  return (m as NewMessage).head !== undefined;
 }
 
 /**
@@ -179,10 +198,14 @@ export function shapeOf(bytes: Buffer): { shape: MessageShape; eol: string } {
 
 export class MboxMailbox implements StoreMailbox {
   private parsed: ParsedMbox | null = null;
+  /** The parse in progress, if any (see load). */
+  private parsing: { identity: FileIdentity; done: Promise<ParsedMbox | null> } | null = null;
   /** What Dovecot's index says, for parses of a file without UIDVALIDITY (see uidValidityOf). */
   private readonly fromIndex = new WeakMap<ParsedMbox, DovecotIndexUids | null>();
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
+  /** A save looked for spool and temp files of dead processes (once per mailbox object). */
+  private tempsChecked = false;
 
   constructor(
     private readonly env: MboxEnv,
@@ -220,26 +243,46 @@ export class MboxMailbox implements StoreMailbox {
     }
   }
 
-  /** The current parse of the file (cached while the file's identity is unchanged). */
+  /**
+   * The current parse of the file (cached while the file's identity is unchanged). Callers that
+   * come while the same file is being parsed (the many openBody calls a sync makes at once) wait
+   * for that parse instead of starting their own.
+   */
   private async load(): Promise<ParsedMbox> {
     for (let attempt = 0; attempt < READ_ATTEMPTS; attempt++) {
       const fh = await this.openFile();
+      let parsing: { identity: FileIdentity; done: Promise<ParsedMbox | null> } | null = null;
+      let settle: ((p: ParsedMbox | null) => void) | undefined;
       try {
         const st = await fh.stat();
         if (!st.isFile()) throw new StorageError(`${this.label} is not a regular file`, 'NOTFOUND');
         const id = identityOf(st);
         if (this.parsed && sameIdentity(this.parsed.identity, id)) return this.parsed;
+        const other = this.parsing;
+        if (other && sameIdentity(other.identity, id)) {
+          await fh.close().catch(() => undefined);
+          const p = await other.done;
+          if (p && sameIdentity(p.identity, id)) return p;
+          continue;
+        }
+        parsing = { identity: id, done: new Promise<ParsedMbox | null>((resolve) => (settle = resolve)) };
+        this.parsing = parsing;
         const parsed = await parseMbox(fh, id, { warn: this.ctx.warn, label: this.file, quoting: this.env.quoting });
         const after = identityOf(await fh.stat());
         const onPath = await fsp.stat(this.file).catch(() => null);
         if (sameIdentity(after, id) && onPath && onPath.ino === id.ino && onPath.dev === id.dev) {
           if (parsed.uidValidity === 0) this.fromIndex.set(parsed, await this.env.dovecotIndexUids(this.name));
           this.parsed = parsed;
+          settle?.(parsed);
           return parsed;
         }
       } catch (e) {
         throw toStorageError(e, 'read', this.file);
       } finally {
+        if (parsing) {
+          settle?.(null);
+          if (this.parsing === parsing) this.parsing = null;
+        }
         await fh.close().catch(() => undefined);
       }
     }
@@ -291,7 +334,12 @@ export class MboxMailbox implements StoreMailbox {
     });
   }
 
-  /** Temp files of rewrites whose process died ("<mbox>.dsync-<pid>-<hex>.tmp.lock"); we hold the lock. */
+  /**
+   * Temp files of rewrites whose process died ("<mbox>.dsync-<pid>-<hex>.tmp.lock", written under
+   * the lock, which we hold), and spool files of saves whose process died on this host
+   * ("<mbox>.dsync-spool-<host>-<pid>-<hex>.tmp.lock", written without the lock, so only this
+   * host can tell whether their process is gone).
+   */
   private async removeStaleTemps(dir: string): Promise<void> {
     const prefix = `${path.basename(this.file)}.dsync-`;
     let names: string[];
@@ -302,7 +350,9 @@ export class MboxMailbox implements StoreMailbox {
     }
     for (const n of names) {
       if (!n.startsWith(prefix) || !n.endsWith('.tmp.lock')) continue;
-      const m = /^(\d+)-[0-9a-f]+\.tmp\.lock$/.exec(n.slice(prefix.length));
+      const rest = n.slice(prefix.length);
+      const spool = /^spool-(.+)-(\d+)-[0-9a-f]+\.tmp\.lock$/.exec(rest);
+      const m = spool ? (spool[1] === hostname() ? [spool[0], spool[2]] : null) : /^(\d+)-[0-9a-f]+\.tmp\.lock$/.exec(rest);
       if (!m) continue;
       const pid = Number(m[1]);
       let alive = pid === process.pid;
@@ -315,7 +365,7 @@ export class MboxMailbox implements StoreMailbox {
         }
       }
       if (alive) continue;
-      this.ctx.warn(`${this.label}: removing ${n}, left by an interrupted rewrite (the mailbox itself was never touched by it)`);
+      this.ctx.warn(`${this.label}: removing ${n}, left by an interrupted ${spool ? 'save' : 'rewrite'} (the mailbox itself was never touched by it)`);
       await fsp.unlink(path.join(dir, n)).catch(() => undefined);
     }
   }
@@ -392,40 +442,50 @@ export class MboxMailbox implements StoreMailbox {
 
   // ---------------------------------------------------------------- bodies
 
-  /** Not serialised: a save that reads bodies of this same mailbox must not wait for itself. */
-  async openBody(uid: number): Promise<Readable> {
-    if (this.closed) throw new Error(`${this.label} is closed`);
+  /** The message with this UID in the current parse (reparsing once if the cached one lacks it). */
+  private async locate(uid: number): Promise<{ p: ParsedMbox; m: MboxMessage }> {
+    const p = this.parsed ?? (await this.load());
+    let m = findUid(p.messages, uid);
+    if (m) return { p, m };
+    const fresh = await this.load();
+    m = findUid(fresh.messages, uid);
+    if (!m) throw new StorageError(`${this.label}: UID ${uid} does not exist (expunged?)`, 'EXPUNGED');
+    return { p: fresh, m };
+  }
+
+  /** Opens the file and checks that it is still the one the parse p describes (null: it changed). */
+  private async openSnapshot(p: ParsedMbox): Promise<fsp.FileHandle | null> {
+    const fh = await this.openFile();
+    try {
+      if (sameIdentity(identityOf(await fh.stat()), p.identity)) return fh;
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      throw toStorageError(e, 'read', this.file);
+    }
+    await fh.close().catch(() => undefined);
+    return null;
+  }
+
+  /** A message's bytes as served, in one buffer; re-read if the file changes meanwhile. */
+  private async readWhole(uid: number): Promise<Buffer> {
     for (let attempt = 0; attempt < READ_ATTEMPTS; attempt++) {
-      const p = this.parsed ?? (await this.load());
-      let m = findUid(p.messages, uid);
-      let snapshot = p;
-      if (!m) {
-        snapshot = await this.load();
-        m = findUid(snapshot.messages, uid);
-        if (!m) throw new StorageError(`${this.label}: UID ${uid} does not exist (expunged?)`, 'EXPUNGED');
+      const { p, m } = await this.locate(uid);
+      const fh = await this.openSnapshot(p);
+      if (!fh) {
+        await this.load();
+        continue;
       }
-      const fh = await this.openFile();
       try {
-        const before = identityOf(await fh.stat());
-        if (!sameIdentity(before, snapshot.identity)) {
-          await this.load();
-          continue;
+        const ranges = servedRanges(m.hdrStart, m.msgEnd, m.hidden);
+        const total = ranges.reduce((n, r) => n + r.end - r.start, 0);
+        const buf = Buffer.allocUnsafe(total);
+        let at = 0;
+        for (const r of ranges) {
+          const { bytesRead } = await readFully(fh, buf, at, r.end - r.start, r.start);
+          at += bytesRead;
         }
-        const parts: Buffer[] = [];
-        for (const r of servedRanges(m.hdrStart, m.msgEnd, m.hidden)) {
-          const buf = Buffer.allocUnsafe(r.end - r.start);
-          let off = 0;
-          while (off < buf.length) {
-            const { bytesRead } = await fh.read(buf, off, buf.length - off, r.start + off);
-            if (bytesRead === 0) break;
-            off += bytesRead;
-          }
-          parts.push(buf.subarray(0, off));
-        }
-        const after = identityOf(await fh.stat());
-        if (!sameIdentity(after, before)) continue;
-        const body = unquoteFromLines(Buffer.concat(parts), this.env.quoting);
-        return Readable.from([body]);
+        if (!sameIdentity(identityOf(await fh.stat()), p.identity)) continue;
+        return unquoteFromLines(at === total ? buf : buf.subarray(0, at), this.env.quoting);
       } catch (e) {
         throw toStorageError(e, 'read', this.file);
       } finally {
@@ -433,6 +493,61 @@ export class MboxMailbox implements StoreMailbox {
       }
     }
     throw new StorageError(`${this.label} kept changing while UID ${uid} was being read; try again later`, 'LOCKED');
+  }
+
+  /** Small messages in one buffer, for the many small mails of a first sync (see StoreMailbox). */
+  async readBody(uid: number, maxBytes: number): Promise<Buffer | null> {
+    if (this.closed) return null;
+    const p = this.parsed ?? (await this.load());
+    const m = findUid(p.messages, uid);
+    if (!m || m.size > maxBytes) return null;
+    return this.readWhole(uid);
+  }
+
+  /**
+   * Not serialised: a save that reads bodies of this same mailbox must not wait for itself.
+   * Messages up to WHOLE_BODY_MAX are read at once (and re-read if the file changes meanwhile);
+   * bigger ones are streamed in STREAM_CHUNK pieces from the file as it was parsed: rewrites
+   * replace the file (rename), appends do not touch existing messages, so the open file keeps
+   * serving the same bytes; a change in place by another program (its size or times change) is
+   * an error at the end of the stream rather than wrong bytes handed on silently.
+   */
+  async openBody(uid: number): Promise<Readable> {
+    if (this.closed) throw new Error(`${this.label} is closed`);
+    for (let attempt = 0; attempt < READ_ATTEMPTS; attempt++) {
+      const { p, m } = await this.locate(uid);
+      if (m.size <= WHOLE_BODY_MAX) return Readable.from([await this.readWhole(uid)]);
+      const fh = await this.openSnapshot(p);
+      if (!fh) {
+        await this.load();
+        continue;
+      }
+      return Readable.from(this.streamRanges(fh, p.identity, servedRanges(m.hdrStart, m.msgEnd, m.hidden), uid), { objectMode: false });
+    }
+    throw new StorageError(`${this.label} kept changing while UID ${uid} was being read; try again later`, 'LOCKED');
+  }
+
+  private async *streamRanges(fh: fsp.FileHandle, identity: FileIdentity, ranges: ByteRange[], uid: number): AsyncGenerator<Buffer> {
+    try {
+      const filter = this.env.quoting === 'none' ? null : new LineFilter((b) => unquoteFromLines(b, this.env.quoting));
+      for (const r of ranges) {
+        let pos = r.start;
+        while (pos < r.end) {
+          const buf = Buffer.allocUnsafe(Math.min(STREAM_CHUNK, r.end - pos));
+          const { bytesRead } = await readFully(fh, buf, 0, buf.length, pos);
+          if (bytesRead < buf.length) throw new StorageError(`${this.label}: UID ${uid}: unexpected end of file at offset ${pos + bytesRead} (the file was cut short meanwhile)`, 'IO');
+          pos += bytesRead;
+          if (filter) yield* filter.push(buf);
+          else yield buf;
+        }
+      }
+      if (filter) yield* filter.end();
+      if (!sameIdentity(identityOf(await fh.stat()), identity)) {
+        throw new StorageError(`${this.label}: the file was changed in place by another program while UID ${uid} was being read; try again`, 'LOCKED');
+      }
+    } finally {
+      await fh.close().catch(() => undefined);
+    }
   }
 
   // ---------------------------------------------------------------- writing helpers
@@ -469,7 +584,7 @@ export class MboxMailbox implements StoreMailbox {
    * The pieces of one message of the new file. `base` is set for the message holding X-IMAPbase.
    * sourceByte reads a byte of the old file (to see whether a kept header ends with a newline).
    */
-  private async messagePieces(o: OutMessage, base: RewritePlan | null, sourceByte?: (pos: number) => Promise<number>): Promise<Piece[]> {
+  private async messagePieces(o: OutMessage, base: RewritePlan | null, sourceByte?: (pos: number) => Promise<number>): Promise<OutPiece[]> {
     const src = o.src;
     const baseMeta = base
       ? { header: 'X-IMAPbase' as const, uidValidity: base.uidValidity, lastUid: base.lastUid, keywords: base.keywordList }
@@ -484,15 +599,13 @@ export class MboxMailbox implements StoreMailbox {
           statusExtra: 'O',
           xStatusExtra: '',
           contentLength: src.shape.rest ? src.shape.bodyLength : undefined,
-          padding: src.shape.rest !== null && src.bytes[src.shape.rest.start] === 0x0d,
+          padding: src.shape.rest !== null && src.head[src.shape.rest.start] === 0x0d,
         },
         src.eol,
       );
       // From_ line and separator with "\n" whatever the message uses (see compose.ts).
       const fromLine = Buffer.from(formatFromLine('MAILER-DAEMON', src.internalDate) + '\n', 'latin1');
-      return layoutMessage(fromLine, src.shape, meta, src.eol, LF_SEPARATOR).map((pc) =>
-        'range' in pc ? { bytes: src.bytes.subarray(pc.range.start, pc.range.end) } : pc,
-      );
+      return layoutMessage(fromLine, src.shape, meta, src.eol, LF_SEPARATOR).flatMap((pc) => ('range' in pc ? newMessageRange(src, pc.range) : [pc]));
     }
     const meta = metaHeaders(
       {
@@ -531,12 +644,13 @@ export class MboxMailbox implements StoreMailbox {
    * Writes the new file (temp + fsync + rename over the original, with the original's mode and
    * owner). The caller holds the lock and p is a parse made under it.
    */
-  private async rewrite(lock: DotLock, p: ParsedMbox, plan: RewritePlan): Promise<void> {
+  private async rewrite(lock: DotLock, p: ParsedMbox, plan: RewritePlan, spool: Spool | null = null): Promise<void> {
     const dir = path.dirname(this.file);
     await this.removeStaleTemps(dir);
     const temp = path.join(dir, `${path.basename(this.file)}.dsync-${process.pid}-${randomHex(4)}.tmp.lock`);
     const src = await this.openFile();
     let out: fsp.FileHandle | undefined;
+    let w: PieceWriter | undefined;
     let renamed = false;
     try {
       const st = await src.stat();
@@ -544,7 +658,7 @@ export class MboxMailbox implements StoreMailbox {
         throw new StorageError(`${this.label} changed under our lock (another program does not honour ${this.file}.lock); nothing written`, 'LOCKED');
       }
       out = await fsp.open(temp, 'wx', 0o600);
-      const w = new PieceWriter(src, p.identity.size, out, lock);
+      w = new PieceWriter(out, lock, { fh: src, size: p.identity.size }, spool);
       // The header values go into the pseudo message if there is one, else into the first message.
       let firstReal = true;
       if (p.pseudo || plan.messages.length === 0) {
@@ -552,7 +666,8 @@ export class MboxMailbox implements StoreMailbox {
         firstReal = false;
       }
       for (const o of plan.messages) {
-        await w.write(await this.messagePieces(o, firstReal ? plan : null, (pos) => w.sourceByte(pos)));
+        const writer = w;
+        await w.write(await this.messagePieces(o, firstReal ? plan : null, (pos) => writer.sourceByte(pos)));
         firstReal = false;
       }
       let copied = p.identity.size;
@@ -608,6 +723,7 @@ export class MboxMailbox implements StoreMailbox {
       if (!renamed) await fsp.unlink(temp).catch(() => undefined);
       throw e instanceof StorageError ? e : toStorageError(e, 'rewrite', this.file);
     } finally {
+      w?.release();
       await out?.close().catch(() => undefined);
       await src.close().catch(() => undefined);
     }
@@ -658,29 +774,85 @@ export class MboxMailbox implements StoreMailbox {
     return this.serial(() => this.doSave(requests));
   }
 
-  private async prepare(req: SaveRequest): Promise<NewMessage> {
-    let bytes: Buffer;
-    const body = typeof req.body === 'function' ? await req.body() : req.body;
-    if (Buffer.isBuffer(body)) bytes = body;
-    else {
-      const chunks: Buffer[] = [];
-      for await (const chunk of body) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
-      bytes = Buffer.concat(chunks);
-    }
-    // A leading From_ line is mbox envelope, not message (Dovecot drops it too).
-    if (bytes.subarray(0, 5).toString('latin1') === 'From ') {
-      const nl = bytes.indexOf(0x0a);
-      const line = bytes.toString('latin1', 0, nl < 0 ? bytes.length : nl);
-      if (parseFromLine(line)) {
+  /**
+   * Reads one new message from its source: the header (and the blank line after it) in memory,
+   * the body in memory while the batch stays within the spool's budget, else into the spool file.
+   * So a save holds at most SAVE_MEMORY_BUDGET bytes of bodies whatever the size and number of
+   * its messages.
+   */
+  private async prepare(req: SaveRequest, body: Buffer | Readable, spool: Spool): Promise<NewMessage> {
+    const source: Iterable<Buffer> | AsyncIterable<Buffer | string> = Buffer.isBuffer(body) ? [body] : body;
+    const quoting = this.env.quoting;
+    const filter = quoting === 'none' ? null : new LineFilter((b) => quoteFromLines(b, quoting));
+    let head: Buffer = Buffer.alloc(0);
+    let headDone = false;
+    let firstLineDone = false;
+    let scanFrom = 0;
+    // A body handed over as a buffer is in memory anyway: it never goes to the spool.
+    const stored = spool.begin(Buffer.isBuffer(req.body));
+    const addBody = async (b: Buffer): Promise<void> => {
+      if (filter) for (const q of filter.push(b)) await stored.add(q);
+      else await stored.add(b);
+    };
+    /** Drops a leading From_ line: mbox envelope, not message (Dovecot drops it too). */
+    const firstLine = (atEnd: boolean): boolean => {
+      if (firstLineDone) return true;
+      if (head.length < 5 && !atEnd) return false;
+      if (head.subarray(0, 5).toString('latin1') !== 'From ') return (firstLineDone = true);
+      const nl = head.indexOf(0x0a);
+      if (nl < 0 && !atEnd) return false;
+      firstLineDone = true;
+      if (parseFromLine(head.toString('latin1', 0, nl < 0 ? head.length : nl))) {
         this.ctx.warn(`${this.label}: UID ${req.uid} starts with an mbox "From " line; it is dropped (as Dovecot does)`);
-        bytes = nl < 0 ? Buffer.alloc(0) : bytes.subarray(nl + 1);
+        head = nl < 0 ? Buffer.alloc(0) : head.subarray(nl + 1);
       }
+      return true;
+    };
+    try {
+      for await (const chunk of source) {
+        const c = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+        if (headDone) {
+          await addBody(c);
+          continue;
+        }
+        head = head.length > 0 ? Buffer.concat([head, c]) : c;
+        if (!firstLine(false)) continue;
+        const h = headerEnd(head, scanFrom);
+        if (h.end < 0) {
+          scanFrom = h.resume;
+          continue;
+        }
+        headDone = true;
+        const rest = head.subarray(h.end);
+        head = head.subarray(0, h.end);
+        if (rest.length > 0) await addBody(rest);
+      }
+      firstLine(true);
+      if (!headDone) {
+        const h = headerEnd(head, scanFrom);
+        if (h.end >= 0) {
+          headDone = true;
+          const rest = head.subarray(h.end);
+          head = head.subarray(0, h.end);
+          if (rest.length > 0) await addBody(rest);
+        }
+      }
+      if (filter) for (const q of filter.end()) await stored.add(q);
+    } catch (e) {
+      stored.abandon();
+      throw e;
     }
-    bytes = quoteFromLines(bytes, this.env.quoting);
-    bytes = this.quoteHeaderFromLines(bytes, req.uid);
-    const { shape, eol } = shapeOf(bytes);
+    const bodyStore = await stored.done();
+    // Without a blank line the whole message is header (and nothing went to the body).
+    head = quoteFromLines(head, quoting);
+    head = this.quoteHeaderFromLines(head, req.uid);
+    const { shape, eol } = shapeOf(head);
+    if (shape.rest) {
+      shape.rest = { start: shape.rest.start, end: head.length + bodyStore.length };
+      shape.bodyLength = bodyStore.length;
+    }
     const headerLen = shape.header.reduce((n, r) => n + r.end - r.start, 0);
-    const hdrEnd = shape.rest ? shape.rest.start : bytes.length;
+    const hdrEnd = shape.rest ? shape.rest.start : head.length;
     if (headerLen !== hdrEnd) {
       this.ctx.warn(`${this.label}: UID ${req.uid} carries mbox metadata headers (Status, X-UID, Content-Length, ...); they are replaced, as Dovecot does`);
     }
@@ -689,7 +861,8 @@ export class MboxMailbox implements StoreMailbox {
       flags: req.flags & (Flag.Answered | Flag.Flagged | Flag.Deleted | Flag.Seen | Flag.Draft),
       keywords: this.cleanKeywords(req.keywords, req.uid),
       internalDate: req.internalDate,
-      bytes,
+      head,
+      body: bodyStore.body,
       eol,
       shape,
     };
@@ -731,49 +904,84 @@ export class MboxMailbox implements StoreMailbox {
       if (!Number.isFinite(r.internalDate)) throw new Error(`${this.label}: bad internalDate for UID ${r.uid}`);
       prevUid = r.uid;
     }
-    // Bodies first, without the lock: they may come from a peer, or from this very mailbox.
-    const prepared: NewMessage[] = [];
-    for (const r of requests) prepared.push(await this.prepare(r));
+    // Bodies first, without the lock: they may come from a peer, or from this very mailbox; a
+    // body that cannot be read fails the save before anything is written.
+    const spool = new Spool(this.file, SAVE_MEMORY_BUDGET);
+    // Bodies are asked for a few ahead (each is a file read or a peer's answer away: one at a
+    // time the sync would mostly wait), and consumed in order. A body given as a function
+    // yields a buffer (small mails, at most a few hundred KB) or a stream that reads only when
+    // consumed, so the read-ahead holds little memory.
+    const sources = new Map<number, Promise<Buffer | Readable>>();
+    const ask = (i: number): void => {
+      const r = requests[i];
+      if (!r || sources.has(i)) return;
+      const body = r.body;
+      const b = typeof body === 'function' ? Promise.resolve().then(body) : Promise.resolve(body);
+      b.catch(() => undefined); // handled when its turn comes
+      sources.set(i, b);
+    };
+    try {
+      const prepared: NewMessage[] = [];
+      for (let i = 0; i < requests.length; i++) {
+        for (let j = i; j < i + BODY_READ_AHEAD; j++) ask(j);
+        const body = await sources.get(i)!;
+        sources.delete(i);
+        prepared.push(await this.prepare(requests[i]!, body, spool));
+      }
 
-    await this.withLock(async (lock) => {
-      const p = await this.load();
-      const uidNext = this.uidNextOf(p);
-      if (requests[0]!.uid < uidNext) {
-        throw new StorageError(`${this.label}: cannot save UID ${requests[0]!.uid}: the mailbox's next UID is already ${uidNext}`, 'EXISTS');
-      }
-      const lastUid = prepared[prepared.length - 1]!.uid;
-      const keywordList = this.withNewKeywords(p.keywordList, prepared.map((m) => m.keywords));
-      const baseField = p.pseudo ? p.pseudo.lastUidField : p.messages[0]?.lastUidField;
-      const canAppend =
-        p.identity.size === 0 || (!p.needsPersist && keywordList.length === p.keywordList.length && baseField !== undefined && p.base !== 'bad');
-      if (!canAppend) {
-        const uv = this.uidValidityOf(p);
-        await this.rewrite(lock, p, {
-          uidValidity: uv,
-          lastUid,
-          keywordList,
-          messages: [...this.keptPlan(p), ...prepared.map((m) => ({ src: m, uid: m.uid, flags: m.flags, keywords: m.keywords }))],
-        });
-        await this.load();
-        return;
-      }
-      await this.append(lock, p, prepared, lastUid, keywordList, baseField);
-    });
+      await this.withLock(async (lock) => {
+        if (!this.tempsChecked) {
+          this.tempsChecked = true;
+          await this.removeStaleTemps(path.dirname(this.file));
+        }
+        const p = await this.load();
+        const uidNext = this.uidNextOf(p);
+        if (requests[0]!.uid < uidNext) {
+          throw new StorageError(`${this.label}: cannot save UID ${requests[0]!.uid}: the mailbox's next UID is already ${uidNext}`, 'EXISTS');
+        }
+        const lastUid = prepared[prepared.length - 1]!.uid;
+        const keywordList = this.withNewKeywords(p.keywordList, prepared.map((m) => m.keywords));
+        const baseField = p.pseudo ? p.pseudo.lastUidField : p.messages[0]?.lastUidField;
+        const canAppend =
+          p.identity.size === 0 || (!p.needsPersist && keywordList.length === p.keywordList.length && baseField !== undefined && p.base !== 'bad');
+        if (!canAppend) {
+          const uv = this.uidValidityOf(p);
+          await this.rewrite(
+            lock,
+            p,
+            {
+              uidValidity: uv,
+              lastUid,
+              keywordList,
+              messages: [...this.keptPlan(p), ...prepared.map((m) => ({ src: m, uid: m.uid, flags: m.flags, keywords: m.keywords }))],
+            },
+            spool,
+          );
+          await this.load();
+          return;
+        }
+        await this.append(lock, p, prepared, lastUid, keywordList, baseField, spool);
+      });
+    } finally {
+      // Streams asked for but not read (the save failed): let go of what they hold.
+      for (const b of sources.values()) void b.then((s) => (Buffer.isBuffer(s) ? undefined : s.destroy()), () => undefined);
+      await spool.close();
+    }
   }
 
   /** Appends new messages after raising the last UID in place (see the file comment). */
-  private async append(lock: DotLock, p: ParsedMbox, prepared: NewMessage[], lastUid: number, keywordList: string[], baseField: ByteRange | undefined): Promise<void> {
+  private async append(
+    lock: DotLock,
+    p: ParsedMbox,
+    prepared: NewMessage[],
+    lastUid: number,
+    keywordList: string[],
+    baseField: ByteRange | undefined,
+    spool: Spool,
+  ): Promise<void> {
     const empty = p.identity.size === 0;
     const uv = this.uidValidityOf(p);
-    const chunks: Buffer[] = [];
-    if (!empty && !p.endsWithNewline) chunks.push(Buffer.from('\n'));
     const plan: RewritePlan = { uidValidity: uv, lastUid, keywordList, messages: [] };
-    for (let i = 0; i < prepared.length; i++) {
-      const m = prepared[i]!;
-      const pieces = await this.messagePieces({ src: m, uid: m.uid, flags: m.flags, keywords: m.keywords }, empty && i === 0 ? plan : null);
-      for (const pc of pieces) if ('bytes' in pc) chunks.push(pc.bytes);
-    }
-    const data = Buffer.concat(chunks);
     const firstFrom = p.identity.size + (!empty && !p.endsWithNewline ? 1 : 0);
 
     let fh: fsp.FileHandle | undefined;
@@ -796,17 +1004,20 @@ export class MboxMailbox implements StoreMailbox {
       await fh?.close().catch(() => undefined);
     }
     let app: fsp.FileHandle | undefined;
-    let written = 0;
+    let w: PieceWriter | undefined;
     try {
       app = await fsp.open(this.file, 'a');
-      while (written < data.length) {
-        const { bytesWritten } = await app.write(data, written, data.length - written);
-        written += bytesWritten;
-        await lock.touch();
+      w = new PieceWriter(app, lock, null, spool);
+      if (!empty && !p.endsWithNewline) await w.write([{ bytes: Buffer.from('\n') }]);
+      for (let i = 0; i < prepared.length; i++) {
+        const m = prepared[i]!;
+        await w.write(await this.messagePieces({ src: m, uid: m.uid, flags: m.flags, keywords: m.keywords }, empty && i === 0 ? plan : null));
       }
+      await w.flush();
       await app.sync();
     } catch (e) {
       // Cut our partial append off again, but only if nobody else wrote after it.
+      const written = w?.written ?? 0;
       if (app) {
         try {
           const st = await app.stat();
@@ -822,6 +1033,7 @@ export class MboxMailbox implements StoreMailbox {
       }
       throw toStorageError(e, 'append to', this.file);
     } finally {
+      w?.release();
       await app?.close().catch(() => undefined);
     }
     // Parse just what we appended.
@@ -877,7 +1089,7 @@ export class MboxMailbox implements StoreMailbox {
       assertWritable(this.ctx, `expunge in ${this.label}`);
       await this.withLock(async (lock) => {
         const p = await this.load();
-        const drop = new Set(uids.filter((u) => p.messages.some((m) => m.uid === u)));
+        const drop = new Set(uids.filter((u) => findUid(p.messages, u) !== undefined));
         if (drop.size === 0 && !p.needsPersist) return;
         await this.rewrite(lock, p, {
           uidValidity: this.uidValidityOf(p),
@@ -1023,6 +1235,38 @@ export class MboxMailbox implements StoreMailbox {
   }
 }
 
+/** Bytes [r.start, r.end) of a new message (head, then body) as output pieces. */
+function newMessageRange(m: NewMessage, r: ByteRange): OutPiece[] {
+  const out: OutPiece[] = [];
+  const hl = m.head.length;
+  if (r.start < hl) out.push({ bytes: m.head.subarray(r.start, Math.min(r.end, hl)) });
+  if (r.end <= hl) return out;
+  const a = Math.max(r.start, hl) - hl;
+  const b = r.end - hl;
+  if (Array.isArray(m.body)) {
+    let off = 0;
+    for (const c of m.body) {
+      const end = off + c.length;
+      if (end > a && off < b) out.push({ bytes: c.subarray(Math.max(a, off) - off, Math.min(b, end) - off) });
+      off = end;
+    }
+  } else {
+    out.push({ spool: { start: m.body.start + a, end: m.body.start + b } });
+  }
+  return out;
+}
+
+/** Reads len bytes at pos into buf at off (fewer only at the end of the file). */
+async function readFully(fh: fsp.FileHandle, buf: Buffer, off: number, len: number, pos: number): Promise<{ bytesRead: number }> {
+  let done = 0;
+  while (done < len) {
+    const { bytesRead } = await fh.read(buf, off + done, len - done, pos + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  return { bytesRead: done };
+}
+
 function findUid(messages: MboxMessage[], uid: number): MboxMessage | undefined {
   let lo = 0;
   let hi = messages.length - 1;
@@ -1036,24 +1280,164 @@ function findUid(messages: MboxMessage[], uid: number): MboxMessage | undefined 
   return undefined;
 }
 
-/** Writes pieces to the new file: literal bytes, or ranges copied from the old file. */
+/**
+ * Where the header of a new message ends: just after the blank line (end), or -1 when b holds no
+ * blank line yet, with the start of the line to look at again once more bytes came (resume).
+ * The same rule as shapeOf: the first line that is empty or a lone CR, ended by LF.
+ */
+function headerEnd(b: Buffer, from: number): { end: number; resume: number } {
+  let pos = from;
+  while (pos < b.length) {
+    const nl = b.indexOf(0x0a, pos);
+    if (nl < 0) return { end: -1, resume: pos };
+    const len = nl - pos;
+    if (len === 0 || (len === 1 && b[pos] === 0x0d)) return { end: nl + 1, resume: pos };
+    pos = nl + 1;
+  }
+  return { end: -1, resume: pos };
+}
+
+/** The body of one new message as prepare() collects it (see Spool). */
+class SpoolEntry {
+  private chunks: Buffer[] = [];
+  private inMemory = 0;
+  private fileStart = -1;
+  length = 0;
+
+  constructor(
+    private readonly spool: Spool,
+    private readonly unbudgeted: boolean,
+  ) {}
+
+  async add(b: Buffer): Promise<void> {
+    if (b.length === 0) return;
+    this.length += b.length;
+    if (this.fileStart < 0) {
+      if (this.unbudgeted || this.spool.reserveMemory(b.length)) {
+        this.chunks.push(b);
+        this.inMemory += b.length;
+        return;
+      }
+      // Over the budget: this body goes to the spool file, with what it had so far.
+      this.fileStart = this.spool.fileSize;
+      for (const c of this.chunks) await this.spool.write(c);
+      this.abandon();
+    }
+    await this.spool.write(b);
+  }
+
+  /** Gives back the memory of a body that will not be used. */
+  abandon(): void {
+    if (!this.unbudgeted) this.spool.releaseMemory(this.inMemory);
+    this.chunks = [];
+    this.inMemory = 0;
+  }
+
+  done(): { body: Buffer[] | ByteRange; length: number } {
+    if (this.fileStart >= 0) return { body: { start: this.fileStart, end: this.fileStart + this.length }, length: this.length };
+    return { body: this.chunks, length: this.length };
+  }
+}
+
+/**
+ * The bodies of one save(): kept in memory up to a budget, beyond it written to a temp file next
+ * to the mbox, from where they are copied into the mbox under the lock. The file is removed by
+ * close(); one left by a crash is removed by the next save or rewrite (see removeStaleTemps).
+ */
+class Spool {
+  private fh: fsp.FileHandle | null = null;
+  private path: string | null = null;
+  private memoryUsed = 0;
+  fileSize = 0;
+
+  constructor(
+    private readonly mbox: string,
+    private readonly budget: number,
+  ) {}
+
+  begin(unbudgeted = false): SpoolEntry {
+    return new SpoolEntry(this, unbudgeted);
+  }
+
+  reserveMemory(n: number): boolean {
+    if (this.memoryUsed + n > this.budget) return false;
+    this.memoryUsed += n;
+    return true;
+  }
+
+  releaseMemory(n: number): void {
+    this.memoryUsed -= n;
+  }
+
+  async write(b: Buffer): Promise<void> {
+    if (!this.fh) {
+      // Named for MboxMailbox.removeStaleTemps; "*.lock" is never listed as a mailbox.
+      this.path = path.join(path.dirname(this.mbox), `${path.basename(this.mbox)}.dsync-spool-${hostname()}-${process.pid}-${randomHex(4)}.tmp.lock`);
+      try {
+        this.fh = await fsp.open(this.path, 'wx+', 0o600);
+      } catch (e) {
+        this.path = null;
+        throw toStorageError(e, 'create a temporary file for', this.mbox);
+      }
+    }
+    let off = 0;
+    while (off < b.length) {
+      const { bytesWritten } = await this.fh.write(b, off, b.length - off, this.fileSize);
+      off += bytesWritten;
+      this.fileSize += bytesWritten;
+    }
+  }
+
+  /** Bytes [pos, pos + buf.length) of the spool file into buf. */
+  async read(buf: Buffer, pos: number): Promise<void> {
+    if (!this.fh) throw new Error('spool: nothing was written');
+    const { bytesRead } = await readFully(this.fh, buf, 0, buf.length, pos);
+    if (bytesRead !== buf.length) throw new StorageError(`${this.path}: the temporary file is shorter than written`, 'IO');
+  }
+
+  async close(): Promise<void> {
+    const { fh, path: p } = this;
+    this.fh = null;
+    this.path = null;
+    this.memoryUsed = 0;
+    await fh?.close().catch(() => undefined);
+    if (p) await fsp.unlink(p).catch(() => undefined);
+  }
+}
+
+/** Output pieces: compose.ts's (literal bytes, ranges of the old file) or ranges of the save's spool. */
+type OutPiece = Piece | { spool: ByteRange };
+
+/** Writes pieces to the new file (or appends them): literal bytes, or ranges copied from the old file or the spool. */
 class PieceWriter {
   private pending: Buffer[] = [];
   private pendingLen = 0;
   private lastTouch = Date.now();
+  /** Bytes written so far. */
+  written = 0;
   /** Read-ahead over the old file as it was when the rewrite started (ranges come mostly in order). */
-  private readonly reader: WindowReader;
+  private readonly reader: WindowReader | null;
 
   constructor(
-    private readonly src: fsp.FileHandle,
-    private readonly srcSize: number,
     private readonly out: fsp.FileHandle,
     private readonly lock: DotLock,
+    private readonly src: { fh: fsp.FileHandle; size: number } | null,
+    private readonly spool: Spool | null,
   ) {
-    this.reader = new WindowReader(src, srcSize, 4 * COPY_CHUNK);
+    // One reused window: pending views into it are written out before it moves (see write).
+    this.reader = src ? new WindowReader(src.fh, src.size, 4 * COPY_CHUNK, true) : null;
+  }
+
+  /** Done: the window buffer may serve other readers (call after the last flush). */
+  release(): void {
+    this.pending = [];
+    this.pendingLen = 0;
+    this.reader?.release();
   }
 
   async sourceByte(pos: number): Promise<number> {
+    if (!this.reader) throw new Error('PieceWriter: no source file');
+    if (!this.reader.covers(pos, pos + 1)) await this.flush();
     return this.reader.byte(pos);
   }
 
@@ -1062,22 +1446,36 @@ class PieceWriter {
     this.pendingLen += b.length;
   }
 
-  async write(pieces: Piece[]): Promise<void> {
+  async write(pieces: OutPiece[]): Promise<void> {
     for (const pc of pieces) {
       if ('bytes' in pc) {
         if (pc.bytes.length > 0) this.push(pc.bytes);
-      } else if (pc.range.end <= this.srcSize && pc.range.end - pc.range.start <= COPY_CHUNK) {
-        this.push(await this.reader.slice(pc.range.start, pc.range.end));
-      } else {
-        // Big ranges, and bytes appended after the rewrite started, straight from the file.
-        let pos = pc.range.start;
-        while (pos < pc.range.end) {
-          const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, pc.range.end - pos));
-          const { bytesRead } = await this.src.read(buf, 0, buf.length, pos);
-          if (bytesRead === 0) throw new StorageError(`unexpected end of file while copying (offset ${pos})`, 'IO');
-          this.push(buf.subarray(0, bytesRead));
-          pos += bytesRead;
+      } else if ('spool' in pc) {
+        if (!this.spool) throw new Error('PieceWriter: no spool');
+        for (let pos = pc.spool.start; pos < pc.spool.end; ) {
+          const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, pc.spool.end - pos));
+          await this.spool.read(buf, pos);
+          this.push(buf);
+          pos += buf.length;
           if (this.pendingLen >= 4 * COPY_CHUNK) await this.flush();
+        }
+      } else {
+        const src = this.src;
+        if (!src || !this.reader) throw new Error('PieceWriter: no source file');
+        if (pc.range.end <= src.size && pc.range.end - pc.range.start <= COPY_CHUNK) {
+          if (!this.reader.covers(pc.range.start, pc.range.end)) await this.flush();
+          this.push(await this.reader.slice(pc.range.start, pc.range.end));
+        } else {
+          // Big ranges, and bytes appended after the rewrite started, straight from the file.
+          let pos = pc.range.start;
+          while (pos < pc.range.end) {
+            const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, pc.range.end - pos));
+            const { bytesRead } = await src.fh.read(buf, 0, buf.length, pos);
+            if (bytesRead === 0) throw new StorageError(`unexpected end of file while copying (offset ${pos})`, 'IO');
+            this.push(buf.subarray(0, bytesRead));
+            pos += bytesRead;
+            if (this.pendingLen >= 4 * COPY_CHUNK) await this.flush();
+          }
         }
       }
       if (this.pendingLen >= 4 * COPY_CHUNK) await this.flush();
@@ -1086,13 +1484,21 @@ class PieceWriter {
 
   async flush(): Promise<void> {
     if (this.pendingLen > 0) {
-      const data = Buffer.concat(this.pending);
+      const bufs = this.pending;
+      const total = this.pendingLen;
       this.pending = [];
       this.pendingLen = 0;
-      let off = 0;
-      while (off < data.length) {
-        const { bytesWritten } = await this.out.write(data, off, data.length - off);
-        off += bytesWritten;
+      // One system call for the many small pieces (libuv writes them all, IOV_MAX at a time).
+      const { bytesWritten } = await this.out.writev(bufs);
+      this.written += bytesWritten;
+      if (bytesWritten < total) {
+        const rest = Buffer.concat(bufs).subarray(bytesWritten);
+        let off = 0;
+        while (off < rest.length) {
+          const r = await this.out.write(rest, off, rest.length - off);
+          off += r.bytesWritten;
+          this.written += r.bytesWritten;
+        }
       }
     }
     if (Date.now() - this.lastTouch > TOUCH_EVERY_MS) {

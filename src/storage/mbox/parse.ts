@@ -71,8 +71,6 @@ export interface ByteRange {
 export interface MboxMessage {
   /** Offset of the "From " line. */
   start: number;
-  /** The From_ line without its terminator. */
-  fromLine: string;
   /** Line terminator of the From_ line. */
   eol: '\n' | '\r\n';
   hdrStart: number;
@@ -85,15 +83,14 @@ export interface MboxMessage {
   msgEnd: number;
   /** Start of the next From_ line, or the file size. */
   next: number;
-  /** Metadata header fields inside [hdrStart, hdrEnd). */
+  /** Metadata header fields inside [hdrStart, hdrEnd), adjacent ones merged (usually one range). */
   hidden: ByteRange[];
   /** The first kept header line is a continuation line (starts with SP/TAB). */
   leadingContinuation: boolean;
   internalDate: number;
   uid: number;
-  /** The message had a usable X-UID (false: its UID was assigned now and is not on disk yet). */
-  uidOnDisk: boolean;
   flags: number;
+  /** Shared and never to be modified (NO_KEYWORDS for most messages). */
   keywords: string[];
   /** Status letters other than R (e.g. "O"), in file order. */
   statusExtra: string;
@@ -102,9 +99,6 @@ export interface MboxMessage {
   /** Size of the bytes served for this message. */
   size: number;
   hdrHash: string;
-  /** Raw X-IMAP / X-IMAPbase values (first occurrence). */
-  imapBase?: string;
-  imap?: string;
   /** Absolute offset and width of the last-UID digits of X-IMAPbase/X-IMAP (for in-place updates). */
   lastUidField?: ByteRange;
 }
@@ -256,6 +250,57 @@ export function quoteFromLines(buf: Buffer, quoting: MboxQuoting): Buffer {
   return Buffer.concat(out);
 }
 
+/**
+ * Applies quoteFromLines or unquoteFromLines to data that arrives in chunks, with the same result
+ * as on the whole: a line is handed to the function once its start decides it (its '>' run and
+ * the 5 bytes after it are known), the rest of a long line passes through unchanged. `fn` must
+ * only look at the start of each line. Keeps at most one line start between chunks.
+ */
+export class LineFilter {
+  private carry: Buffer | null = null;
+  /** The current line's start was already handled: pass bytes through up to its end. */
+  private midLine = false;
+
+  constructor(private readonly fn: (b: Buffer) => Buffer) {}
+
+  push(chunk: Buffer): Buffer[] {
+    const out: Buffer[] = [];
+    let data = chunk;
+    if (this.midLine) {
+      const nl = data.indexOf(LF);
+      if (nl < 0) return data.length > 0 ? [data] : [];
+      out.push(data.subarray(0, nl + 1));
+      data = data.subarray(nl + 1);
+      this.midLine = false;
+    }
+    if (this.carry) {
+      data = Buffer.concat([this.carry, data]);
+      this.carry = null;
+    }
+    const lastNl = data.lastIndexOf(LF);
+    if (lastNl >= 0) out.push(this.fn(data.subarray(0, lastNl + 1)));
+    const rest = data.subarray(lastNl + 1);
+    if (rest.length > 0) {
+      let q = 0;
+      while (q < rest.length && rest[q] === 0x3e) q++;
+      if (rest.length >= q + 5) {
+        out.push(this.fn(rest));
+        this.midLine = true;
+      } else {
+        this.carry = Buffer.from(rest);
+      }
+    }
+    return out;
+  }
+
+  end(): Buffer[] {
+    const c = this.carry;
+    this.carry = null;
+    this.midLine = false;
+    return c ? [this.fn(c)] : [];
+  }
+}
+
 function parseBase(value: string): { uidValidity: number; lastUid: number; keywords: string[] } | null {
   const t = value.split(/[ \t]+/).filter((x) => x !== '');
   if (t.length === 0 || !/^\d{1,10}$/.test(t[0]!)) return null;
@@ -306,18 +351,40 @@ export interface ParseOptions {
   resume?: { prev: ParsedMbox; offset: number; lastUid: number };
 }
 
+/** A message as parseMessages hands it over: its metadata fields are only needed until its UID is assigned. */
 interface Raw {
   msg: MboxMessage;
   fields: Field[];
 }
 
+/** Keywords of a message without any (shared: message keyword arrays are never modified). */
+export const NO_KEYWORDS: string[] = [];
+/** Hidden ranges of a message without metadata headers (shared, never modified). */
+const NO_HIDDEN: ByteRange[] = [];
+
 /**
  * Parses the mbox open as fh (identity = its fstat before reading). Throws StorageError CORRUPT
  * when the file does not start with a From_ line.
+ *
+ * The file is read once, front to back, through a window of fixed size; each message is reduced
+ * to its offsets, flags and header hash as soon as it has been read, so memory is a few hundred
+ * bytes per message whatever the size of the file or of its messages.
  */
 export async function parseMbox(fh: FileHandle, identity: FileIdentity, opts: ParseOptions): Promise<ParsedMbox> {
-  const size = identity.size;
-  const r = new WindowReader(fh, size);
+  // A file size from fstat is a double; offsets computed from it would be too, and V8 then keeps
+  // every offset field of every message in a separate heap number (16 bytes each). As a small
+  // integer they stay inline (files up to 1 GiB; beyond, offsets are doubles anyway).
+  const size = identity.size <= 0x3fffffff ? identity.size | 0 : identity.size;
+  // One window buffer for the whole file (views into it are used before the window moves, or copied).
+  const r = new WindowReader(fh, size, undefined, true);
+  try {
+    return await parseWith(r, identity, size, opts);
+  } finally {
+    r.release();
+  }
+}
+
+async function parseWith(r: WindowReader, identity: FileIdentity, size: number, opts: ParseOptions): Promise<ParsedMbox> {
   const result: ParsedMbox = {
     identity,
     messages: [],
@@ -339,78 +406,108 @@ export async function parseMbox(fh: FileHandle, identity: FileIdentity, opts: Pa
     if (resume) throw new StorageError(`${opts.label}: appended data at offset ${startAt} does not start with a From_ line`, 'IO');
     throw new StorageError(`${opts.label} is not an mbox file: it does not start with a "From " line`, 'CORRUPT');
   }
-  const raws = await parseMessages(r, startAt, opts);
 
+  let assigner: UidAssigner;
   if (resume) {
     // Earlier messages are unchanged (appending never moves them; the last UID was updated in
-    // place); only the end of the last one may now be the appended From_ line.
+    // place); only the end of the last one may now be the appended From_ line. The message
+    // objects are shared with the earlier parse, except the one whose end changes.
     const prev = resume.prev;
-    const pseudo = prev.pseudo ? { ...prev.pseudo } : null;
-    result.messages = prev.messages.map((m) => ({ ...m }));
-    const last = result.messages.length > 0 ? result.messages[result.messages.length - 1]! : pseudo;
-    if (last && last.next === prev.identity.size) last.next = startAt;
+    let pseudo = prev.pseudo;
+    result.messages = prev.messages.slice();
+    const n = result.messages.length;
+    if (n > 0) {
+      const last = result.messages[n - 1]!;
+      if (last.next === prev.identity.size) result.messages[n - 1] = { ...last, next: startAt };
+    } else if (pseudo && pseudo.next === prev.identity.size) {
+      pseudo = { ...pseudo, next: startAt };
+    }
     result.pseudo = pseudo;
     result.uidValidity = prev.uidValidity;
     result.lastUid = resume.lastUid;
     result.keywordList = prev.keywordList;
     result.base = prev.base;
     result.needsPersist = prev.needsPersist;
-    const prevUid = last && last !== pseudo ? last.uid : 0;
-    assignUids(result, raws, opts, prevUid, Math.max(prev.nextUid, resume.lastUid + 1));
+    const prevUid = n > 0 ? result.messages[n - 1]!.uid : 0;
+    assigner = new UidAssigner(result, opts, prevUid, Math.max(prev.nextUid, resume.lastUid + 1));
+    await parseMessages(r, startAt, opts, (raw) => assigner.add(raw));
+    assigner.finish();
     return result;
   }
 
-  // The first message decides UIDVALIDITY / last UID / keywords.
-  const head = raws[0]!;
-  let baseValue: string | undefined;
-  if (head.msg.imap !== undefined) {
-    result.pseudo = head.msg;
-    baseValue = head.msg.imap;
-    raws.shift();
-  } else {
-    baseValue = head.msg.imapBase;
-    if (baseValue === undefined) head.msg.lastUidField = undefined;
-  }
-  if (baseValue !== undefined) {
-    const b = parseBase(baseValue);
-    if (b) {
-      result.uidValidity = b.uidValidity;
-      result.lastUid = b.lastUid;
-      result.keywordList = b.keywords;
-      result.base = result.pseudo ? 'pseudo' : 'imapbase';
-    } else {
-      result.base = 'bad';
-      if (result.pseudo) result.pseudo.lastUidField = undefined;
-      else head.msg.lastUidField = undefined;
-      opts.warn(`${opts.label}: ignoring a bad ${result.pseudo ? 'X-IMAP' : 'X-IMAPbase'} header "${baseValue.slice(0, 80)}": a new UIDVALIDITY is assigned and all messages get new UIDs`);
+  let firstSeen = false;
+  await parseMessages(r, startAt, opts, (raw) => {
+    if (firstSeen) {
+      assigner.add(raw);
+      return;
     }
-  }
-  assignUids(result, raws, opts, 0, result.lastUid + 1);
+    firstSeen = true;
+    // The first message decides UIDVALIDITY / last UID / keywords.
+    const { msg, fields } = raw;
+    const imap = fieldValue(fields, 'x-imap');
+    let baseValue: string | undefined;
+    if (imap !== undefined) {
+      result.pseudo = msg;
+      baseValue = imap;
+    } else {
+      baseValue = fieldValue(fields, 'x-imapbase');
+      if (baseValue === undefined) msg.lastUidField = undefined;
+    }
+    if (baseValue !== undefined) {
+      const b = parseBase(baseValue);
+      if (b) {
+        result.uidValidity = b.uidValidity;
+        result.lastUid = b.lastUid;
+        result.keywordList = b.keywords;
+        result.base = result.pseudo ? 'pseudo' : 'imapbase';
+      } else {
+        result.base = 'bad';
+        msg.lastUidField = undefined;
+        opts.warn(`${opts.label}: ignoring a bad ${result.pseudo ? 'X-IMAP' : 'X-IMAPbase'} header "${baseValue.slice(0, 80)}": a new UIDVALIDITY is assigned and all messages get new UIDs`);
+      }
+    }
+    assigner = new UidAssigner(result, opts, 0, result.lastUid + 1);
+    if (!result.pseudo) assigner.add(raw);
+  });
+  assigner!.finish();
   if (result.uidValidity === 0) result.needsPersist = true;
   return result;
 }
 
-/** Gives every message its UID, flags and keywords (see the file comment). */
-function assignUids(result: ParsedMbox, raws: Raw[], opts: ParseOptions, prevUid: number, firstFree: number): void {
-  const declared = new Set(result.keywordList);
-  let nextUid = firstFree;
-  let prev = prevUid;
-  for (const { msg, fields } of raws) {
+/** Gives every message its UID, flags and keywords (see the file comment), in file order. */
+class UidAssigner {
+  private readonly declared: Set<string>;
+  private nextUid: number;
+  private prev: number;
+  /** Keyword lists are shared between messages with the same keywords. */
+  private readonly keywordLists = new Map<string, string[]>();
+
+  constructor(
+    private readonly result: ParsedMbox,
+    private readonly opts: ParseOptions,
+    prevUid: number,
+    private readonly firstFree: number,
+  ) {
+    this.declared = new Set(result.keywordList);
+    this.nextUid = firstFree;
+    this.prev = prevUid;
+  }
+
+  add({ msg, fields }: Raw): void {
+    const { result, opts } = this;
     const xuid = fieldValue(fields, 'x-uid');
     let uid = 0;
     if (xuid !== undefined && /^\d{1,10}$/.test(xuid)) {
       const n = Number(xuid);
-      if (n > prev && n <= result.lastUid) uid = n;
+      if (n > this.prev && n <= result.lastUid) uid = n;
     }
     if (uid === 0) {
-      if (nextUid > MAX_UID) throw new StorageError(`${opts.label}: no UIDs left to give to new messages (UIDNEXT would exceed 2^32-1)`, 'CORRUPT');
-      uid = nextUid++;
+      if (this.nextUid > MAX_UID) throw new StorageError(`${opts.label}: no UIDs left to give to new messages (UIDNEXT would exceed 2^32-1)`, 'CORRUPT');
+      uid = this.nextUid++;
       result.needsPersist = true;
-    } else {
-      msg.uidOnDisk = true;
     }
     msg.uid = uid;
-    prev = uid;
+    this.prev = uid;
     const status = fieldValue(fields, 'status') ?? '';
     const xstatus = fieldValue(fields, 'x-status') ?? '';
     let flags = 0;
@@ -435,9 +532,17 @@ function assignUids(result: ParsedMbox, raws: Raw[], opts: ParseOptions, prevUid
     const kw = fieldValue(fields, 'x-keywords');
     if (kw !== undefined && kw !== '') {
       const names = kw.split(/[ \t]+/).filter((k) => k !== '');
-      const unknown = names.filter((k) => !declared.has(k));
-      if (unknown.length === 0) msg.keywords = [...new Set(names)].sort();
-      else {
+      const unknown = names.filter((k) => !this.declared.has(k));
+      if (unknown.length === 0) {
+        const list = [...new Set(names)].sort();
+        const key = list.join(' ');
+        let shared = this.keywordLists.get(key);
+        if (!shared) {
+          shared = list.length === 0 ? NO_KEYWORDS : list;
+          this.keywordLists.set(key, shared);
+        }
+        msg.keywords = shared;
+      } else {
         opts.warn(
           `${opts.label}: message UID ${uid}: X-Keywords names keywords missing from X-IMAPbase (${unknown.slice(0, 5).join(' ')}); ` +
             'the header is ignored, as Dovecot does',
@@ -446,7 +551,10 @@ function assignUids(result: ParsedMbox, raws: Raw[], opts: ParseOptions, prevUid
     }
     result.messages.push(msg);
   }
-  result.nextUid = Math.max(nextUid, firstFree);
+
+  finish(): void {
+    this.result.nextUid = Math.max(this.nextUid, this.firstFree);
+  }
 }
 
 /**
@@ -470,11 +578,17 @@ function scanHeader(buf: Buffer, start: number, from: number, size: number, atEo
   return { blankAt: -1, bodyStart: -1, boundary: -1 };
 }
 
+/** Bytes of a message looked at at a time to count its quoted From_ lines. */
+const QUOTE_SCAN_CHUNK = 256 * 1024;
+
 /** From_ lines longer than this are not separators (WindowReader.lineAt's default limit). */
 const MAX_FROM_LINE = 4096;
 
-/** The structure of every message from the From_ line at offset p to the end of the file. */
-async function parseMessages(r: WindowReader, start: number, opts: ParseOptions): Promise<Raw[]> {
+/**
+ * The structure of every message from the From_ line at offset start to the end of the file,
+ * handed to onMessage one at a time, in file order.
+ */
+async function parseMessages(r: WindowReader, start: number, opts: ParseOptions, onMessage: (raw: Raw) => void): Promise<void> {
   const size = r.size;
   const quoting = opts.quoting ?? 'none';
   const validFromAt = async (pos: number): Promise<boolean> => {
@@ -498,7 +612,7 @@ async function parseMessages(r: WindowReader, start: number, opts: ParseOptions)
     return Math.max(e, floor);
   };
 
-  const raws: Raw[] = [];
+  let count = 0;
   let p = start;
   while (p < size) {
     const line = await r.lineAt(p);
@@ -537,7 +651,8 @@ async function parseMessages(r: WindowReader, start: number, opts: ParseOptions)
       bodyStart = msgEnd;
       headerBuf = await r.slice(hdrStart, hdrEnd);
     } else {
-      headerBuf = await r.slice(hdrStart, blankAt);
+      // A copy: the window moves while the body's end is looked for.
+      headerBuf = Buffer.from(await r.slice(hdrStart, blankAt));
       split = splitFields(headerBuf, hdrStart);
       const cl = fieldValue(split.fields, 'content-length');
       let contentLength: number | undefined;
@@ -592,10 +707,16 @@ async function parseMessages(r: WindowReader, start: number, opts: ParseOptions)
       }
     }
     const { fields, leadingContinuation } = split ?? splitFields(headerBuf, hdrStart);
-    const hidden = fields.map((f) => ({ start: f.start, end: f.end }));
+    const merged: ByteRange[] = [];
+    for (const f of fields) {
+      const last = merged[merged.length - 1];
+      if (last && last.end === f.start) last.end = f.end;
+      else merged.push({ start: f.start, end: f.end });
+    }
+    // Exactly sized (an array grown by push keeps room for 17 elements): kept for every message.
+    const hidden = merged.length === 0 ? NO_HIDDEN : merged.length === 1 ? [merged[0]!] : merged.slice();
     const msg: MboxMessage = {
       start: p,
-      fromLine: eol === '\r\n' ? line.text.slice(0, -1) : line.text,
       eol,
       hdrStart,
       hdrEnd,
@@ -607,19 +728,14 @@ async function parseMessages(r: WindowReader, start: number, opts: ParseOptions)
       leadingContinuation,
       internalDate: from.date,
       uid: 0,
-      uidOnDisk: false,
       flags: 0,
-      keywords: [],
+      keywords: NO_KEYWORDS,
       statusExtra: '',
       xStatusExtra: '',
       size: 0,
       hdrHash: '',
     };
-    const base = fields.find((f) => f.name === 'x-imapbase');
-    const imap = fields.find((f) => f.name === 'x-imap');
-    if (base) msg.imapBase = base.value;
-    if (imap) msg.imap = imap.value;
-    const baseField = raws.length === 0 && !opts.resume ? (imap ?? base) : undefined;
+    const baseField = count === 0 && !opts.resume ? (fields.find((f) => f.name === 'x-imap') ?? fields.find((f) => f.name === 'x-imapbase')) : undefined;
     if (baseField) msg.lastUidField = lastUidRange(headerBuf, baseField.start - hdrStart, hdrStart);
     // Served header (for the hash) and size.
     const served = servedRanges(hdrStart, hdrEnd, hidden);
@@ -627,14 +743,21 @@ async function parseMessages(r: WindowReader, start: number, opts: ParseOptions)
     msg.hdrHash = headerHash(hdrServed);
     msg.size = hdrServed.length + (hasBlank ? msgEnd - hdrEnd : 0);
     if (quoting !== 'none') {
-      const whole = await r.slice(hdrStart, msgEnd);
-      const parts = servedRanges(hdrStart, msgEnd, hidden).map((s) => whole.subarray(s.start - hdrStart, s.end - hdrStart));
-      msg.size = unquoteFromLines(Buffer.concat(parts), quoting).length;
+      // The size as served: minus one byte per quoted From_ line (read in pieces: bodies can be big).
+      const filter = new LineFilter((b) => unquoteFromLines(b, quoting));
+      let n = 0;
+      for (const s of servedRanges(hdrStart, msgEnd, hidden)) {
+        for (let a = s.start; a < s.end; a += QUOTE_SCAN_CHUNK) {
+          for (const o of filter.push(await r.slice(a, Math.min(s.end, a + QUOTE_SCAN_CHUNK)))) n += o.length;
+        }
+      }
+      for (const o of filter.end()) n += o.length;
+      msg.size = n;
     }
-    raws.push({ msg, fields });
+    count++;
+    onMessage({ msg, fields });
     p = next;
   }
-  return raws;
 }
 
 function fieldValue(fields: Field[], name: string): string | undefined {

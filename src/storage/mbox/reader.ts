@@ -4,22 +4,75 @@ import type { FileHandle } from 'node:fs/promises';
 const DEFAULT_WINDOW = 1 << 20;
 const LF_BUF = Buffer.from('\n');
 
+/**
+ * Window buffers given back by readers that are done, for the next reader: a sync parses and
+ * copies many files one after the other, and fresh megabyte buffers for each would only leave
+ * the C heap fragmented (the process keeps the memory).
+ */
+const spare: Buffer[] = [];
+const MAX_SPARE = 2;
+
+function takeBuffer(size: number): Buffer {
+  const i = spare.findIndex((b) => b.length >= size);
+  if (i >= 0) return spare.splice(i, 1)[0]!;
+  return Buffer.allocUnsafe(size);
+}
+
+function giveBuffer(b: Buffer): void {
+  if (b.length >= DEFAULT_WINDOW && spare.length < MAX_SPARE && !spare.includes(b)) spare.push(b);
+}
+
 export class WindowReader {
   private buf: Buffer = Buffer.alloc(0);
   private winStart = 0;
+  /** With reuse: the allocation the window lives in. */
+  private store: Buffer | null = null;
 
+  /**
+   * With reuse, one buffer serves every window: views handed out (window, slice) are valid only
+   * until the window moves. Without, each window is a fresh allocation and views stay valid.
+   */
   constructor(
     private readonly fh: FileHandle,
     readonly size: number,
     private readonly windowSize = DEFAULT_WINDOW,
+    private readonly reuse = false,
   ) {}
+
+  /**
+   * With reuse: the reader is done, its buffer may serve another reader (every view handed out
+   * becomes invalid). Harmless without reuse, and for a reader that read nothing.
+   */
+  release(): void {
+    if (this.store) giveBuffer(this.store);
+    this.store = null;
+    this.buf = Buffer.alloc(0);
+    this.winStart = 0;
+  }
+
+  /** [pos, end) is inside the current window (reading it does not move the window). */
+  covers(pos: number, end: number): boolean {
+    const e = Math.min(this.size, end);
+    return pos >= this.winStart && e <= this.winStart + this.buf.length;
+  }
 
   /** Makes [pos, pos+len) (clipped to the file size) available; returns the window and its start. */
   async ensure(pos: number, len: number): Promise<void> {
     const end = Math.min(this.size, pos + len);
     if (pos >= this.winStart && end <= this.winStart + this.buf.length) return;
-    const want = Math.min(this.size - pos, Math.max(len, this.windowSize));
-    const buf = Buffer.allocUnsafe(Math.max(0, want));
+    const want = Math.max(0, Math.min(this.size - pos, Math.max(len, this.windowSize)));
+    let buf: Buffer;
+    if (this.reuse) {
+      if (!this.store || this.store.length < want) {
+        if (this.store) giveBuffer(this.store);
+        // Small files get a small buffer; window-sized ones are shared (see takeBuffer).
+        const size = Math.max(want, Math.min(this.windowSize, this.size));
+        this.store = size >= this.windowSize ? takeBuffer(size) : Buffer.allocUnsafe(size);
+      }
+      buf = this.store.subarray(0, want);
+    } else {
+      buf = Buffer.allocUnsafe(want);
+    }
     let off = 0;
     while (off < want) {
       const { bytesRead } = await this.fh.read(buf, off, want - off, pos + off);
@@ -69,7 +122,7 @@ export class WindowReader {
       return out.subarray(0, off);
     }
     await this.ensure(a, end - a);
-    // Windows are fresh allocations, never reused: the view stays valid after the window moves.
+    // Without reuse windows are fresh allocations: the view stays valid after the window moves.
     return this.buf.subarray(a - this.winStart, end - this.winStart);
   }
 
