@@ -222,7 +222,17 @@ export class LocationMailbox {
   async ensureHeaderHashes(): Promise<void> {
     const missing = [...this.messages.values()].filter((m) => !m.hdrHash);
     if (missing.length === 0) return;
-    for (const m of missing) m.hdrHash = headerHash(await readHeader(await this.store.openBody(m.uid)));
+    // Several at once (reads overlap in the thread pool); small mails in one read, large ones
+    // streamed only up to the end of their header.
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < missing.length) {
+        const m = missing[next++]!;
+        const whole = this.store.readBody ? await this.store.readBody(m.uid, SMALL_BODY) : null;
+        m.hdrHash = headerHash(whole ?? (await readHeader(await this.store.openBody(m.uid))));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(HASH_PARALLELISM, missing.length) }, worker));
     this.index.transaction(() => {
       for (const m of missing) this.index.putMessage(this.row.guid, m);
     });
@@ -622,6 +632,9 @@ function sameKeywords(a: readonly string[], b: readonly string[]): boolean {
   const s = new Set(a);
   return b.every((k) => s.has(k));
 }
+
+/** Header hashes computed at once (see ensureHeaderHashes). */
+const HASH_PARALLELISM = 16;
 
 /** Mails up to this size are handed over as one buffer. */
 const SMALL_BODY = 256 * 1024;
