@@ -196,7 +196,7 @@ async function main(): Promise<void> {
   const incremental = planIncremental(corpusExpected, corpus.maildir, seed);
   const settle = async (): Promise<void> => {
     await new Promise((r) => setTimeout(r, 2500));
-    const r = await timed([...asMailUser, process.execPath, BIN, ...dsyncArgs], { env, reruns: 0, quiet: false });
+    const r = await timed([...asMailUser, BIN, ...dsyncArgs], { env, reruns: 0, quiet: false });
     if (r.exitCode !== 0) throw new Error(`settling run: exit ${r.exitCode}: ${r.stderr}`);
     await new Promise((res) => setTimeout(res, 2500));
   };
@@ -218,7 +218,7 @@ async function main(): Promise<void> {
     await r.before?.();
     syncDisks();
     const args = r.full ? ['-f', ...dsyncArgs] : dsyncArgs;
-    const res = await timed([...asMailUser, process.execPath, '--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${r.id}.cpuprofile`, BIN, ...args], { env, reruns: 0 });
+    const res = await timed([...asMailUser, process.execPath, '--max-semi-space-size=4', '--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${r.id}.cpuprofile`, BIN, ...args], { env, reruns: 0 });
     if (res.exitCode !== 0) throw new Error(`${r.title}: exit ${res.exitCode}: ${res.stderr}`);
     const ta = readTree(a);
     const tb = readTree(b);
@@ -243,7 +243,7 @@ async function main(): Promise<void> {
       }
       syncDisks();
       const f = path.join(work, `strace-${r.id}.txt`);
-      const res = await timed(['strace', '-f', '-c', '-o', f, ...asMailUser, process.execPath, BIN, ...dsyncArgs], { env, reruns: 0 });
+      const res = await timed(['strace', '-f', '-c', '-o', f, ...asMailUser, BIN, ...dsyncArgs], { env, reruns: 0 });
       if (res.exitCode !== 0) throw new Error(`strace ${r.title}: exit ${res.exitCode}: ${res.stderr}`);
       parts.push(`${r.title} (under strace: wall ${res.wall.toFixed(2)} s):`, '', straceSummary(f));
     }

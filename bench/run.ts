@@ -239,7 +239,8 @@ class SizeBench {
     fs.chownSync(home, MAIL_UID, MAIL_GID);
     const oursEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home, LANG: 'C' };
     // Same identity as Dovecot's mail processes (mail_uid 65534): no chown of what it creates.
-    const ours = (args: string[]) => ['setpriv', `--reuid=${MAIL_UID}`, `--regid=${MAIL_GID}`, '--clear-groups', process.execPath, this.bin, ...args];
+    // Run as an installed `dsync` is run: through its #! line, which gives Node its flags.
+    const ours = (args: string[]) => ['setpriv', `--reuid=${MAIL_UID}`, `--regid=${MAIL_GID}`, '--clear-groups', this.bin, ...args];
     this.tools = [
       {
         id: 'ours',
