@@ -152,7 +152,10 @@ export class ChangeIndex {
 
   /** Opens (or creates) the index; a corrupt or foreign file is moved aside and a fresh one started. */
   static open(path: string): OpenIndexResult {
-    if (path === ':memory:') return { index: new ChangeIndex(new Database(':memory:')) };
+    // Not a real :memory: database: SQLite keeps every page of one in memory (10+ MB for a large
+    // account). An unnamed database lives in a temporary file SQLite deletes on close, with the
+    // usual bounded page cache.
+    if (path === ':memory:') return { index: new ChangeIndex(new Database('')) };
     let db: Database.Database | undefined;
     try {
       // close() folds the write-ahead log back into the file and empties it: a log with content

@@ -257,23 +257,38 @@ export class LocationMailbox {
     return !!state && state.uidValidity === this.row.uidValidity && state.myModseq === this.row.highestModseq && state.myUidNext === this.row.uidNext;
   }
 
-  /** The change records to send to a peer, and the same data as this side's view for the planner. */
   /**
    * UIDs of second copies of a mail in this mailbox (same GUID; left by an interrupted save or
    * move). GUIDs name one mail each, so only the lowest UID is kept; not for header hashes,
    * which different mails may share.
    */
-  duplicateUids(): number[] {
+  duplicateUids(sinceUid = 0): number[] {
     if (this.identity !== 'guid') return [];
+    // A second copy always has the higher UID, given after the copy it duplicates. When the
+    // caller knows that every UID below sinceUid was checked before (the last completed sync),
+    // only GUIDs of mails from sinceUid on can be second copies: usually none, so no set of every
+    // GUID in the mailbox is built.
+    const rows = [...this.messages.values()];
+    let ordered = true;
+    for (let i = 1; i < rows.length && ordered; i++) if (rows[i]!.uid < rows[i - 1]!.uid) ordered = false;
+    if (!ordered) rows.sort((a, b) => a.uid - b.uid);
+    let candidates: Set<string> | null = null;
+    if (sinceUid > 0) {
+      candidates = new Set();
+      for (let i = rows.length - 1; i >= 0 && rows[i]!.uid >= sinceUid; i--) candidates.add(rows[i]!.guid);
+      if (candidates.size === 0) return [];
+    }
     const seen = new Set<string>();
     const dups: number[] = [];
-    for (const m of [...this.messages.values()].sort((a, b) => a.uid - b.uid)) {
+    for (const m of rows) {
+      if (candidates && !candidates.has(m.guid)) continue;
       if (seen.has(m.guid)) dups.push(m.uid);
       else seen.add(m.guid);
     }
     return dups;
   }
 
+  /** The change records to send to a peer, and the same data as this side's view for the planner. */
   exportChanges(peerId: string, mode: ExportMode): { records: MailChangeRecord[]; view: SideView } {
     if (!this.loaded) throw new Error('mailbox not refreshed');
     const acc = new Map<number, Accumulated>();

@@ -278,7 +278,10 @@ async function release(ctx: Ctx, guid: string): Promise<void> {
   const box = ctx.open.get(guid);
   if (!box) return;
   ctx.open.delete(guid);
-  if (box.tokenPending && ctx.settlingMessages + box.loadedCount <= KEEP_OPEN_MESSAGES) {
+  // One budget for all handles kept beyond their turn: those the tree phase left open and these.
+  let held = ctx.settlingMessages + box.loadedCount;
+  for (const other of ctx.open.values()) held += other.loadedCount;
+  if (box.tokenPending && held <= KEEP_OPEN_MESSAGES) {
     ctx.settling.push(box);
     ctx.settlingMessages += box.loadedCount;
     return;
@@ -491,7 +494,9 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   if (box.identity === 'hdrHash') await box.ensureHeaderHashes();
   // A second copy of a mail here (an interrupted save or move left it) is removed before the
   // comparison, so it can never be copied to the other side as a mail of its own.
-  const dups = ctx.isSource ? [] : box.duplicateUids();
+  // Mails below the UIDNEXT of the last completed sync were checked by that sync.
+  const checkedBelow = state && state.uidValidity === box.status().uidValidity ? state.myUidNext : 0;
+  const dups = ctx.isSource ? [] : box.duplicateUids(checkedBelow);
   if (dups.length > 0) {
     ctx.log.info(`mailbox ${name}: removing ${dups.length} second copies of mails (left by an interrupted run)`);
     await box.expunge(dups, '');
