@@ -6,6 +6,8 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 
 const FLOOR = 32 * 1024 * 1024;
+/** Heap growth since the last collection that triggers the next one. */
+const GROWTH = 2;
 let gc: (() => void) | null | undefined;
 let limit = FLOOR;
 
@@ -22,7 +24,7 @@ export function trimHeap(): void {
   }
   if (!gc) return;
   gc();
-  limit = Math.max(FLOOR, 2 * v8.getHeapStatistics().used_heap_size);
+  limit = Math.max(FLOOR, GROWTH * v8.getHeapStatistics().used_heap_size);
 }
 
 const TRACE = !!process.env.DSYNC_MEMTRACE;
