@@ -39,6 +39,11 @@ export class LocationMailbox {
   private loadedMessages: Map<number, MessageRow> | null = null;
   private loaded = false;
   /**
+   * This handle's store scanned the mailbox in a refresh, and every change since went through
+   * this handle (and is in the index): the store can tell whether anything else changed.
+   */
+  private storeScanned = false;
+  /**
    * How mails are recognised across the two sides: by GUID, or (when a side cannot save GUIDs,
    * e.g. mbox) by dsync's header hash.
    */
@@ -67,7 +72,15 @@ export class LocationMailbox {
    * run would have to scan it. Refreshing again a little later, on this same handle, avoids that.
    */
   get tokenPending(): boolean {
-    return this.loaded && this.row.scanToken === null && this.loadedMessages !== null && typeof this.store.changeToken === 'function';
+    return this.loaded && this.row.scanToken === null && this.storeScanned && typeof this.store.changeToken === 'function';
+  }
+
+  /**
+   * Drops the messages held in memory (they are in the index and are read again if needed); the
+   * store handle keeps what it needs to recognise its own changes (see refresh).
+   */
+  dropRows(): void {
+    this.loadedMessages = null;
   }
 
   /** Messages held in memory (0 until something needed them). */
@@ -99,7 +112,7 @@ export class LocationMailbox {
     }
     // Our own changes since our last scan do not need a scan to be known: when they are all
     // that changed, only the new token is recorded (none if the store cannot give one yet).
-    if (!force && this.loadedMessages && this.store.unchangedSinceScan && (await this.store.unchangedSinceScan())) {
+    if (!force && this.storeScanned && this.store.unchangedSinceScan && (await this.store.unchangedSinceScan())) {
       this.row.scanToken = token;
       this.index.putMailbox(this.row);
       this.loaded = true;
@@ -114,6 +127,7 @@ export class LocationMailbox {
     const rows = reset ? new Map<number, MessageRow>() : this.messages;
     // Files of messages the index knows need no stat: their size and date are on record.
     const scanned = await this.store.scan({ known: (uid, guid) => rows.get(uid)?.guid === guid });
+    this.storeScanned = true;
     const now = this.location.now();
     this.index.transaction(() => {
       if (reset) {

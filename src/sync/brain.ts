@@ -282,8 +282,10 @@ async function release(ctx: Ctx, guid: string): Promise<void> {
   let held = ctx.settlingMessages + box.loadedCount;
   for (const other of ctx.open.values()) held += other.loadedCount;
   if (box.tokenPending && held <= KEEP_OPEN_MESSAGES) {
-    ctx.settling.push(box);
+    // Only the store's file map is needed to settle the token; the rows are in the index.
     ctx.settlingMessages += box.loadedCount;
+    box.dropRows();
+    ctx.settling.push(box);
     return;
   }
   await box.close();
