@@ -282,16 +282,16 @@ export class LocationMailbox {
     // caller knows that every UID below sinceUid was checked before (the last completed sync),
     // only GUIDs of mails from sinceUid on can be second copies: usually none, so no set of every
     // GUID in the mailbox is built.
+    let candidates: Set<string> | null = null;
+    if (sinceUid > 0) {
+      candidates = new Set();
+      for (const m of this.messages.values()) if (m.uid >= sinceUid) candidates.add(m.guid);
+      if (candidates.size === 0) return [];
+    }
     const rows = [...this.messages.values()];
     let ordered = true;
     for (let i = 1; i < rows.length && ordered; i++) if (rows[i]!.uid < rows[i - 1]!.uid) ordered = false;
     if (!ordered) rows.sort((a, b) => a.uid - b.uid);
-    let candidates: Set<string> | null = null;
-    if (sinceUid > 0) {
-      candidates = new Set();
-      for (let i = rows.length - 1; i >= 0 && rows[i]!.uid >= sinceUid; i--) candidates.add(rows[i]!.guid);
-      if (candidates.size === 0) return [];
-    }
     const seen = new Set<string>();
     const dups: number[] = [];
     for (const m of rows) {

@@ -214,7 +214,7 @@ export class MaildirMailbox implements StoreMailbox {
 
   private async assertExists(): Promise<void> {
     try {
-      const st = await fsp.stat(path.join(this.mailDir, 'cur'));
+      const st = fs.statSync(path.join(this.mailDir, 'cur'));
       if (st.isDirectory()) return;
     } catch (e) {
       if (!isNotFound(e)) throw toStorageError(e, 'stat', path.join(this.mailDir, 'cur'));
@@ -662,8 +662,9 @@ export class MaildirMailbox implements StoreMailbox {
 
   /** A file's identity (inode, size, mtime), or null when it does not exist. */
   private async fileKey(p: string): Promise<string | null> {
+    // Synchronous: one stat of a file whose inode is cached costs less than a thread-pool round trip.
     try {
-      const st = await fsp.stat(p);
+      const st = fs.statSync(p);
       return `${st.ino}:${st.size}:${st.mtimeMs}`;
     } catch (e) {
       if (isNotFound(e)) return null;
