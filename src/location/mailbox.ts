@@ -35,7 +35,11 @@ export interface AppliedCounts {
 }
 
 export class LocationMailbox {
-  /** The index's messages of this mailbox, read only when needed (unchanged mailboxes are skipped). */
+  /**
+   * The index's messages of this mailbox, read only when needed (unchanged mailboxes are skipped).
+   * Always in ascending UID order (loaded sorted; new UIDs are above all others; refresh re-sorts),
+   * which exportChanges and duplicateUids rely on.
+   */
   private loadedMessages: Map<number, MessageRow> | null = null;
   private loaded = false;
   /**
@@ -288,13 +292,9 @@ export class LocationMailbox {
       for (const m of this.messages.values()) if (m.uid >= sinceUid) candidates.add(m.guid);
       if (candidates.size === 0) return [];
     }
-    const rows = [...this.messages.values()];
-    let ordered = true;
-    for (let i = 1; i < rows.length && ordered; i++) if (rows[i]!.uid < rows[i - 1]!.uid) ordered = false;
-    if (!ordered) rows.sort((a, b) => a.uid - b.uid);
     const seen = new Set<string>();
     const dups: number[] = [];
-    for (const m of rows) {
+    for (const m of this.messages.values()) {
       if (candidates && !candidates.has(m.guid)) continue;
       if (seen.has(m.guid)) dups.push(m.uid);
       else seen.add(m.guid);
