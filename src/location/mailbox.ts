@@ -72,11 +72,13 @@ export class LocationMailbox {
   }
 
   /**
-   * The last refresh could not record a change token (the mailbox had just changed): the next
-   * run would have to scan it. Refreshing again a little later, on this same handle, avoids that.
+   * No change token is on record (the mailbox had just changed, or this handle changed it since;
+   * see markTokenStale): the next run would have to scan it. Refreshing again at the end of the
+   * run, on this same handle, avoids that: usually with the two-readdir check of a store that
+   * this handle scanned, else with a scan.
    */
   get tokenPending(): boolean {
-    return this.loaded && this.row.scanToken === null && this.storeScanned && typeof this.store.changeToken === 'function';
+    return this.loaded && this.row.scanToken === null && typeof this.store.changeToken === 'function';
   }
 
   /**
@@ -93,7 +95,12 @@ export class LocationMailbox {
   }
 
   private get messages(): Map<number, MessageRow> {
-    if (!this.loadedMessages) this.loadedMessages = new Map(this.index.messages(this.row.guid).map((m) => [m.uid, m]));
+    if (!this.loadedMessages) {
+      const map = new Map<number, MessageRow>();
+      const list = this.index.messages(this.row.guid);
+      for (let i = 0; i < list.length; i++) map.set(list[i]!.uid, list[i]!);
+      this.loadedMessages = map;
+    }
     return this.loadedMessages;
   }
 
@@ -104,6 +111,16 @@ export class LocationMailbox {
   private nextModseq(): number {
     this.row.highestModseq += 1;
     return this.row.highestModseq;
+  }
+
+  /**
+   * Forgets the recorded change token when the store no longer matches it (this handle changed
+   * the mailbox): the mailbox then counts as unverified until a refresh (see tokenPending).
+   */
+  async markTokenStale(): Promise<void> {
+    if (!this.loaded || this.row.scanToken === null) return;
+    const token = this.store.changeToken ? await this.store.changeToken() : null;
+    if (token === null || token !== this.row.scanToken) this.row.scanToken = null;
   }
 
   /** Compares the store with the index and journals every difference as a change made outside dsync. */
@@ -142,9 +159,8 @@ export class LocationMailbox {
         this.row.uidValidity = status.uidValidity;
       }
       const initial = rows.size === 0 && this.row.highestModseq === 0;
-      const seen = new Set<number>();
-      for (const m of scanned) {
-        seen.add(m.uid);
+      for (let i = 0; i < scanned.length; i++) {
+        const m = scanned[i]!;
         const old = rows.get(m.uid);
         if (old && old.guid !== m.guid) {
           this.journalExpunge(old, '', now);
@@ -174,7 +190,10 @@ export class LocationMailbox {
         rows.set(m.uid, row);
       }
       if (initial && scanned.length > 0 && this.row.highestModseq === 0) this.row.highestModseq = 1;
-      if (rows.size > seen.size) {
+      // Every scanned UID (unique) now has a row: any further row is a message that is gone.
+      if (rows.size > scanned.length) {
+        const seen = new Set<number>();
+        for (let i = 0; i < scanned.length; i++) seen.add(scanned[i]!.uid);
         for (const [uid, gone] of rows) {
           if (seen.has(uid)) continue;
           this.journalExpunge(gone, '', now);
@@ -288,17 +307,21 @@ export class LocationMailbox {
     // GUID in the mailbox is built.
     let candidates: Set<string> | null = null;
     if (sinceUid > 0) {
-      candidates = new Set();
-      for (const m of this.messages.values()) if (m.uid >= sinceUid) candidates.add(m.guid);
-      if (candidates.size === 0) return [];
+      const recent = new Set<string>();
+      // forEach: no iterator objects per message in this per-mailbox pass over every message.
+      this.messages.forEach((m) => {
+        if (m.uid >= sinceUid) recent.add(m.guid);
+      });
+      if (recent.size === 0) return [];
+      candidates = recent;
     }
     const seen = new Set<string>();
     const dups: number[] = [];
-    for (const m of this.messages.values()) {
-      if (candidates && !candidates.has(m.guid)) continue;
+    this.messages.forEach((m) => {
+      if (candidates && !candidates.has(m.guid)) return;
       if (seen.has(m.guid)) dups.push(m.uid);
       else seen.add(m.guid);
-    }
+    });
     return dups;
   }
 
@@ -330,10 +353,10 @@ export class LocationMailbox {
         nextExp = expIter.next();
       }
     };
-    for (const m of this.messages.values()) {
+    this.messages.forEach((m) => {
       const a = acc.get(m.uid);
       const isNew = m.uid > mode.lastCommonUid;
-      if (!isNew && !mode.complete && !a) continue;
+      if (!isNew && !mode.complete && !a) return;
       pushExpungesBelow(m.uid);
       const kwAdd = a && a.kwAdd.size > 0 ? [...a.kwAdd] : NO_STRINGS;
       const kwRemove = a && a.kwRemove.size > 0 ? [...a.kwRemove] : NO_STRINGS;
@@ -373,7 +396,7 @@ export class LocationMailbox {
         changedAt: a?.changedAt ?? 0,
         internalDate: m.internalDate,
       });
-    }
+    });
     pushExpungesBelow(Infinity);
     return { records, view: { uidNext: this.row.uidNext, complete: mode.complete, messages, expunges } };
   }
@@ -658,6 +681,8 @@ function inUidOrder(rows: Map<number, MessageRow>): Map<number, MessageRow> {
 
 function sameKeywords(a: readonly string[], b: readonly string[]): boolean {
   if (a.length !== b.length) return false;
+  if (a.length === 0) return true;
+  if (a.length === 1) return a[0] === b[0];
   const s = new Set(a);
   return b.every((k) => s.has(k));
 }

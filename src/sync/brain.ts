@@ -281,12 +281,21 @@ async function release(ctx: Ctx, guid: string): Promise<void> {
   // One budget for all handles kept beyond their turn: those the tree phase left open and these.
   let held = ctx.settlingMessages + box.loadedCount;
   for (const other of ctx.open.values()) held += other.loadedCount;
-  if (box.tokenPending && held <= KEEP_OPEN_MESSAGES) {
-    // Only the store's file map is needed to settle the token; the rows are in the index.
-    ctx.settlingMessages += box.loadedCount;
-    box.dropRows();
-    ctx.settling.push(box);
-    return;
+  if (box.tokenPending) {
+    if (held <= KEEP_OPEN_MESSAGES) {
+      // Only the store's file map is needed to settle the token; the rows are in the index.
+      ctx.settlingMessages += box.loadedCount;
+      box.dropRows();
+      ctx.settling.push(box);
+      return;
+    }
+    // Over the budget: check now, which records a token if the changes are old enough already.
+    try {
+      await box.refresh();
+    } catch (err) {
+      await box.close();
+      throw err;
+    }
   }
   await box.close();
   trimHeap();
@@ -621,9 +630,11 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
       syncId: ctx.role === 'master' ? syncId : peerState.syncId,
     });
   }
-  // Rescan now that our changes are on disk, so the next run can trust the store's change token;
-  // anything found here changed outside dsync during the sync and is journaled as such.
-  if (!ctx.isSource) await box.refresh();
+  // Our changes leave the store's change token stale, and one taken right after them would not
+  // be trusted (see StoreMailbox.changeToken). The mailbox is checked once more at the end of the
+  // run (settleTokens), when they are old enough; anything that changed outside dsync during the
+  // sync is found and journaled then, or by the next run's scan.
+  if (!ctx.isSource) await box.markTokenStale();
   const parts: string[] = [];
   if (applied.fromPeer) parts.push(`${applied.fromPeer} new`);
   if (applied.moved) parts.push(`${applied.moved} moved to new UIDs`);

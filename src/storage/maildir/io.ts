@@ -64,12 +64,7 @@ export function assertWritable(ctx: FsContext, what: string): void {
 }
 
 export async function chownIfNeeded(ctx: FsContext, p: string): Promise<void> {
-  if (!ctx.owner) return;
-  try {
-    await fsp.lchown(p, ctx.owner.uid, ctx.owner.gid);
-  } catch (e) {
-    throw toStorageError(e, 'chown', p);
-  }
+  chownIfNeededSync(ctx, p);
 }
 
 export function chownIfNeededSync(ctx: FsContext, p: string): void {
@@ -87,7 +82,7 @@ export async function mkdirp(ctx: FsContext, dir: string): Promise<boolean> {
   let cur = path.resolve(dir);
   for (;;) {
     try {
-      const st = await fsp.stat(cur);
+      const st = fs.statSync(cur);
       if (!st.isDirectory()) throw new StorageError(`mkdir ${dir}: ${cur} exists and is not a directory`, 'IO');
       break;
     } catch (e) {
@@ -102,7 +97,7 @@ export async function mkdirp(ctx: FsContext, dir: string): Promise<boolean> {
   for (let i = missing.length - 1; i >= 0; i--) {
     const d = missing[i]!;
     try {
-      await fsp.mkdir(d, { mode: ctx.dirMode });
+      fs.mkdirSync(d, { mode: ctx.dirMode });
     } catch (e) {
       if (errCode(e) === 'EEXIST') continue;
       throw toStorageError(e, 'mkdir', d);
@@ -113,17 +108,34 @@ export async function mkdirp(ctx: FsContext, dir: string): Promise<boolean> {
 }
 
 export async function fsyncDir(dir: string): Promise<void> {
-  let fh: fsp.FileHandle | undefined;
+  fsyncDirSync(dir);
+}
+
+/**
+ * Synchronous on purpose, like the other small metadata operations of this module: a thread-pool
+ * round trip costs ~70 us here, more than most of these calls, and the caller waits for each
+ * anyway. Only writes of many mails at once go through the pool, where their fsyncs overlap.
+ */
+export function fsyncDirSync(dir: string): void {
+  let fd: number | undefined;
   try {
-    fh = await fsp.open(dir, 'r');
-    await fh.sync();
+    fd = fs.openSync(dir, 'r');
+    fs.fsyncSync(fd);
   } catch (e) {
     const c = errCode(e);
     // Some filesystems cannot fsync a directory; that is not worth failing a save over.
     if (c === 'EINVAL' || c === 'EISDIR' || c === 'EBADF' || c === 'ENOTSUP' || c === 'EPERM') return;
     throw toStorageError(e, 'fsync', dir);
   } finally {
-    await fh?.close().catch(() => undefined);
+    if (fd !== undefined) closeQuietly(fd);
+  }
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    fs.closeSync(fd);
+  } catch {
+    // nothing to do: the data was already written and synced, or the error is being reported
   }
 }
 
@@ -138,36 +150,52 @@ export function tempNameFor(target: string): string {
 
 /** Writes data to a new file (O_EXCL), fsyncs it and chowns it. The file must not exist. */
 export async function writeNewFile(ctx: FsContext, p: string, data: string | Buffer, mode = ctx.fileMode): Promise<void> {
-  let fh: fsp.FileHandle | undefined;
+  writeNewFileSync(ctx, p, data, mode);
+}
+
+function writeNewFileSync(ctx: FsContext, p: string, data: string | Buffer, mode = ctx.fileMode): void {
+  let fd: number | undefined;
   try {
-    fh = await fsp.open(p, 'wx', mode);
-    await fh.writeFile(data);
-    await fh.sync();
+    fd = fs.openSync(p, 'wx', mode);
+    fs.writeFileSync(fd, data);
+    fs.fsyncSync(fd);
   } catch (e) {
     throw toStorageError(e, 'write', p);
   } finally {
-    await fh?.close().catch(() => undefined);
+    if (fd !== undefined) closeQuietly(fd);
   }
-  await chownIfNeeded(ctx, p);
+  chownIfNeededSync(ctx, p);
 }
 
 /** Replaces target atomically: temp file in the same dir, fsync, rename. */
 export async function writeFileAtomic(ctx: FsContext, target: string, data: string | Buffer): Promise<void> {
   const tmp = tempNameFor(target);
   try {
-    await writeNewFile(ctx, tmp, data);
-    await io('rename', target, () => fsp.rename(tmp, target));
+    writeNewFileSync(ctx, tmp, data);
+    try {
+      fs.renameSync(tmp, target);
+    } catch (e) {
+      throw toStorageError(e, 'rename', target);
+    }
   } catch (e) {
-    await fsp.unlink(tmp).catch(() => undefined);
+    try {
+      fs.unlinkSync(tmp);
+    } catch {
+      // it was never created, or is gone already
+    }
     throw e;
   }
-  await fsyncDir(path.dirname(target)).catch(() => undefined);
+  try {
+    fsyncDirSync(path.dirname(target));
+  } catch {
+    // the file is in place; only its durability across a crash is in doubt, as before the rename
+  }
 }
 
 /** Reads a file as UTF-8, or returns null if it does not exist. */
 export async function readFileOrNull(p: string): Promise<string | null> {
   try {
-    return await fsp.readFile(p, 'utf8');
+    return fs.readFileSync(p, 'utf8');
   } catch (e) {
     if (isNotFound(e)) return null;
     throw toStorageError(e, 'read', p);

@@ -1,6 +1,7 @@
 // Where mailboxes live on disk: Maildir++ (".A.B" directories directly under the root, '.' as
 // separator) or LAYOUT=fs (nested "A/B" directories, '/' as separator). Names in the interface are
 // UTF-8 components; on disk each component is modified UTF-7 unless the location has UTF-8.
+import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import type { Dirent } from 'node:fs';
 import * as path from 'node:path';
@@ -267,7 +268,7 @@ async function isDirEntry(d: Dirent, full: string): Promise<boolean> {
 
 export async function hasCur(dir: string): Promise<boolean> {
   try {
-    return (await fsp.stat(path.join(dir, 'cur'))).isDirectory();
+    return fs.statSync(path.join(dir, 'cur')).isDirectory();
   } catch (e) {
     if (isNotFound(e)) return false;
     throw toStorageError(e, 'stat', path.join(dir, 'cur'));

@@ -2,9 +2,11 @@
 // (2 minutes, like Dovecot's uidlist lock) is overridden. The lock file may double as the temp file
 // of a rewrite: writing the new contents into it and renaming it over the target replaces the file
 // and releases the lock in one atomic step (what Dovecot does too).
-import * as fsp from 'node:fs/promises';
+// Every file operation here is synchronous: each is one quick system call (a thread-pool round
+// trip would cost more), and the caller waits for each in turn anyway.
+import * as fs from 'node:fs';
 import { StorageError } from '../types.js';
-import { chownIfNeeded, errCode, fsyncDir, isNotFound, sleep, toStorageError, type FsContext } from './io.js';
+import { chownIfNeededSync, errCode, fsyncDirSync, isNotFound, sleep, toStorageError, type FsContext } from './io.js';
 import * as path from 'node:path';
 import { hostname } from 'node:os';
 
@@ -25,7 +27,7 @@ export class DotLock {
   private constructor(
     readonly target: string,
     readonly lockPath: string,
-    private readonly fh: fsp.FileHandle,
+    private readonly fd: number,
     private readonly ino: number,
     private readonly ctx: FsContext,
     private readonly mode: number | undefined,
@@ -40,35 +42,33 @@ export class DotLock {
       // Prepared complete under a private name (holder named, owner set), then linked into place:
       // the lock appears at once as it should be, and link() fails if someone else holds it.
       const temp = `${lockPath}.${process.pid}.${++tempCounter}.tmp`;
-      let fh: fsp.FileHandle | undefined;
+      let fd: number | undefined;
       try {
-        fh = await fsp.open(temp, 'wx', ctx.fileMode);
-        await chownIfNeeded(ctx, temp);
+        fd = fs.openSync(temp, 'wx', ctx.fileMode);
+        chownIfNeededSync(ctx, temp);
         // Like Dovecot's dotlocks, the lock names its holder, so a crashed holder is seen at once.
-        await fh.write(`${process.pid}:${hostname()}`, 0);
-        await fsp.link(temp, lockPath);
-        await fsp.unlink(temp).catch(() => undefined);
-        const st = await fh.stat();
-        return new DotLock(target, lockPath, fh, st.ino, ctx, ctx.fileMode);
+        fs.writeSync(fd, `${process.pid}:${hostname()}`, 0);
+        fs.linkSync(temp, lockPath);
+        unlinkQuietly(temp);
+        const st = fs.fstatSync(fd);
+        return new DotLock(target, lockPath, fd, st.ino, ctx, ctx.fileMode);
       } catch (e) {
-        await fh?.close().catch(() => undefined);
-        await fsp.unlink(temp).catch(() => undefined);
+        if (fd !== undefined) closeQuietly(fd);
+        unlinkQuietly(temp);
         if (errCode(e) !== 'EEXIST') throw toStorageError(e, 'create lock', lockPath);
       }
       // Someone holds it. Stale?
       try {
-        const st = await fsp.stat(lockPath);
+        const st = fs.statSync(lockPath);
 
         if (Date.now() - st.mtimeMs > staleMs) {
           ctx.warn(`overriding stale lock ${lockPath} (${Math.round((Date.now() - st.mtimeMs) / 1000)} s old)`);
-          const again = await fsp.stat(lockPath).catch(() => null);
-          if (again && again.ino === st.ino) await fsp.unlink(lockPath).catch(() => undefined);
+          if (inodeOf(lockPath) === st.ino) unlinkQuietly(lockPath);
           continue;
         }
         if (await holderIsDead(lockPath)) {
           ctx.warn(`overriding lock ${lockPath} left by a process that no longer exists`);
-          const again = await fsp.stat(lockPath).catch(() => null);
-          if (again && again.ino === st.ino) await fsp.unlink(lockPath).catch(() => undefined);
+          if (inodeOf(lockPath) === st.ino) unlinkQuietly(lockPath);
           continue;
         }
       } catch (e) {
@@ -83,18 +83,18 @@ export class DotLock {
     }
   }
 
-  private async stillOurs(): Promise<boolean> {
-    try {
-      return (await fsp.stat(this.lockPath)).ino === this.ino;
-    } catch {
-      return false;
-    }
+  private stillOurs(): boolean {
+    return inodeOf(this.lockPath) === this.ino;
   }
 
   /** Refreshes the lock's mtime so that others do not consider it stale during long work. */
   async touch(): Promise<void> {
     const now = new Date();
-    await this.fh.utimes(now, now).catch(() => undefined);
+    try {
+      fs.futimesSync(this.fd, now, now);
+    } catch {
+      // a lock we cannot touch is overridden after the stale timeout, as before
+    }
   }
 
   /**
@@ -106,40 +106,73 @@ export class DotLock {
     // A temp file of our own (not the lock file, which keeps naming its holder) renamed over the target.
     const temp = `${this.target}.${process.pid}.tmp`;
     try {
-      const fh = await fsp.open(temp, 'w', this.mode);
+      const fd = fs.openSync(temp, 'w', this.mode);
       try {
-        await fh.writeFile(data);
-        await fh.sync();
+        fs.writeFileSync(fd, data);
+        fs.fsyncSync(fd);
       } finally {
-        await fh.close().catch(() => undefined);
+        closeQuietly(fd);
       }
-      await chownIfNeeded(this.ctx, temp);
+      chownIfNeededSync(this.ctx, temp);
     } catch (e) {
-      await fsp.unlink(temp).catch(() => undefined);
-      await this.release();
+      unlinkQuietly(temp);
+      this.releaseSync();
       throw toStorageError(e, 'write', temp);
     }
-    if (!(await this.stillOurs())) {
-      await fsp.unlink(temp).catch(() => undefined);
-      await this.release();
+    if (!this.stillOurs()) {
+      unlinkQuietly(temp);
+      this.releaseSync();
       throw new StorageError(`lock ${this.lockPath} was taken over by another process; ${this.target} not written`, 'LOCKED');
     }
     try {
-      await fsp.rename(temp, this.target);
+      fs.renameSync(temp, this.target);
     } catch (e) {
-      await fsp.unlink(temp).catch(() => undefined);
-      await this.release();
+      unlinkQuietly(temp);
+      this.releaseSync();
       throw toStorageError(e, 'rename', this.target);
     }
-    await fsyncDir(path.dirname(this.target)).catch(() => undefined);
-    await this.release();
+    try {
+      fsyncDirSync(path.dirname(this.target));
+    } catch {
+      // the new file is in place; only its durability across a crash is in doubt
+    }
+    this.releaseSync();
   }
 
   async release(): Promise<void> {
+    this.releaseSync();
+  }
+
+  private releaseSync(): void {
     if (this.released) return;
     this.released = true;
-    await this.fh.close().catch(() => undefined);
-    if (await this.stillOurs()) await fsp.unlink(this.lockPath).catch(() => undefined);
+    closeQuietly(this.fd);
+    if (this.stillOurs()) unlinkQuietly(this.lockPath);
+  }
+}
+
+/** The inode number of p, or undefined when it does not exist (or cannot be stat'ed). */
+function inodeOf(p: string): number | undefined {
+  try {
+    return fs.statSync(p).ino;
+  } catch {
+    return undefined;
+  }
+}
+
+function unlinkQuietly(p: string): void {
+  try {
+    fs.unlinkSync(p);
+  } catch {
+    // already gone (or never made): nothing to clean up
+  }
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    fs.closeSync(fd);
+  } catch {
+    // nothing useful to do about a failed close of a lock file
   }
 }
 
@@ -162,15 +195,20 @@ export async function withDotLock<T>(
 async function holderIsDead(lockPath: string): Promise<boolean> {
   let content: string;
   try {
-    content = await fsp.readFile(lockPath, 'utf8');
+    content = fs.readFileSync(lockPath, 'utf8');
   } catch {
     return false;
   }
   if (content === '') {
     // A holder writes its name right after creating the lock; an empty lock that stays empty
     // belonged to a process killed in between.
-    const st = await fsp.stat(lockPath).catch(() => null);
-    return st !== null && Date.now() - st.mtimeMs > 2000;
+    let mtimeMs: number;
+    try {
+      mtimeMs = fs.statSync(lockPath).mtimeMs;
+    } catch {
+      return false;
+    }
+    return Date.now() - mtimeMs > 2000;
   }
   const m = /^(\d+):(.*)$/.exec(content.split('\n')[0] ?? '');
   if (!m || m[2] !== hostname()) return false;

@@ -53,7 +53,9 @@ import {
   parseFileName,
   parseInfo,
   sizeHints,
+  type DecodedFlags,
 } from './filename.js';
+import { NO_STRINGS } from '../../util/empty.js';
 
 /** Size and mtime of a message file, remembered across scans (maildir files are immutable). */
 export interface FileStat {
@@ -91,12 +93,13 @@ interface FoundFile {
 
 const MAX_UID = 0xffffffff;
 /** How old an mtime must be before a change token trusts it (see changeToken). */
-const FINE_TICK_MARGIN_MS = 100;
+const FINE_TICK_MARGIN_MS = 30;
 const COARSE_TICK_MARGIN_MS = 2000;
 /** For scans that only map UIDs to files: listed files need no stat. */
 const ALL_KNOWN = (): boolean => true;
-/** Size and mtime of a file the scan did not stat (the caller knows the message). */
-const UNKNOWN_STAT: FileStat = Object.freeze({ size: -1, mtimeMs: -1000 });
+/** Flags of a file name without (valid) flag letters. Shared: never mutated. */
+const NO_FLAGS: DecodedFlags = Object.freeze({ flags: 0, keywords: NO_STRINGS }) as DecodedFlags;
+const NO_ENTRIES: ReadonlyMap<string, UidlistEntry> = new Map();
 const STAT_CONCURRENCY = 64;
 
 /**
@@ -225,7 +228,7 @@ export class MaildirMailbox implements StoreMailbox {
   private async readDir(sub: Sub): Promise<Dirent[]> {
     const dir = path.join(this.mailDir, sub);
     try {
-      return await fsp.readdir(dir, { withFileTypes: true });
+      return fs.readdirSync(dir, { withFileTypes: true });
     } catch (e) {
       if (isNotFound(e) && sub === 'new') return [];
       if (isNotFound(e)) throw new StorageError(`mailbox ${this.label} does not exist (no ${dir})`, 'NOTFOUND');
@@ -236,7 +239,7 @@ export class MaildirMailbox implements StoreMailbox {
   private async readKeywords(fresh = false): Promise<KeywordMap> {
     let st: Stats | null = null;
     try {
-      st = await fsp.stat(this.keywordsPath);
+      st = fs.statSync(this.keywordsPath);
     } catch (e) {
       if (!isNotFound(e)) throw toStorageError(e, 'stat', this.keywordsPath);
     }
@@ -248,7 +251,7 @@ export class MaildirMailbox implements StoreMailbox {
     if (!fresh && this.kwCache && this.kwCache.key === key) return this.kwCache.map;
     let text: string;
     try {
-      text = await fsp.readFile(this.keywordsPath, 'utf8');
+      text = fs.readFileSync(this.keywordsPath, 'utf8');
     } catch (e) {
       if (isNotFound(e)) return new KeywordMap();
       throw toStorageError(e, 'read', this.keywordsPath);
@@ -324,15 +327,15 @@ export class MaildirMailbox implements StoreMailbox {
     if (added.length === 0) return;
     let text = added.map(formatEntry).join('\n') + '\n';
     if (!ul.endsWithNewline) text = '\n' + text;
-    let fh: fsp.FileHandle | undefined;
+    let fd: number | undefined;
     try {
-      fh = await fsp.open(this.uidlistPath, 'a');
-      await fh.writeFile(text);
-      await fh.sync();
+      fd = fs.openSync(this.uidlistPath, 'a');
+      fs.writeFileSync(fd, text);
+      fs.fsyncSync(fd);
     } catch (e) {
       throw toStorageError(e, 'append to', this.uidlistPath);
     } finally {
-      await fh?.close().catch(() => undefined);
+      if (fd !== undefined) fs.closeSync(fd);
     }
     ul.endsWithNewline = true;
   }
@@ -397,7 +400,7 @@ export class MaildirMailbox implements StoreMailbox {
     for (const sub of ['cur', 'new'] as const) {
       let names: string[];
       try {
-        names = await fsp.readdir(path.join(this.mailDir, sub));
+        names = fs.readdirSync(path.join(this.mailDir, sub));
       } catch (e) {
         if (isNotFound(e)) continue;
         throw toStorageError(e, 'readdir', path.join(this.mailDir, sub));
@@ -453,13 +456,20 @@ export class MaildirMailbox implements StoreMailbox {
 
   /** One scan pass; null when a concurrent change was detected and the scan should be repeated. */
   private async scanOnce(final: boolean, known?: ScanOptions['known']): Promise<StoreMessage[] | null> {
+    // Runs over every file of a mailbox that changed: written to allocate little per file
+    // (forEach instead of for-of over maps, one map of names, flags decoded once per distinct
+    // flag string), since the garbage of large mailboxes is what a rescan mostly costs.
     const { ctx } = this;
     const warn = ctx.warn;
     await this.assertExists();
     let ul = await this.readUidlistCached();
-    const [curEnts, newEnts] = await Promise.all([this.readDir('cur'), this.readDir('new')]);
+    const curEnts = await this.readDir('cur');
+    const newEnts = await this.readDir('new');
 
-    const found = new Map<string, FoundFile>();
+    // Base name -> file name. Files of new/ are moved to cur/; read-only, they stay (inNew).
+    const found = new Map<string, string>();
+    let inNew: Set<string> | null = null;
+    const subOf = (base: string): Sub => (inNew !== null && inNew.has(base) ? 'new' : 'cur');
     const dupes: { sub: Sub; name: string; base: string }[] = [];
     const consider = (sub: Sub, d: Dirent): string | null => {
       if (d.name.startsWith('.')) {
@@ -482,22 +492,25 @@ export class MaildirMailbox implements StoreMailbox {
       }
       return base;
     };
-    for (const d of curEnts) {
+    for (let i = 0; i < curEnts.length; i++) {
+      const d = curEnts[i]!;
       const base = consider('cur', d);
-      if (base !== null) found.set(base, { sub: 'cur', name: d.name });
+      if (base !== null) found.set(base, d.name);
     }
     let raced = false;
-    for (const d of newEnts) {
+    for (let i = 0; i < newEnts.length; i++) {
+      const d = newEnts[i]!;
       const base = consider('new', d);
       if (base === null) continue;
       if (ctx.readOnly) {
-        found.set(base, { sub: 'new', name: d.name });
+        found.set(base, d.name);
+        (inNew ??= new Set()).add(base);
         continue;
       }
       const target = d.name.includes(':') ? d.name : `${d.name}:2,`;
       try {
-        await fsp.rename(path.join(this.mailDir, 'new', d.name), path.join(this.mailDir, 'cur', target));
-        found.set(base, { sub: 'cur', name: target });
+        fs.renameSync(path.join(this.mailDir, 'new', d.name), path.join(this.mailDir, 'cur', target));
+        found.set(base, target);
       } catch (e) {
         if (isNotFound(e)) {
           raced = true; // someone else moved or expunged it
@@ -511,7 +524,7 @@ export class MaildirMailbox implements StoreMailbox {
     // Duplicate base names (e.g. one copy in new/, one in cur/): keep the first, make the other a
     // new message of its own (or drop it when it is the same inode).
     for (const dup of dupes) {
-      const keep = found.get(dup.base)!;
+      const keep: FoundFile = { sub: subOf(dup.base), name: found.get(dup.base)! };
       const dupPath = path.join(this.mailDir, dup.sub, dup.name);
       if (ctx.readOnly) {
         warn(`mailbox ${this.label}: ${dup.sub}/${dup.name} has the same base name as ${keep.sub}/${keep.name}; ignoring it`);
@@ -533,50 +546,50 @@ export class MaildirMailbox implements StoreMailbox {
       const target = fileNameOf(newBase, info);
       try {
         await fsp.rename(dupPath, path.join(this.mailDir, 'cur', target));
-        found.set(newBase, { sub: 'cur', name: target });
+        found.set(newBase, target);
       } catch (e) {
         if (!isNotFound(e)) throw toStorageError(e, 'rename', dupPath);
       }
     }
 
     // UIDs of the files the uidlist lists already.
-    let listed = new Map<string, UidlistEntry>();
-    if (ul) for (const e of ul.entries) listed.set(e.base, e);
+    let listed = ul ? entriesByBase(ul) : NO_ENTRIES;
 
     // Size and mtime (INTERNALDATE): only for files the caller does not know yet (a file never
     // changes in place; a flag change is a rename that keeps the base name).
-    const present = new Map<string, { f: FoundFile; st: FileStat }>();
     const toStat: string[] = [];
-    for (const [base, f] of found) {
+    found.forEach((_name, base) => {
       const e = known ? listed.get(base) : undefined;
-      if (e && known!(e.uid, entryGuid(e))) present.set(base, { f, st: UNKNOWN_STAT });
-      else toStat.push(base);
-    }
+      if (!e || !known!(e.uid, entryGuid(e))) toStat.push(base);
+    });
     let stats: (Stats | null)[];
     try {
       stats = await statFiles(
-        toStat.map((b) => this.filePath(found.get(b)!)),
+        toStat.map((b) => this.filePath({ sub: subOf(b), name: found.get(b)! })),
         this.env.statMode ?? 'sync',
       );
     } catch (e) {
       throw toStorageError(e, 'stat in', this.mailDir);
     }
+    const statted = new Map<string, FileStat>();
     for (let i = 0; i < toStat.length; i++) {
       const st = stats[i];
-      const f = found.get(toStat[i]!)!;
+      const base = toStat[i]!;
       if (!st) {
         if (!final) return null; // vanished (renamed by a flag change?) -> rescan
+        found.delete(base);
         continue;
       }
       if (!st.isFile()) {
-        this.warnOnce(`mailbox ${this.label}: ignoring non-regular file ${f.sub}/${f.name}`);
+        this.warnOnce(`mailbox ${this.label}: ignoring non-regular file ${subOf(base)}/${found.get(base)}`);
+        found.delete(base);
         continue;
       }
-      present.set(toStat[i]!, { f, st: { size: st.size, mtimeMs: st.mtimeMs } });
+      statted.set(base, { size: st.size, mtimeMs: st.mtimeMs });
     }
 
     // New files get UIDs in Dovecot's order (numeric seconds, then microseconds): clients take UID order as arrival order.
-    const unlisted = [...present.keys()].filter((b) => !listed.has(b)).sort(compareForUidOrder);
+    const unlisted = toStat.filter((b) => found.has(b) && !listed.has(b)).sort(compareForUidOrder);
     const needHeader = !ul || !ul.header.guid || !ul.header.uidValidity;
     if (!ctx.readOnly && (needHeader || unlisted.length > 0)) {
       ul = await this.withLock(async (lock) => {
@@ -597,36 +610,50 @@ export class MaildirMailbox implements StoreMailbox {
         await this.keepUidlist(fresh);
         return fresh;
       });
-      listed = new Map(ul.entries.map((e) => [e.base, e]));
+      listed = entriesByBase(ul);
     } else if (unlisted.length > 0) {
       // Read-only: deterministic in-memory UIDs after the highest listed one, by base name.
+      const withUnlisted = new Map(listed);
       let nextUid = (ul ?? emptyUidlist()).nextUid;
-      for (const b of unlisted) listed.set(b, { uid: nextUid++, base: b, ext: [] });
+      for (const b of unlisted) withUnlisted.set(b, { uid: nextUid++, base: b, ext: [] });
+      listed = withUnlisted;
     }
 
     const kw = await this.readKeywords();
+    // Most mails share a handful of flag combinations: decode each once.
+    const decoded = new Map<string, DecodedFlags>();
     const msgs: StoreMessage[] = [];
     const files = new Map<number, MsgFile>();
-    for (const [base, { f, st }] of present) {
+    found.forEach((name, base) => {
       const e = listed.get(base);
-      if (!e) continue; // cannot happen
-      const colon = f.name.indexOf(':');
-      const info = colon < 0 ? null : parseInfo(f.name.slice(colon + 1));
-      const { flags, keywords } = info ? decodeLetters(info.letters, kw) : { flags: 0, keywords: [] };
+      if (!e) return; // cannot happen
+      const colon = name.indexOf(':');
+      let d = NO_FLAGS;
+      if (colon >= 0) {
+        const infoText = name.slice(colon + 1);
+        let cached = decoded.get(infoText);
+        if (!cached) {
+          const info = parseInfo(infoText);
+          cached = info ? decodeLetters(info.letters, kw) : NO_FLAGS;
+          decoded.set(infoText, cached);
+        }
+        d = cached;
+      }
       const guid = entryGuid(e);
+      const st = statted.get(base);
       msgs.push({
         uid: e.uid,
         guid,
-        flags,
-        keywords,
-        internalDate: st === UNKNOWN_STAT ? -1 : Math.floor(st.mtimeMs / 1000),
-        size: st.size,
+        flags: d.flags,
+        keywords: d.keywords,
+        internalDate: st === undefined ? -1 : Math.floor(st.mtimeMs / 1000),
+        size: st === undefined ? -1 : st.size,
       });
-      files.set(e.uid, { uid: e.uid, base, sub: f.sub, name: f.name, guid });
-    }
+      files.set(e.uid, { uid: e.uid, base, sub: subOf(base), name, guid });
+    });
     msgs.sort((a, b) => a.uid - b.uid);
     this.files = files;
-    this.bases = new Set(present.keys());
+    this.bases = new Set(found.keys());
     this.scanned = true;
     return msgs;
   }
@@ -645,7 +672,8 @@ export class MaildirMailbox implements StoreMailbox {
       let cur: string[];
       let fresh: string[];
       try {
-        [cur, fresh] = await Promise.all([fsp.readdir(path.join(this.mailDir, 'cur')), fsp.readdir(path.join(this.mailDir, 'new'))]);
+        cur = fs.readdirSync(path.join(this.mailDir, 'cur'));
+        fresh = fs.readdirSync(path.join(this.mailDir, 'new'));
       } catch {
         return false;
       }
@@ -1004,7 +1032,7 @@ export class MaildirMailbox implements StoreMailbox {
           const newName = fileNameOf(f.base, buildInfo(oldInfo, u.flags, this.keywordLetters(kw, u.keywords), kw));
           if (f.sub === 'cur' && newName === f.name) break;
           try {
-            await fsp.rename(this.filePath(f), path.join(curDir, newName));
+            fs.renameSync(this.filePath(f), path.join(curDir, newName));
             f = { ...f, sub: 'cur', name: newName };
             this.files.set(u.uid, f);
             renamed = true;
@@ -1038,7 +1066,7 @@ export class MaildirMailbox implements StoreMailbox {
         if (!f) continue;
         for (let attempt = 0; attempt < 3; attempt++) {
           try {
-            await fsp.unlink(this.filePath(f));
+            fs.unlinkSync(this.filePath(f));
             break;
           } catch (e) {
             if (!isNotFound(e)) throw toStorageError(e, 'unlink', this.filePath(f));
@@ -1073,7 +1101,8 @@ export class MaildirMailbox implements StoreMailbox {
     // A change within the same timestamp tick as an earlier one leaves the mtime as it was, so a
     // token taken within a tick of the last change may miss one still to come: then there is
     // no token (null: scan, and try again later). A tick is at most 10 ms where timestamps have
-    // sub-second parts (ext4, xfs, btrfs, tmpfs), up to 2 s elsewhere (ext3, FAT).
+    // sub-second parts (ext4, xfs, btrfs, tmpfs: the kernel's coarse clock, one jiffy, which may
+    // lag the real time by a tick, hence three ticks of margin), up to 2 s elsewhere (ext3, FAT).
     const now = Date.now();
     const part = (p: string, withIno: boolean) => {
       try {
@@ -1229,6 +1258,22 @@ export class MaildirMailbox implements StoreMailbox {
 }
 
 /** Base names a uidlist lists, built once per parsed uidlist and kept up to date by saves. */
+/**
+ * A uidlist's entries by base name, kept per uidlist object. Valid while its entries array is the
+ * same one with the same length: uidlists read for scanning are never changed, and the ones
+ * changed under the lock get new arrays or grow.
+ */
+const entryMaps = new WeakMap<Uidlist, { entries: UidlistEntry[]; length: number; map: Map<string, UidlistEntry> }>();
+function entriesByBase(ul: Uidlist): ReadonlyMap<string, UidlistEntry> {
+  const c = entryMaps.get(ul);
+  if (c && c.entries === ul.entries && c.length === ul.entries.length) return c.map;
+  const map = new Map<string, UidlistEntry>();
+  const entries = ul.entries;
+  for (let i = 0; i < entries.length; i++) map.set(entries[i]!.base, entries[i]!);
+  entryMaps.set(ul, { entries, length: entries.length, map });
+  return map;
+}
+
 const listedCache = new WeakMap<Uidlist, Set<string>>();
 function listedBases(ul: Uidlist): Set<string> {
   let set = listedCache.get(ul);

@@ -1,5 +1,6 @@
 // The maildir MailStore: mailbox tree (Maildir++ or LAYOUT=fs), subscriptions, UIDVALIDITY
 // allocation, mailbox create/delete/rename.
+import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import {
@@ -215,7 +216,7 @@ export class MaildirStore implements MailStore {
     await Promise.all(
       out.map(async (info) => {
         if (!info.selectable) return;
-        const st = await fsp.stat(this.layout.mailDir(info.name)).catch(() => null);
+        const st = statOrNull(this.layout.mailDir(info.name));
         if (st) info.changedAt = st.ctimeMs;
         const summary = await readUidlistSummary(path.join(this.layout.controlDir(info.name), UIDLIST_NAME));
         if (!summary) return;
@@ -447,5 +448,14 @@ export class MaildirStore implements MailStore {
 
   async close(): Promise<void> {
     this.envs.clear();
+  }
+}
+
+/** Synchronous: one quick call per mailbox, where a thread-pool round trip would cost more. */
+function statOrNull(p: string): fs.Stats | null {
+  try {
+    return fs.statSync(p);
+  } catch {
+    return null;
   }
 }

@@ -221,7 +221,9 @@ export function serializeUidlist(ul: Uidlist): string {
 }
 
 export function entryExt(e: UidlistEntry, key: string): string | undefined {
-  for (const [k, v] of e.ext) if (k === key) return v;
+  // Indexed: called per message in scans, where for-of would allocate an iterator per call.
+  const ext = e.ext;
+  for (let i = 0; i < ext.length; i++) if (ext[i]![0] === key) return ext[i]![1];
   return undefined;
 }
 
@@ -233,7 +235,7 @@ export function entryGuid(e: UidlistEntry): string {
 export async function readUidlist(p: string, warn: Warn): Promise<Uidlist | null> {
   let text: string;
   try {
-    text = await fsp.readFile(p, 'utf8');
+    text = fs.readFileSync(p, 'utf8');
   } catch (e) {
     if (isNotFound(e)) return null;
     throw toStorageError(e, 'read', p);
