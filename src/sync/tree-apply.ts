@@ -43,6 +43,19 @@ export async function applyTreeActions(
     }
   };
 
+  /**
+   * Renames a mailbox. A store cannot rename a mailbox to a name below its own (A to A/x), but
+   * the plan may ask for it (A was renamed twice on the other side, A to C to A/x): that goes
+   * through a temporary sibling name. Its children move along, as with any rename.
+   */
+  const rename = async (what: string, guid: string, from: string[], to: string[]): Promise<boolean> => {
+    if (to.length > from.length && nameKey(to.slice(0, from.length)) === nameKey(from)) {
+      const temp = [...from.slice(0, -1), `${from[from.length - 1]}-temp-${guid}`];
+      if (!(await tolerate(what, () => loc.renameMailbox(guid, temp)))) return false;
+    }
+    return tolerate(what, () => loc.renameMailbox(guid, to));
+  };
+
   for (const a of actions.filter((x) => x.op === 'setGuid')) {
     if (a.op !== 'setGuid') continue;
     await loc.setMailboxGuid(a.from, a.to);
@@ -68,7 +81,7 @@ export async function applyTreeActions(
         blocked.push(r);
         continue;
       }
-      if (await tolerate(`renaming ${show(row.name)} to ${show(to)}`, () => loc.renameMailbox(r.guid, to))) {
+      if (await rename(`renaming ${show(row.name)} to ${show(to)}`, r.guid, row.name, to)) {
         res.summary.push(`mailbox ${show(row.name)}: renamed to ${show(to)}`);
       }
       res.touched.add(r.guid);
@@ -91,7 +104,7 @@ export async function applyTreeActions(
       const row = loc.index.mailbox(guid);
       if (!row || nameKey(row.name) === nameKey(want)) continue;
       if (loc.mailboxByName(want)) continue;
-      await tolerate(`moving ${show(row.name)} back to ${show(want)}`, () => loc.renameMailbox(guid, want));
+      await rename(`moving ${show(row.name)} back to ${show(want)}`, guid, row.name, want);
       res.touched.add(guid);
       moved = true;
     }

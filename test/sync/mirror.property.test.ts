@@ -13,6 +13,15 @@ test(`mirror property: ${RUNS} random histories converge without losing mail`, {
   await fc.assert(fc.asyncProperty(fc.array(roundArb, { minLength: 1, maxLength: 4 }), (rounds) => runHistory(rounds)), { numRuns: RUNS, verbose: 1 });
 });
 
+// Counterexamples the property found once, replayed every time.
+test('replayed counterexample: a mailbox renamed twice on one side ends below its old name (A -> C -> A/x)', async () => {
+  await runHistory([
+    { a: [], b: [{ k: 'create', name: 0 }] },
+    { a: [{ k: 'rename', box: 0, name: 4 }, { k: 'rename', box: 2, name: 2 }], b: [] },
+    { a: [], b: [] },
+  ]);
+});
+
 // The same with an mbox on one side: no GUIDs there, so mails are matched by header hash.
 const MBOX_RUNS = Math.max(1, Math.round(RUNS / 5));
 test(`mirror property, Maildir <-> mbox: ${MBOX_RUNS} random histories`, { timeout: 900_000 }, async () => {
