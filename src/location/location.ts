@@ -26,6 +26,9 @@ export interface LocationOptions {
 export const newGuid = (): string => randomBytes(16).toString('hex');
 
 export class Location {
+  /** See needsScanBeforeTree. */
+  private earlyScan: ReadonlySet<string> = new Set();
+
   private constructor(
     readonly store: MailStore,
     readonly index: ChangeIndex,
@@ -98,11 +101,13 @@ export class Location {
     const dirs = listed.filter((i) => !i.selectable).map((i) => i.name);
     const subscribed = await this.store.readSubscriptions();
 
+    const early = new Set<string>();
     this.index.transaction(() => {
       const known = new Map(this.index.mailboxes().map((m) => [m.guid, m]));
       for (const b of boxes) {
         const row = known.get(b.guid);
         known.delete(b.guid);
+        if (!row || row.highestModseq === 0 || b.uidValidity === undefined || b.uidValidity !== row.uidValidity) early.add(b.guid);
         if (!row) {
           this.index.putMailbox({
             guid: b.guid,
@@ -147,6 +152,16 @@ export class Location {
       for (const r of rows.values()) if (r.subscribed && !subs.has(nameKey(r.name))) this.index.putSubscription(r.name, false, this.now());
       if (initial) this.index.setMeta('tree_initialized', '1');
     });
+    this.earlyScan = early;
+  }
+
+  /**
+   * Mailboxes whose index row may not describe them well enough for the tree exchange, found by
+   * the last refreshTree: new to the index, never scanned, or with a UIDVALIDITY on disk (or
+   * none yet) that differs from the index's. The sync scans these before sending its tree.
+   */
+  needsScanBeforeTree(): ReadonlySet<string> {
+    return this.earlyScan;
   }
 
   mailboxes(): MailboxRow[] {

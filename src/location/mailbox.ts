@@ -82,11 +82,14 @@ export class LocationMailbox {
   }
 
   /**
-   * Drops the messages held in memory (they are in the index and are read again if needed); the
-   * store handle keeps what it needs to recognise its own changes (see refresh).
+   * Drops what the handle holds per message: the index rows (read again if needed) and the
+   * store's file map (rescanned if needed). The store keeps, in compact form, what it needs to
+   * recognise that only this handle's changes happened (see refresh), so a handle kept to settle
+   * its change token costs next to nothing.
    */
   dropRows(): void {
     this.loadedMessages = null;
+    this.store.dropFileMap?.();
   }
 
   /** Messages held in memory (0 until something needed them). */

@@ -88,6 +88,11 @@ export interface StoreMailbox {
    */
   unchangedSinceScan?(): Promise<boolean>;
   /**
+   * Optional: frees what the handle holds per message (its map of files), keeping only what
+   * unchangedSinceScan needs in a compact form; anything needing the map later rescans.
+   */
+  dropFileMap?(): void;
+  /**
    * Optional: a cheap value (no reading of messages) that changes whenever scan() could return
    * something different, so an unchanged mailbox need not be scanned. null when the store
    * cannot vouch for the present state yet (it changed a moment ago): scan, and ask again later.

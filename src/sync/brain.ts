@@ -26,7 +26,8 @@ import { forbiddenChars, makeNameNormalizer } from './names.js';
 import { traceMemory, trimHeap } from '../util/memory.js';
 import { NO_STRINGS, orShared } from '../util/empty.js';
 
-export const PROTOCOL = 1;
+/** Record protocol version; 2: the tombstones (`deletes`) come before the tree nodes. */
+export const PROTOCOL = 2;
 
 export interface MasterSettings {
   syncType: SyncType;
@@ -65,7 +66,6 @@ interface Ctx {
   open: Map<string, LocationMailbox>;
   /** Finished mailboxes kept open until the end of the run to record their change tokens (see settleTokens). */
   settling: LocationMailbox[];
-  settlingMessages: number;
   /** Mailboxes of the peer this store cannot hold (e.g. a folder below an mbox file). */
   unsyncable: Set<string>;
   /** The peer answered a mailbox with mailboxIgnore: it cannot hold it. */
@@ -128,7 +128,6 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
     isDestination: settings.backup === 'recv',
     open: new Map(),
     settling: [],
-    settlingMessages: 0,
     unsyncable: new Set(),
     peerLeftOut: false,
     changesDuringSync: false,
@@ -168,17 +167,27 @@ const KEEP_OPEN_MESSAGES = 10_000;
 async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise<void> {
   const { loc, ch } = ctx;
   await loc.refreshTree();
-  // Scan every mailbox now: the tree needs to know which changed since the last sync. Handles
-  // stay open (their messages in memory, ready for the mailbox phase) up to a budget; beyond it
-  // they are closed and reopened when their turn comes, so that memory follows the largest
-  // mailbox rather than the sum of all.
+  // Tombstones first: whether a mailbox the peer deleted changed here since the last sync (then
+  // it is kept) is the one thing in the tree that needs an up-to-date scan of its messages.
+  const deletes = ctx.settings.syncBox ? { ...loc.deletes(), mailboxes: [], dirs: [], unsubscribes: [] } : loc.deletes();
+  ch.send(deletes);
+  const peerDeletes = await expectRecord(ch, 'deletes');
+  const deletedByPeer = new Set(peerDeletes.mailboxes.map((t) => t.key));
+  const full = ctx.settings.syncType === 'full';
+  // Scanned now: those, mailboxes new to the index or whose UIDVALIDITY changed on disk (their
+  // tree node carries it to the peer, which may create them with it), and with -f all of them.
+  // Every other mailbox is scanned in its turn, when it changed. Handles stay open (their messages
+  // in memory, ready for the mailbox phase) up to a budget; beyond it they are closed and reopened
+  // when their turn comes, so that memory follows the largest mailbox rather than the sum of all.
+  const early = loc.needsScanBeforeTree();
   let kept = 0;
   for (const row of loc.mailboxes()) {
     if (!wanted(ctx, row.name)) continue;
+    if (!full && !deletedByPeer.has(row.guid) && !early.has(row.guid)) continue;
     const box = await loc.openMailbox(row.guid);
     if (!box) continue;
     try {
-      await box.refresh(ctx.settings.syncType === 'full');
+      await box.refresh(full);
     } catch (err) {
       await box.close();
       throw err;
@@ -203,10 +212,7 @@ async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise
   }
   for (const n of localNodes) ch.send(n);
   ch.send({ type: 'end' });
-  const deletes = ctx.settings.syncBox ? { ...loc.deletes(), mailboxes: [], dirs: [], unsubscribes: [] } : loc.deletes();
-  ch.send(deletes);
   const peerNodes = await recvList(ch, 'node');
-  const peerDeletes = await expectRecord(ch, 'deletes');
 
   const seen = new Set<string>();
   for (const n of peerNodes) {
@@ -249,7 +255,7 @@ async function getBox(ctx: Ctx, guid: string): Promise<LocationMailbox | undefin
   if (!box) {
     box = await ctx.loc.openMailbox(guid);
     if (!box) return undefined;
-    // The tree phase scanned every mailbox (fully with -f); this catches only what changed since.
+    // Scans the mailbox if it changed since its last scan (with -f the tree phase scanned all).
     await box.refresh();
     ctx.open.set(guid, box);
   }
@@ -257,20 +263,31 @@ async function getBox(ctx: Ctx, guid: string): Promise<LocationMailbox | undefin
 }
 
 /**
+ * How long to wait, once, for changes to become old enough for a change token (the Maildir
+ * store trusts a token 30 ms after a change on file systems with fine timestamps). Waiting that
+ * long at the end of a run that changed mail spares the next run a scan of those mailboxes.
+ */
+const TOKEN_WAIT_MS = 35;
+
+/**
  * Mailboxes this run changed could not get a change token right after the change (see
- * StoreMailbox.changeToken): without one the next run must scan them. By the end of the run most
- * changes are old enough; a refresh on the same handle then only checks that nothing else
- * changed and records the token. No waiting: what is still too recent is scanned next time.
+ * StoreMailbox.changeToken): without one the next run must scan them. At the end of the run a
+ * refresh on the same handle only checks that nothing else changed and records the token; those
+ * changed too recently for one are retried once after TOKEN_WAIT_MS. Whatever still has no token
+ * (a file system with whole-second times) is scanned next time.
  */
 async function settleTokens(ctx: Ctx): Promise<void> {
-  for (const box of ctx.settling.splice(0)) {
-    try {
-      await box.refresh();
-    } finally {
-      await box.close();
+  const pending = ctx.settling.splice(0);
+  try {
+    for (const box of pending) await box.refresh();
+    const again = pending.filter((b) => b.tokenPending);
+    if (again.length > 0) {
+      await new Promise((r) => setTimeout(r, TOKEN_WAIT_MS));
+      for (const box of again) await box.refresh();
     }
+  } finally {
+    for (const box of pending) await box.close();
   }
-  ctx.settlingMessages = 0;
 }
 
 /** A mailbox is done: drop its handle (and its messages) so memory follows the largest mailbox, not the sum. */
@@ -278,26 +295,13 @@ async function release(ctx: Ctx, guid: string): Promise<void> {
   const box = ctx.open.get(guid);
   if (!box) return;
   ctx.open.delete(guid);
-  // One budget for all handles kept beyond their turn: those the tree phase left open and these.
-  let held = ctx.settlingMessages + box.loadedCount;
-  for (const other of ctx.open.values()) held += other.loadedCount;
   if (box.tokenPending) {
-    if (held <= KEEP_OPEN_MESSAGES) {
-      // Only the store's file map is needed to settle the token; the rows are in the index.
-      ctx.settlingMessages += box.loadedCount;
-      box.dropRows();
-      ctx.settling.push(box);
-      return;
-    }
-    // Over the budget: check now, which records a token if the changes are old enough already.
-    try {
-      await box.refresh();
-    } catch (err) {
-      await box.close();
-      throw err;
-    }
+    // Kept to settle its token at the end of the run, without its messages (see dropRows).
+    box.dropRows();
+    ctx.settling.push(box);
+  } else {
+    await box.close();
   }
-  await box.close();
   trimHeap();
   traceMemory(ctx.log, `after mailbox ${ctx.show(box.name)}`);
 }

@@ -108,8 +108,44 @@ test('unchangedSinceScan: true after the handle\'s own saves, flag changes and e
   await box.scan();
   assert.equal(await box.unchangedSinceScan!(), true);
 
+  for (const [what, change] of outsideChanges(root)) {
+    await box.scan();
+    assert.equal(await box.unchangedSinceScan!(), true, `before ${what}`);
+    await change();
+    assert.equal(await box.unchangedSinceScan!(), false, what);
+  }
+});
+
+test('unchangedSinceScan after dropFileMap: the compact form tells the same as the file map', async (t) => {
+  const root = seed(t);
+  const { box, close } = await inboxOf(root);
+  t.after(close);
+  await box.scan();
+  const st = await box.status();
+  await box.save([{ uid: st.uidNext, guid: 'saved-guid-2', flags: 0, keywords: [], internalDate: 1700000000, body: Buffer.from(msg('d')) }]);
+  await box.updateFlags([{ uid: 1, flags: Flag.Seen, keywords: [] }]);
+  await box.expunge([2]);
+  box.dropFileMap!();
+  assert.equal(await box.unchangedSinceScan!(), true, 'own save, flag change and expunge, then dropped');
+  assert.equal(await box.unchangedSinceScan!(), true, 'asked twice');
+  for (const [what, change] of outsideChanges(root)) {
+    await box.scan();
+    box.dropFileMap!();
+    assert.equal(await box.unchangedSinceScan!(), true, `before ${what}`);
+    await change();
+    assert.equal(await box.unchangedSinceScan!(), false, what);
+  }
+  // A dropped map is rebuilt by whatever needs it.
+  await box.scan();
+  box.dropFileMap!();
+  await box.updateFlags([{ uid: 1, flags: Flag.Flagged, keywords: [] }]);
+  assert.equal(await box.unchangedSinceScan!(), true, 'flag change after the map was dropped (rescanned first)');
+});
+
+/** Every way a mailbox can change from outside, as [description, change] pairs, for root's INBOX. */
+function outsideChanges(root: string): [string, () => Promise<void> | void][] {
   const cur = path.join(root, 'cur');
-  const outside: [string, () => Promise<void> | void][] = [
+  return [
     ['a delivery to new/', () => writeMail(path.join(root, 'new', '2000.M9P1.h'), msg(9))],
     ['a file added to cur/', () => writeMail(path.join(cur, '2000.M8P1.h:2,S'), msg(8))],
     ['a flag change by a client', () => {
@@ -135,13 +171,7 @@ test('unchangedSinceScan: true after the handle\'s own saves, flag changes and e
       }
     }],
   ];
-  for (const [what, change] of outside) {
-    await box.scan();
-    assert.equal(await box.unchangedSinceScan!(), true, `before ${what}`);
-    await change();
-    assert.equal(await box.unchangedSinceScan!(), false, what);
-  }
-});
+}
 
 test('mirror: changes made from outside after a sync whose mailboxes were all skipped are still found', async (t) => {
   const dir = tempDir(t, 'dsync-change-detect-');

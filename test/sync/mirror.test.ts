@@ -136,6 +136,30 @@ test('folder create, rename and delete on either side, and subscriptions', async
   await assertNoop(a, b);
 });
 
+test('a folder deleted on one side survives when the other side changed it since the last sync', async () => {
+  const a = tmp();
+  const b = tmp();
+  deliver(path.join(a, '.NewMail'), makeMessage(60));
+  deliver(path.join(a, '.Flagged'), makeMessage(61));
+  deliver(path.join(a, '.Gone'), makeMessage(62));
+  await mirror(`maildir:${a}`, `maildir:${b}`);
+  // A second run once the changes are old enough records every mailbox's change token, so the
+  // deleting run could skip scanning them: it must still scan what the other side deleted.
+  await new Promise((r) => setTimeout(r, 100));
+  await mirror(`maildir:${a}`, `maildir:${b}`);
+  await new Promise((r) => setTimeout(r, 100));
+  for (const n of ['NewMail', 'Flagged', 'Gone']) await withStore(a, (s) => s.deleteMailbox([n]));
+  deliver(path.join(b, '.NewMail'), makeMessage(63));
+  await setFlags(b, ['Flagged'], 1, Flag.Flagged);
+  const r = await mirror(`maildir:${a}`, `maildir:${b}`);
+  assert.equal(r.exitCode, 0, r.log.join('\n'));
+  await assertSynced(a, b);
+  const snap = await snapshot(`maildir:${a}`);
+  assert.deepEqual(snap.mailboxes.map((m) => m.name), ['Flagged', 'INBOX', 'NewMail']);
+  assert.equal(snap.mailboxes.find((m) => m.name === 'NewMail')!.messages.length, 2);
+  await assertNoop(a, b);
+});
+
 test('-m syncs only the named mailbox; -f finds differences the fast path cannot see', async () => {
   const a = tmp();
   const b = tmp();

@@ -2,6 +2,7 @@
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { crc32 } from 'node:zlib';
 import type { Dirent, Stats } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { createHash } from 'node:crypto';
@@ -172,6 +173,11 @@ export class MaildirMailbox implements StoreMailbox {
   private uidlistCache: { key: string; ul: Uidlist } | null = null;
   private closed = false;
   private scanned = false;
+  /**
+   * Set by dropFileMap: what unchangedSinceScan compares with once the file map is gone (the
+   * uidlist's and keywords file's identities, a fingerprint of the names in cur/).
+   */
+  private dropped: { ulKey: string; kwKey: string | null; cur: string } | null = null;
   readonly uidlistPath: string;
   readonly keywordsPath: string;
 
@@ -655,6 +661,7 @@ export class MaildirMailbox implements StoreMailbox {
     this.files = files;
     this.bases = new Set(found.keys());
     this.scanned = true;
+    this.dropped = null;
     return msgs;
   }
 
@@ -665,10 +672,11 @@ export class MaildirMailbox implements StoreMailbox {
    */
   unchangedSinceScan(): Promise<boolean> {
     return this.serial(async () => {
-      if (!this.scanned) return false;
+      const dropped = this.dropped;
+      if (!this.scanned && !dropped) return false;
       const [ulKey, kwKey] = await Promise.all([this.uidlistKey(), this.fileKey(this.keywordsPath)]);
-      if (ulKey === null || ulKey !== this.uidlistCache?.key) return false;
-      if (kwKey !== (this.kwCache?.key ?? null)) return false;
+      if (ulKey === null || ulKey !== (dropped ? dropped.ulKey : this.uidlistCache?.key)) return false;
+      if (kwKey !== (dropped ? dropped.kwKey : (this.kwCache?.key ?? null))) return false;
       let cur: string[];
       let fresh: string[];
       try {
@@ -677,7 +685,9 @@ export class MaildirMailbox implements StoreMailbox {
       } catch {
         return false;
       }
-      if (fresh.length > 0 || cur.length !== this.files.size) return false;
+      if (fresh.length > 0) return false;
+      if (dropped) return namesFingerprint(cur) === dropped.cur;
+      if (cur.length !== this.files.size) return false;
       const names = new Set<string>();
       for (const f of this.files.values()) {
         if (f.sub !== 'cur') return false;
@@ -686,6 +696,27 @@ export class MaildirMailbox implements StoreMailbox {
       for (const n of cur) if (!names.has(n)) return false;
       return true;
     });
+  }
+
+  /**
+   * Frees the file map and the parsed uidlist (a large mailbox's biggest part of this handle),
+   * keeping only what unchangedSinceScan needs: the two files' identities and a fingerprint of
+   * cur/'s names. Anything that needs the map again rescans.
+   */
+  dropFileMap(): void {
+    const ulKey = this.uidlistCache?.key;
+    let allInCur = true;
+    const names: string[] = [];
+    for (const f of this.files.values()) {
+      if (f.sub !== 'cur') allInCur = false;
+      names.push(f.name);
+    }
+    this.dropped =
+      this.scanned && allInCur && ulKey !== undefined ? { ulKey, kwKey: this.kwCache?.key ?? null, cur: namesFingerprint(names) } : null;
+    this.files = new Map();
+    this.bases = null;
+    this.uidlistCache = null;
+    this.scanned = false;
   }
 
   /** A file's identity (inode, size, mtime), or null when it does not exist. */
@@ -1284,3 +1315,17 @@ function listedBases(ul: Uidlist): Set<string> {
   return set;
 }
 
+/**
+ * An order-independent fingerprint of a set of file names: their number and the sum and xor of
+ * their CRC-32s. Adding, removing or renaming a file changes it (short of a CRC-32 collision).
+ */
+function namesFingerprint(names: readonly string[]): string {
+  let sum = 0;
+  let xor = 0;
+  for (let i = 0; i < names.length; i++) {
+    const c = crc32(names[i]!);
+    sum = (sum + c) % 0x100000000;
+    xor = (xor ^ c) >>> 0;
+  }
+  return `${names.length}:${sum}:${xor}`;
+}
