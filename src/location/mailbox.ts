@@ -458,9 +458,25 @@ export class LocationMailbox {
 
   // ---- applying a peer's changes (journaled with the peer as origin) ----
 
+  /**
+   * Before this handle changes a mailbox it trusted by its change token (no scan of its own),
+   * the store scans it now, as the change would make it do anyway. If the token is the recorded
+   * one before and after that scan, the store saw exactly what the index holds: the handle then
+   * counts as having scanned it, and the end-of-run check can be the cheap unchangedSinceScan
+   * instead of a rescan.
+   */
+  private async adoptStoreScan(): Promise<void> {
+    if (this.storeScanned || !this.loaded || this.row.scanToken === null) return;
+    if (!this.store.changeToken || !this.store.unchangedSinceScan) return;
+    if ((await this.store.changeToken()) !== this.row.scanToken) return;
+    await this.store.scan({ known: () => true });
+    if ((await this.store.changeToken()) === this.row.scanToken) this.storeScanned = true;
+  }
+
   /** Saves mails with explicit UIDs (ascending, at or above UIDNEXT). */
   async save(requests: (SaveRequest & { size?: number })[]): Promise<void> {
     if (requests.length === 0) return;
+    await this.adoptStoreScan();
     await this.store.save(requests);
     this.recordSaves(requests);
   }
@@ -500,6 +516,7 @@ export class LocationMailbox {
     let done!: () => void;
     this.moving = new Promise<void>((r) => (done = r));
     try {
+      await this.adoptStoreScan();
       await this.store.saveAndRenumber!(requests, moves.map(({ from, to }) => ({ from, to })));
       this.recordSaves(requests);
       this.recordMoves(moves, origin);
@@ -527,6 +544,7 @@ export class LocationMailbox {
     let done!: () => void;
     this.moving = new Promise<void>((r) => (done = r));
     try {
+      await this.adoptStoreScan();
       await this.store.renumber(moves.map(({ from, to }) => ({ from, to })));
       this.recordMoves(moves, origin);
     } finally {
@@ -557,6 +575,7 @@ export class LocationMailbox {
   async expunge(uids: number[], origin: string): Promise<number> {
     const present = uids.filter((u) => this.messages.has(u));
     if (present.length === 0) return 0;
+    await this.adoptStoreScan();
     await this.store.expunge(present);
     const now = this.location.now();
     this.index.transaction(() => {
@@ -575,6 +594,7 @@ export class LocationMailbox {
       return m && (m.flags !== u.flags || !sameKeywords(m.keywords, u.keywords));
     });
     if (real.length === 0) return 0;
+    await this.adoptStoreScan();
     await this.store.updateFlags(real);
     const now = this.location.now();
     this.index.transaction(() => {

@@ -243,3 +243,50 @@ test('a mailbox changed a moment ago gets no token; the same handle records one 
   assert.equal(again.messageCount, 4);
   await again.close();
 });
+
+test('a handle that trusted the token and then changed the mailbox records the new token without a rescan, unless a client changed it too', async (t) => {
+  const root = seed(t);
+  const store = await openMaildir(`maildir:${root}`);
+  const loc = Location.open(store, { indexPath: path.join(root, 'dsync-index.sqlite'), log: new Logger({ sink: { write: () => undefined } }) });
+  t.after(() => loc.close());
+  await loc.refreshTree();
+  const row = loc.mailboxes().find((r) => r.name.join('/') === 'INBOX')!;
+  // A first scan, and a token recorded once the files are old enough.
+  const first = (await loc.openMailbox(row.guid))!;
+  await first.refresh();
+  await new Promise((r) => setTimeout(r, 150));
+  await first.refresh();
+  assert.equal(first.tokenPending, false, 'token recorded');
+  await first.close();
+
+  // Trusted by its token, then changed by the sync, then settled as at the end of a run.
+  const box = (await loc.openMailbox(row.guid))!;
+  const scans = countScans(box.store);
+  await box.refresh();
+  assert.equal(scans.n, 0, 'trusted by its token');
+  await box.updateFlags([{ uid: 1, flags: Flag.Flagged, keywords: [] }], 'peer');
+  await box.markTokenStale();
+  box.dropRows();
+  const afterChange = scans.n;
+  await new Promise((r) => setTimeout(r, 150));
+  await box.refresh();
+  assert.equal(scans.n, afterChange, 'no rescan to record the token');
+  assert.equal(box.tokenPending, false);
+  await box.close();
+
+  // The same, but a client delivered a mail between the token check and the change.
+  const other = (await loc.openMailbox(row.guid))!;
+  const scans2 = countScans(other.store);
+  await other.refresh();
+  assert.equal(scans2.n, 0);
+  writeMail(path.join(root, 'new', '3000.M7P1.h'), msg(7));
+  await other.updateFlags([{ uid: 1, flags: Flag.Seen, keywords: [] }], 'peer');
+  await other.markTokenStale();
+  other.dropRows();
+  const afterChange2 = scans2.n;
+  await new Promise((r) => setTimeout(r, 150));
+  await other.refresh();
+  assert.equal(scans2.n, afterChange2 + 1, 'rescanned at the end: the store saw more than the index knew');
+  assert.equal(other.messageCount, 4, "the client's mail is in the index");
+  await other.close();
+});
