@@ -81,11 +81,16 @@ export class LocationMailbox {
     return this.loaded && this.row.scanToken === null && typeof this.store.changeToken === 'function';
   }
 
+  /** dropRows frees the store's per-message data too (see StoreMailbox.dropFileMap). */
+  get settlesCompactly(): boolean {
+    return typeof this.store.dropFileMap === 'function';
+  }
+
   /**
-   * Drops what the handle holds per message: the index rows (read again if needed) and the
-   * store's file map (rescanned if needed). The store keeps, in compact form, what it needs to
-   * recognise that only this handle's changes happened (see refresh), so a handle kept to settle
-   * its change token costs next to nothing.
+   * Drops what the handle holds per message: the index rows (read again if needed) and, where
+   * the store can (settlesCompactly), its file map (rescanned if needed), keeping in compact form
+   * what it needs to recognise that only this handle's changes happened (see refresh): a handle
+   * kept to settle its change token then costs next to nothing.
    */
   dropRows(): void {
     this.loadedMessages = null;

@@ -66,6 +66,8 @@ interface Ctx {
   open: Map<string, LocationMailbox>;
   /** Finished mailboxes kept open until the end of the run to record their change tokens (see settleTokens). */
   settling: LocationMailbox[];
+  /** Messages held by settling handles whose store keeps its per-message data (see release). */
+  settlingMessages: number;
   /** Mailboxes of the peer this store cannot hold (e.g. a folder below an mbox file). */
   unsyncable: Set<string>;
   /** The peer answered a mailbox with mailboxIgnore: it cannot hold it. */
@@ -128,6 +130,7 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
     isDestination: settings.backup === 'recv',
     open: new Map(),
     settling: [],
+    settlingMessages: 0,
     unsyncable: new Set(),
     peerLeftOut: false,
     changesDuringSync: false,
@@ -278,6 +281,7 @@ const TOKEN_WAIT_MS = 35;
  */
 async function settleTokens(ctx: Ctx): Promise<void> {
   const pending = ctx.settling.splice(0);
+  ctx.settlingMessages = 0;
   try {
     for (const box of pending) await box.refresh();
     const again = pending.filter((b) => b.tokenPending);
@@ -295,8 +299,11 @@ async function release(ctx: Ctx, guid: string): Promise<void> {
   const box = ctx.open.get(guid);
   if (!box) return;
   ctx.open.delete(guid);
-  if (box.tokenPending) {
-    // Kept to settle its token at the end of the run, without its messages (see dropRows).
+  // Kept to settle its token at the end of the run, without its messages (see dropRows). A store
+  // that cannot drop its per-message data keeps it: such handles share one budget.
+  const compact = box.settlesCompactly;
+  if (box.tokenPending && (compact || ctx.settlingMessages + box.loadedCount <= KEEP_OPEN_MESSAGES)) {
+    if (!compact) ctx.settlingMessages += box.loadedCount;
     box.dropRows();
     ctx.settling.push(box);
   } else {

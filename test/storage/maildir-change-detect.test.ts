@@ -37,6 +37,17 @@ function countScans(store: StoreMailbox): { n: number } {
   return count;
 }
 
+/** A seeded Maildir opened as a location with its index, and the index row of its INBOX. */
+async function seededLocation(t: Parameters<typeof tempDir>[0]) {
+  const root = seed(t);
+  const store = await openMaildir(`maildir:${root}`);
+  const loc = Location.open(store, { indexPath: path.join(root, 'dsync-index.sqlite'), log: new Logger({ sink: { write: () => undefined } }) });
+  t.after(() => loc.close());
+  await loc.refreshTree();
+  const row = loc.mailboxes().find((r) => r.name.join('/') === 'INBOX')!;
+  return { root, loc, row };
+}
+
 function seed(t: Parameters<typeof tempDir>[0]): string {
   const root = path.join(tempDir(t), 'Maildir');
   makeMaildir(root);
@@ -211,12 +222,7 @@ test('mirror: changes made from outside after a sync whose mailboxes were all sk
 });
 
 test('a mailbox changed a moment ago gets no token; the same handle records one a tick later without scanning again', async (t) => {
-  const root = seed(t);
-  const store = await openMaildir(`maildir:${root}`);
-  const loc = Location.open(store, { indexPath: path.join(root, 'dsync-index.sqlite'), log: new Logger({ sink: { write: () => undefined } }) });
-  t.after(() => loc.close());
-  await loc.refreshTree();
-  const row = loc.mailboxes().find((r) => r.name.join('/') === 'INBOX')!;
+  const { root, loc, row } = await seededLocation(t);
   const box = (await loc.openMailbox(row.guid))!;
   const scans = countScans(box.store);
   await box.refresh();
@@ -245,12 +251,7 @@ test('a mailbox changed a moment ago gets no token; the same handle records one 
 });
 
 test('a handle that trusted the token and then changed the mailbox records the new token without a rescan, unless a client changed it too', async (t) => {
-  const root = seed(t);
-  const store = await openMaildir(`maildir:${root}`);
-  const loc = Location.open(store, { indexPath: path.join(root, 'dsync-index.sqlite'), log: new Logger({ sink: { write: () => undefined } }) });
-  t.after(() => loc.close());
-  await loc.refreshTree();
-  const row = loc.mailboxes().find((r) => r.name.join('/') === 'INBOX')!;
+  const { root, loc, row } = await seededLocation(t);
   // A first scan, and a token recorded once the files are old enough.
   const first = (await loc.openMailbox(row.guid))!;
   await first.refresh();
