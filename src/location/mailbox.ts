@@ -7,7 +7,7 @@ import type { MailChangeRecord } from '../sync/records.js';
 import type { ExpungeView, MessageView, SideView } from '../sync/decide/mailbox-plan.js';
 import type { Location } from './location.js';
 import { headerHash } from '../storage/header-hash.js';
-import { NO_STRINGS, orShared } from '../util/empty.js';
+import { NO_STRINGS } from '../util/empty.js';
 
 export interface ExportMode {
   /** Messages at or below this UID are common with the peer (0 = no usable state). */

@@ -131,11 +131,21 @@ export function fsyncDirSync(dir: string): void {
   }
 }
 
-function closeQuietly(fd: number): void {
+/** Closes fd, ignoring a failure: the data was written and synced already, or another error is being reported. */
+export function closeQuietly(fd: number): void {
   try {
     fs.closeSync(fd);
   } catch {
-    // nothing to do: the data was already written and synced, or the error is being reported
+    // see above
+  }
+}
+
+/** Removes p if it is there; a file that is gone (or was never made) is fine. */
+export function unlinkQuietly(p: string): void {
+  try {
+    fs.unlinkSync(p);
+  } catch {
+    // see above
   }
 }
 
@@ -178,11 +188,7 @@ export async function writeFileAtomic(ctx: FsContext, target: string, data: stri
       throw toStorageError(e, 'rename', target);
     }
   } catch (e) {
-    try {
-      fs.unlinkSync(tmp);
-    } catch {
-      // it was never created, or is gone already
-    }
+    unlinkQuietly(tmp);
     throw e;
   }
   try {

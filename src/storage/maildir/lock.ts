@@ -6,7 +6,7 @@
 // trip would cost more), and the caller waits for each in turn anyway.
 import * as fs from 'node:fs';
 import { StorageError } from '../types.js';
-import { chownIfNeededSync, errCode, fsyncDirSync, isNotFound, sleep, toStorageError, type FsContext } from './io.js';
+import { chownIfNeededSync, closeQuietly, errCode, fsyncDirSync, isNotFound, sleep, toStorageError, unlinkQuietly, type FsContext } from './io.js';
 import * as path from 'node:path';
 import { hostname } from 'node:os';
 
@@ -157,22 +157,6 @@ function inodeOf(p: string): number | undefined {
     return fs.statSync(p).ino;
   } catch {
     return undefined;
-  }
-}
-
-function unlinkQuietly(p: string): void {
-  try {
-    fs.unlinkSync(p);
-  } catch {
-    // already gone (or never made): nothing to clean up
-  }
-}
-
-function closeQuietly(fd: number): void {
-  try {
-    fs.closeSync(fd);
-  } catch {
-    // nothing useful to do about a failed close of a lock file
   }
 }
 

@@ -20,6 +20,7 @@ import {
 import {
   assertWritable,
   chownIfNeeded,
+  closeQuietly,
   errCode,
   fsyncDir,
   io,
@@ -341,7 +342,7 @@ export class MaildirMailbox implements StoreMailbox {
     } catch (e) {
       throw toStorageError(e, 'append to', this.uidlistPath);
     } finally {
-      if (fd !== undefined) fs.closeSync(fd);
+      if (fd !== undefined) closeQuietly(fd);
     }
     ul.endsWithNewline = true;
   }

@@ -7,7 +7,6 @@ import * as fs from 'node:fs';
 // Older 3-writers put the full file name incl. ":2,<flags>" after the colon; the base name is the
 // part before the first ':'. On read, next uid = max(header N, highest uid + 1), because writers
 // may append entries without touching the header (Dovecot does).
-import * as fsp from 'node:fs/promises';
 import { isNotFound, toStorageError, type Warn } from './io.js';
 
 export const UIDLIST_NAME = 'dovecot-uidlist';
