@@ -260,34 +260,31 @@ test('a handle that trusted the token and then changed the mailbox records the n
   assert.equal(first.tokenPending, false, 'token recorded');
   await first.close();
 
-  // Trusted by its token, then changed by the sync, then settled as at the end of a run.
-  const box = (await loc.openMailbox(row.guid))!;
-  const scans = countScans(box.store);
-  await box.refresh();
-  assert.equal(scans.n, 0, 'trusted by its token');
-  await box.updateFlags([{ uid: 1, flags: Flag.Flagged, keywords: [] }], 'peer');
-  await box.markTokenStale();
-  box.dropRows();
-  const afterChange = scans.n;
-  await new Promise((r) => setTimeout(r, 150));
-  await box.refresh();
-  assert.equal(scans.n, afterChange, 'no rescan to record the token');
-  assert.equal(box.tokenPending, false);
-  await box.close();
-
+  /**
+   * A handle trusted by the token; `meanwhile` runs, then the sync changes a flag and the handle
+   * is settled as at the end of a run. Returns the scans that settling needed.
+   */
+  const changeAndSettle = async (flags: number, meanwhile: () => void = () => undefined) => {
+    const box = (await loc.openMailbox(row.guid))!;
+    const scans = countScans(box.store);
+    await box.refresh();
+    assert.equal(scans.n, 0, 'trusted by its token');
+    meanwhile();
+    await box.updateFlags([{ uid: 1, flags, keywords: [] }], 'peer');
+    await box.markTokenStale();
+    box.dropRows();
+    const before = scans.n;
+    await new Promise((r) => setTimeout(r, 150));
+    await box.refresh();
+    const result = { settleScans: scans.n - before, tokenPending: box.tokenPending, messages: box.messageCount };
+    await box.close();
+    return result;
+  };
+  const own = await changeAndSettle(Flag.Flagged);
+  assert.equal(own.settleScans, 0, 'no rescan to record the token');
+  assert.equal(own.tokenPending, false);
   // The same, but a client delivered a mail between the token check and the change.
-  const other = (await loc.openMailbox(row.guid))!;
-  const scans2 = countScans(other.store);
-  await other.refresh();
-  assert.equal(scans2.n, 0);
-  writeMail(path.join(root, 'new', '3000.M7P1.h'), msg(7));
-  await other.updateFlags([{ uid: 1, flags: Flag.Seen, keywords: [] }], 'peer');
-  await other.markTokenStale();
-  other.dropRows();
-  const afterChange2 = scans2.n;
-  await new Promise((r) => setTimeout(r, 150));
-  await other.refresh();
-  assert.equal(scans2.n, afterChange2 + 1, 'rescanned at the end: the store saw more than the index knew');
-  assert.equal(other.messageCount, 4, "the client's mail is in the index");
-  await other.close();
+  const client = await changeAndSettle(Flag.Seen, () => writeMail(path.join(root, 'new', '3000.M7P1.h'), msg(7)));
+  assert.equal(client.settleScans, 1, 'rescanned at the end: the store saw more than the index knew');
+  assert.equal(client.messages, 4, "the client's mail is in the index");
 });
