@@ -63,10 +63,6 @@ export function assertWritable(ctx: FsContext, what: string): void {
   if (ctx.readOnly) throw new StorageError(`cannot ${what}: the mail store is opened read-only`, 'PERM');
 }
 
-export async function chownIfNeeded(ctx: FsContext, p: string): Promise<void> {
-  chownIfNeededSync(ctx, p);
-}
-
 export function chownIfNeededSync(ctx: FsContext, p: string): void {
   if (!ctx.owner) return;
   try {
@@ -102,7 +98,7 @@ export async function mkdirp(ctx: FsContext, dir: string): Promise<boolean> {
       if (errCode(e) === 'EEXIST') continue;
       throw toStorageError(e, 'mkdir', d);
     }
-    await chownIfNeeded(ctx, d);
+    chownIfNeededSync(ctx, d);
   }
   return missing.length > 0;
 }
@@ -159,11 +155,7 @@ export function tempNameFor(target: string): string {
 }
 
 /** Writes data to a new file (O_EXCL), fsyncs it and chowns it. The file must not exist. */
-export async function writeNewFile(ctx: FsContext, p: string, data: string | Buffer, mode = ctx.fileMode): Promise<void> {
-  writeNewFileSync(ctx, p, data, mode);
-}
-
-function writeNewFileSync(ctx: FsContext, p: string, data: string | Buffer, mode = ctx.fileMode): void {
+export function writeNewFile(ctx: FsContext, p: string, data: string | Buffer, mode = ctx.fileMode): void {
   let fd: number | undefined;
   try {
     fd = fs.openSync(p, 'wx', mode);
@@ -181,7 +173,7 @@ function writeNewFileSync(ctx: FsContext, p: string, data: string | Buffer, mode
 export async function writeFileAtomic(ctx: FsContext, target: string, data: string | Buffer): Promise<void> {
   const tmp = tempNameFor(target);
   try {
-    writeNewFileSync(ctx, tmp, data);
+    writeNewFile(ctx, tmp, data);
     try {
       fs.renameSync(tmp, target);
     } catch (e) {

@@ -19,7 +19,7 @@ import {
 } from '../types.js';
 import {
   assertWritable,
-  chownIfNeeded,
+  chownIfNeededSync,
   closeQuietly,
   errCode,
   fsyncDir,
@@ -867,7 +867,7 @@ export class MaildirMailbox implements StoreMailbox {
         throw toStorageError(e, 'write', tmpPath);
       }
       try {
-        await chownIfNeeded(this.ctx, tmpPath);
+        chownIfNeededSync(this.ctx, tmpPath);
       } catch (e) {
         await fsp.unlink(tmpPath).catch(() => undefined);
         throw e;

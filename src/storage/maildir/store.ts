@@ -153,7 +153,7 @@ export class MaildirStore implements MailStore {
       const marker = path.join(mailDir, 'maildirfolder');
       if (!(await exists(marker))) {
         try {
-          await writeNewFile(this.ctx, marker, '');
+          writeNewFile(this.ctx, marker, '');
         } catch (e) {
           if (!(e instanceof StorageError && /EEXIST/.test(e.message))) throw e;
         }

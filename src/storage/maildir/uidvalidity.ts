@@ -6,7 +6,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { StorageError } from '../types.js';
-import { assertWritable, chownIfNeeded, errCode, isNotFound, toStorageError, writeFileAtomic, type FsContext } from './io.js';
+import { assertWritable, chownIfNeededSync, errCode, isNotFound, toStorageError, writeFileAtomic, type FsContext } from './io.js';
 
 export const UIDVALIDITY_NAME = 'dovecot-uidvalidity';
 const COMPANION_RE = /^dovecot-uidvalidity\.([0-9a-f]{8})$/;
@@ -71,7 +71,7 @@ export async function allocateUidValidity(ctx: FsContext, dir: string, now = () 
       } else {
         const fh = await fsp.open(nextPath, 'wx', 0o444);
         await fh.close();
-        await chownIfNeeded(ctx, nextPath);
+        chownIfNeededSync(ctx, nextPath);
       }
     } catch (e) {
       const c = errCode(e);

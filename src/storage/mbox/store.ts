@@ -320,7 +320,7 @@ export class MboxStore implements MailStore {
     if (this.ctx.readOnly) return false;
     await mkdirp(this.ctx, path.dirname(this.inboxPath));
     try {
-      await writeNewFile(this.ctx, this.inboxPath, '', 0o600);
+      writeNewFile(this.ctx, this.inboxPath, '', 0o600);
     } catch (e) {
       if (!(e instanceof StorageError && /EEXIST/.test(e.message))) throw e;
     }
@@ -478,7 +478,7 @@ export class MboxStore implements MailStore {
     const now = Math.floor(Date.now() / 1000);
     const text = pseudoMessage(opts.uidValidity, 0, [], now, hostname(), formatFromLine('MAILER_DAEMON', now));
     try {
-      await writeNewFile(this.ctx, file, text, isInboxName(n) ? 0o600 : this.ctx.fileMode);
+      writeNewFile(this.ctx, file, text, isInboxName(n) ? 0o600 : this.ctx.fileMode);
     } catch (e) {
       if (e instanceof StorageError && /EEXIST/.test(e.message)) throw new StorageError(`mailbox ${this.label(n)} already exists`, 'EXISTS');
       throw e;
