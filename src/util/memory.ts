@@ -2,6 +2,9 @@
 // reaches a size it picks itself (over 100 MB within one large mailbox). A full collection when
 // the heap has doubled since the last one costs time in proportion to what is live, so its share
 // of the run stays small, and peak memory follows the working set instead of the garbage.
+// Mail buffers live outside the heap: those that reached the old generation are freed only by a
+// full collection, which V8 by itself starts only ~64 MB of buffers later; so external growth of
+// EXTERNAL_STEP triggers one too.
 import v8 from 'node:v8';
 import vm from 'node:vm';
 
@@ -10,10 +13,18 @@ const FLOOR = 32 * 1024 * 1024;
 const GROWTH = 2;
 let gc: (() => void) | null | undefined;
 let limit = FLOOR;
+const EXTERNAL_STEP = 16 * 1024 * 1024;
+let externalLimit = EXTERNAL_STEP;
 
-/** Runs a full garbage collection when the heap in use has outgrown twice the last live size. */
+/**
+ * Runs a full garbage collection when the heap in use has outgrown twice the last live size, or
+ * memory outside the heap (buffers) has grown by EXTERNAL_STEP since the last one.
+ */
 export function trimHeap(): void {
-  if (v8.getHeapStatistics().used_heap_size < limit) return;
+  // arrayBuffers (Node's count) drops as soon as a collection's freed buffers are swept; V8's
+  // external_memory only at the next collection. memoryUsage() costs ~10 µs.
+  const m = process.memoryUsage();
+  if (m.heapUsed < limit && m.arrayBuffers < externalLimit) return;
   if (gc === undefined) {
     try {
       v8.setFlagsFromString('--expose-gc');
@@ -24,7 +35,11 @@ export function trimHeap(): void {
   }
   if (!gc) return;
   gc();
-  limit = Math.max(FLOOR, GROWTH * v8.getHeapStatistics().used_heap_size);
+  // Buffers are swept in the background, so this may still count some of the garbage: at worst
+  // the next trigger comes one step later.
+  const after = process.memoryUsage();
+  limit = Math.max(FLOOR, GROWTH * after.heapUsed);
+  externalLimit = after.arrayBuffers + EXTERNAL_STEP;
 }
 
 const TRACE = !!process.env.DSYNC_MEMTRACE;
