@@ -3,6 +3,9 @@ import { join } from 'node:path';
 import { realpathSync, mkdirSync, statSync, openSync, closeSync, fchownSync, existsSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createHash } from 'node:crypto';
+// Static: the bundle bin/dsync loads is a script (vm.Script, for its code cache), where import() of
+// a module is not available. Loading child_process costs about 2 ms.
+import { spawn } from 'node:child_process';
 import type { MailLocation } from '../storage/location.js';
 import { openStore } from '../storage/open.js';
 import type { Logger } from '../util/log.js';
@@ -190,7 +193,6 @@ function masterSettings(o: RunSyncOptions): MasterSettings {
 async function runRemote(o: RunSyncOptions, argv: string[]): Promise<RunSyncResult> {
   const settings = masterSettings(o);
   const a = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: settings.backup === 'send', lockTimeout: o.lockTimeout });
-  const { spawn } = await import('node:child_process');
   const Channel = await streamChannel();
   const child = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'inherit'] });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: Error }>((resolve) => {

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { VERSION } from '../../src/version.js';
@@ -11,6 +11,15 @@ import { makeTempDir, removeTree } from '../helpers/tmp.js';
 // dist/test/cli/bin.test.js -> project root
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const bin = fileURLToPath(new URL('../../../bin/dsync', import.meta.url));
+const realBundle = fileURLToPath(new URL('../../../dist/dsync.cjs', import.meta.url));
+const realModules = fileURLToPath(new URL('../../../dist/src/cli/main.js', import.meta.url));
+const mtime = (p: string) => {
+  try {
+    return statSync(p).mtimeMs;
+  } catch {
+    return -1;
+  }
+};
 
 function run(...args: string[]) {
   return spawnSync(bin, args, { cwd: root, encoding: 'utf8', timeout: 20_000 });
@@ -49,18 +58,18 @@ test('bin/dsync loads the one-file bundle when it is as new as the compiled modu
     mkdirSync(join(dir, 'bin'));
     mkdirSync(join(dir, 'dist', 'src', 'cli'), { recursive: true });
     copyFileSync(bin, join(dir, 'bin', 'dsync'));
+    copyFileSync(join(root, 'bin', 'package.json'), join(dir, 'bin', 'package.json'));
     writeFileSync(join(dir, 'package.json'), '{"type":"module"}\n');
-    const fake = (what: string) => `export async function main() { process.stdout.write('${what}\\n'); return 0; }\n`;
-    const bundle = join(dir, 'dist', 'dsync.mjs');
+    const bundle = join(dir, 'dist', 'dsync.cjs');
     const modules = join(dir, 'dist', 'src', 'cli', 'main.js');
-    writeFileSync(modules, fake('modules'));
+    writeFileSync(modules, `export async function main() { process.stdout.write('modules\\n'); return 0; }\n`);
     const which = (env: NodeJS.ProcessEnv = {}) => {
       const r = spawnSync(process.execPath, [join(dir, 'bin', 'dsync')], { encoding: 'utf8', env: { ...process.env, DSYNC_NO_BUNDLE: '', ...env } });
       assert.equal(r.status, 0, r.stderr);
       return r.stdout.trim();
     };
     assert.equal(which(), 'modules', 'no bundle');
-    writeFileSync(bundle, fake('bundle'));
+    writeFileSync(bundle, `exports.main = async function main() { process.stdout.write('bundle\\n'); return 0; };\n`);
     utimesSync(modules, 1_000_000, 1_000_000);
     utimesSync(bundle, 1_000_010, 1_000_010);
     assert.equal(which(), 'bundle', 'bundle newer than the modules');
@@ -72,18 +81,49 @@ test('bin/dsync loads the one-file bundle when it is as new as the compiled modu
   }
 });
 
+test('bin/dsync ignores a code cache older than the bundle (V8 would take a stale one of the same length)', () => {
+  const dir = makeTempDir('dsync-bin-');
+  try {
+    mkdirSync(join(dir, 'bin'));
+    mkdirSync(join(dir, 'dist'));
+    copyFileSync(bin, join(dir, 'bin', 'dsync'));
+    copyFileSync(join(root, 'bin', 'package.json'), join(dir, 'bin', 'package.json'));
+    const bundle = join(dir, 'dist', 'dsync.cjs');
+    const source = (what: string) => `exports.main = async function main() { process.stdout.write('${what}\\n'); return 0; };\n`;
+    writeFileSync(bundle, source('old'));
+    // A cache of the old bundle, made as scripts/bundle.mjs makes it (same flags as bin/dsync).
+    const shebang = readFileSync(bin, 'utf8').split('\n', 1)[0]!.split(/\s+/);
+    const flags = shebang.slice(shebang.indexOf('node') + 1);
+    const make = `const fs=require('fs'),vm=require('vm'),v8=require('v8'),{wrap}=require('module');const [b]=process.argv.slice(1);
+      v8.setFlagsFromString('--no-lazy');const s=new vm.Script(wrap(fs.readFileSync(b,'utf8')),{filename:b});v8.setFlagsFromString('--lazy');
+      fs.writeFileSync(b+'.cache',s.createCachedData());`;
+    assert.equal(spawnSync(process.execPath, [...flags, '-e', make, bundle]).status, 0);
+    const runIt = () => spawnSync(join(dir, 'bin', 'dsync'), [], { encoding: 'utf8', env: { ...process.env, DSYNC_NO_BUNDLE: '', DSYNC_LOAD_TRACE: '1' } });
+    let r = runIt();
+    assert.deepEqual([r.status, r.stdout, r.stderr], [0, 'old\n', 'dsync: loading the bundle with its code cache\n']);
+    // Rebuilt bundle, same length, cache left behind.
+    writeFileSync(bundle, source('new'));
+    utimesSync(`${bundle}.cache`, 1_000_000, 1_000_000);
+    r = runIt();
+    assert.deepEqual([r.status, r.stdout, r.stderr], [0, 'new\n', 'dsync: loading the bundle (no code cache)\n']);
+  } finally {
+    removeTree(dir);
+  }
+});
+
+test('the build made a code cache that bin/dsync uses', (t) => {
+  if (mtime(realBundle) < mtime(realModules)) {
+    t.skip('dist/dsync.cjs is missing or older than dist/src (run `npm run build`, not only tsc)');
+    return;
+  }
+  const r = spawnSync(bin, ['--version'], { cwd: root, encoding: 'utf8', env: { ...process.env, DSYNC_NO_BUNDLE: '', DSYNC_LOAD_TRACE: '1' } });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stderr, 'dsync: loading the bundle with its code cache\n');
+});
+
 test('the bundle and the compiled modules behave the same', (t) => {
-  const mtime = (p: string) => {
-    try {
-      return statSync(p).mtimeMs;
-    } catch {
-      return -1;
-    }
-  };
-  const bundle = fileURLToPath(new URL('../../../dist/dsync.mjs', import.meta.url));
-  const modules = fileURLToPath(new URL('../../../dist/src/cli/main.js', import.meta.url));
-  if (mtime(bundle) < mtime(modules)) {
-    t.skip('dist/dsync.mjs is missing or older than dist/src (run `npm run build`, not only tsc)');
+  if (mtime(realBundle) < mtime(realModules)) {
+    t.skip('dist/dsync.cjs is missing or older than dist/src (run `npm run build`, not only tsc)');
     return;
   }
   for (const args of [['--help'], ['--version'], ['mirror'], ['-c', '/nonexistent/dovecot.conf', 'mirror', 'maildir:/tmp/nowhere']]) {
