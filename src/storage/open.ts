@@ -14,6 +14,12 @@ export interface OpenStoreOptions {
   createIfMissing?: boolean;
   /** Receives non-fatal warnings (garbled uidlist lines, stray files, ...). Default console.error. */
   warn?: (msg: string) => void;
+  /**
+   * Maildir: whether to find out if the file system gives every change after a stat() a new
+   * mtime, which lets change tokens be trusted at once ('probe', the default), or to always
+   * allow for a clock tick ('never': tests of that margin).
+   */
+  distinctMtimes?: 'probe' | 'never';
 }
 
 export async function openStore(loc: MailLocation, opts: OpenStoreOptions = {}): Promise<MailStore> {

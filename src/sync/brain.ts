@@ -267,8 +267,9 @@ async function getBox(ctx: Ctx, guid: string): Promise<LocationMailbox | undefin
 
 /**
  * How long to wait, once, for changes to become old enough for a change token (the Maildir
- * store trusts a token 30 ms after a change on file systems with fine timestamps). Waiting that
- * long at the end of a run that changed mail spares the next run a scan of those mailboxes.
+ * store trusts a token 30 ms after a change on file systems with fine timestamps, at once on
+ * those that give every change after a stat a new mtime). Waiting that long at the end of a run
+ * that changed mail spares the next run a scan of those mailboxes.
  */
 const TOKEN_WAIT_MS = 35;
 

@@ -27,12 +27,13 @@ export function warnings(): Warnings {
 
 export async function openMaildir(
   spec: string,
-  opts: { readOnly?: boolean; createIfMissing?: boolean; warn?: (m: string) => void } = {},
+  opts: { readOnly?: boolean; createIfMissing?: boolean; warn?: (m: string) => void; distinctMtimes?: 'probe' | 'never' } = {},
 ): Promise<MailStore> {
   return openStore(parseMailLocation(spec, { home: os.tmpdir(), user: 'test' }), {
     warn: opts.warn ?? ((m) => { throw new Error(`unexpected warning: ${m}`); }),
     readOnly: opts.readOnly,
     createIfMissing: opts.createIfMissing,
+    distinctMtimes: opts.distinctMtimes,
   });
 }
 

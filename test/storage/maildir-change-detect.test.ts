@@ -11,6 +11,9 @@ import { mirror } from '../helpers/mirror.js';
 import { Location } from '../../src/location/location.js';
 import { Logger } from '../../src/util/log.js';
 import { makeMaildir, msg, openMaildir, tempDir, writeMail } from './helpers.js';
+import { probeDistinctMtimes, type FsContext } from '../../src/storage/maildir/io.js';
+
+const probeCtx = (readOnly = false): FsContext => ({ readOnly, warn: () => undefined, dirMode: 0o700, fileMode: 0o600 });
 
 /** Sets the mtime of a mailbox's directories and files to `secs` (seconds since the epoch, may have a fraction). */
 function ageMailbox(root: string, secs: number): void {
@@ -20,8 +23,10 @@ function ageMailbox(root: string, secs: number): void {
   }
 }
 
-async function inboxOf(root: string): Promise<{ box: StoreMailbox; close: () => Promise<void> }> {
-  const store = await openMaildir(`maildir:${root}`);
+// Most tests here are about the margin a change token needs where a change within a clock tick
+// may leave an mtime as it was: they open the store without the probe that can lift it.
+async function inboxOf(root: string, distinctMtimes: 'probe' | 'never' = 'never'): Promise<{ box: StoreMailbox; close: () => Promise<void> }> {
+  const store = await openMaildir(`maildir:${root}`, { distinctMtimes });
   const box = await store.openMailbox(['INBOX']);
   return { box, close: () => store.close() };
 }
@@ -38,9 +43,9 @@ function countScans(store: StoreMailbox): { n: number } {
 }
 
 /** A seeded Maildir opened as a location with its index, and the index row of its INBOX. */
-async function seededLocation(t: Parameters<typeof tempDir>[0]) {
+async function seededLocation(t: Parameters<typeof tempDir>[0], distinctMtimes: 'probe' | 'never' = 'never') {
   const root = seed(t);
-  const store = await openMaildir(`maildir:${root}`);
+  const store = await openMaildir(`maildir:${root}`, { distinctMtimes });
   const loc = Location.open(store, { indexPath: path.join(root, 'dsync-index.sqlite'), log: new Logger({ sink: { write: () => undefined } }) });
   t.after(() => loc.close());
   await loc.refreshTree();
@@ -287,4 +292,52 @@ test('a handle that trusted the token and then changed the mailbox records the n
   const client = await changeAndSettle(Flag.Seen, () => writeMail(path.join(root, 'new', '3000.M7P1.h'), msg(7)));
   assert.equal(client.settleScans, 1, 'rescanned at the end: the store saw more than the index knew');
   assert.equal(client.messages, 4, "the client's mail is in the index");
+});
+
+test('the mtime probe names the device only where changes after a stat always get a new mtime, and leaves nothing behind', (t) => {
+  const dir = tempDir(t);
+  assert.equal(probeDistinctMtimes(probeCtx(true), dir), null, 'read-only: no probe');
+  assert.equal(probeDistinctMtimes(probeCtx(), path.join(dir, 'missing')), null, 'cannot write there: null');
+  const dev = probeDistinctMtimes(probeCtx(), dir);
+  assert.deepEqual(fs.readdirSync(dir), [], 'the probe file is gone');
+  if (dev === null) {
+    t.skip('this file system gives coarse timestamps (no Linux 6.13+ multigrain times): change tokens keep their margin');
+    return;
+  }
+  assert.equal(dev, fs.statSync(dir).dev);
+  // What the probe promises, on directories as a mailbox's cur/ is one: each change made right
+  // after a stat gets an mtime of its own, however fast they come.
+  const sub = path.join(dir, 'cur');
+  fs.mkdirSync(sub);
+  let last = fs.statSync(sub).mtimeMs;
+  for (let i = 0; i < 300; i++) {
+    fs.writeFileSync(path.join(sub, `f${i}`), '');
+    const now = fs.statSync(sub).mtimeMs;
+    assert.ok(now > last, `change ${i}: mtime ${now} after ${last}`);
+    last = now;
+  }
+});
+
+test('where the file system gives distinct mtimes, a mailbox changed a moment ago gets its token at once', async (t) => {
+  if (probeDistinctMtimes(probeCtx(), tempDir(t)) === null) {
+    t.skip('this file system gives coarse timestamps: covered by the margin tests above');
+    return;
+  }
+  const { root, loc, row } = await seededLocation(t, 'probe');
+  const box = (await loc.openMailbox(row.guid))!;
+  const scans = countScans(box.store);
+  await box.refresh();
+  await box.updateFlags([{ uid: 1, flags: Flag.Seen, keywords: [] }], '');
+  await box.refresh();
+  assert.equal(scans.n, 1, 'our own change needs no scan');
+  assert.equal(box.tokenPending, false, 'token recorded without waiting for a tick');
+  await box.close();
+  // A client's change right after that token is still seen.
+  writeMail(path.join(root, 'new', '2000.M9P1.h'), msg(9));
+  const again = (await loc.openMailbox(row.guid))!;
+  const later = countScans(again.store);
+  await again.refresh();
+  assert.equal(later.n, 1, 'the delivery changed the token');
+  assert.equal(again.messageCount, 4);
+  await again.close();
 });

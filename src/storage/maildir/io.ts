@@ -222,3 +222,41 @@ export async function isDir(p: string): Promise<boolean> {
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/**
+ * The device of dir's file system if it gives a change made after a stat() a timestamp of its own
+ * (Linux 6.13+ "multigrain" timestamps: ext4, xfs, btrfs, tmpfs), else null. Elsewhere a change
+ * within the same clock tick as an earlier one leaves the mtime as it was, and change tokens need
+ * a margin (see MaildirMailbox.changeToken). Found with a temporary file (named so that it is
+ * never listed as a mailbox, removed at once): two appends with a stat in between that get
+ * distinct times less than a tick apart mean fine-grained times; equal times, coarse ones. Null
+ * when read-only or when anything fails: the margin is the safe answer.
+ */
+export function probeDistinctMtimes(ctx: FsContext, dir: string): number | null {
+  if (ctx.readOnly) return null;
+  const p = path.join(dir, `dsync-index.mtime-probe.${process.pid}.${randomHex(4)}`);
+  let fd: number;
+  try {
+    fd = fs.openSync(p, 'wx', 0o600);
+  } catch {
+    return null;
+  }
+  try {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      fs.writeSync(fd, '.');
+      const before = fs.fstatSync(fd).mtimeMs;
+      fs.writeSync(fd, '.');
+      const st = fs.fstatSync(fd);
+      if (st.mtimeMs === before) return null; // same tick, same time: coarse
+      // Under a millisecond apart: no clock tick is that short (HZ <= 1000).
+      if (st.mtimeMs > before && st.mtimeMs - before < 1) return st.dev;
+      // A tick boundary fell between the two writes: try again.
+    }
+    return null;
+  } catch {
+    return null;
+  } finally {
+    closeQuietly(fd);
+    unlinkQuietly(p);
+  }
+}

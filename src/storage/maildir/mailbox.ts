@@ -73,6 +73,8 @@ export interface MailboxEnv {
   statMode?: 'sync' | 'async';
   /** Warnings about stray entries already given (a run scans a mailbox several times). */
   warned?: Set<string>;
+  /** The device whose file system gives every change after a stat() a new mtime (probeDistinctMtimes). */
+  distinctMtimeDev?: number | null;
 }
 
 type Sub = 'cur' | 'new';
@@ -1135,11 +1137,14 @@ export class MaildirMailbox implements StoreMailbox {
     // no token (null: scan, and try again later). A tick is at most 10 ms where timestamps have
     // sub-second parts (ext4, xfs, btrfs, tmpfs: the kernel's coarse clock, one jiffy, which may
     // lag the real time by a tick, hence three ticks of margin), up to 2 s elsewhere (ext3, FAT).
+    // Where every change after a stat() gets a new mtime (probeDistinctMtimes), this very stat
+    // makes the token safe at once: no margin.
     const now = Date.now();
+    const distinctDev = this.env.distinctMtimeDev ?? null;
     const part = (p: string, withIno: boolean) => {
       try {
         const st = fs.statSync(p);
-        if (st.mtimeMs > now - (st.mtimeMs % 1000 !== 0 ? FINE_TICK_MARGIN_MS : COARSE_TICK_MARGIN_MS)) return null;
+        if (st.dev !== distinctDev && st.mtimeMs > now - (st.mtimeMs % 1000 !== 0 ? FINE_TICK_MARGIN_MS : COARSE_TICK_MARGIN_MS)) return null;
         return withIno ? `${st.ino}:${st.size}:${st.mtimeMs}` : `${st.mtimeMs}`;
       } catch {
         return '-';

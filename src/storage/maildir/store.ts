@@ -23,6 +23,7 @@ import {
   randomHex,
   toStorageError,
   writeNewFile,
+  probeDistinctMtimes,
   type FsContext,
   type Warn,
 } from './io.js';
@@ -41,6 +42,8 @@ export interface MaildirStoreOptions {
   warn?: Warn;
   /** Scan stat strategy; default 'sync' (measured fastest, see mailbox.ts statFiles). */
   statMode?: 'sync' | 'async';
+  /** See OpenStoreOptions.distinctMtimes. */
+  distinctMtimes?: 'probe' | 'never';
 }
 
 /** Files Dovecot keeps in a mailbox directory besides cur/new/tmp. */
@@ -81,6 +84,8 @@ export class MaildirStore implements MailStore {
   /** Per mail directory: the scan caches shared by all mailbox objects (see MailboxEnv). */
   private readonly envs = new Map<string, MailboxEnv>();
   private readonly listWarned = new Set<string>();
+  /** See MailboxEnv.distinctMtimeDev. */
+  private distinctMtimeDev: number | null = null;
 
   private constructor(
     readonly loc: MailLocation,
@@ -132,6 +137,7 @@ export class MaildirStore implements MailStore {
       await mkdirp(ctx, root);
       if (path.resolve(store.layout.cfg.inbox) === path.resolve(root)) await store.ensureInbox();
     }
+    if (opts.distinctMtimes !== 'never') store.distinctMtimeDev = probeDistinctMtimes(ctx, root);
     return store;
   }
 
@@ -180,6 +186,7 @@ export class MaildirStore implements MailStore {
         ctx: this.ctx,
         allocateUidValidity: () => this.newUidValidity(),
         statMode: this.statMode,
+        distinctMtimeDev: this.distinctMtimeDev,
       };
       this.envs.set(mailDir, env);
     }
