@@ -103,20 +103,20 @@ export async function mkdirp(ctx: FsContext, dir: string): Promise<boolean> {
   return missing.length > 0;
 }
 
-export async function fsyncDir(dir: string): Promise<void> {
-  fsyncDirSync(dir);
+/**
+ * fsync(2) of an open file in the thread pool. The small metadata operations of this module are
+ * synchronous (a thread-pool round trip costs ~70 us here, more than most of them), but an fsync
+ * waits for the disk: off the main thread the other side of a local sync works meanwhile.
+ */
+export function fsyncFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fsync(fd, (e) => (e ? reject(e) : resolve())));
 }
 
-/**
- * Synchronous on purpose, like the other small metadata operations of this module: a thread-pool
- * round trip costs ~70 us here, more than most of these calls, and the caller waits for each
- * anyway. Only writes of many mails at once go through the pool, where their fsyncs overlap.
- */
-export function fsyncDirSync(dir: string): void {
+export async function fsyncDir(dir: string): Promise<void> {
   let fd: number | undefined;
   try {
     fd = fs.openSync(dir, 'r');
-    fs.fsyncSync(fd);
+    await fsyncFd(fd);
   } catch (e) {
     const c = errCode(e);
     // Some filesystems cannot fsync a directory; that is not worth failing a save over.
@@ -184,7 +184,7 @@ export async function writeFileAtomic(ctx: FsContext, target: string, data: stri
     throw e;
   }
   try {
-    fsyncDirSync(path.dirname(target));
+    await fsyncDir(path.dirname(target));
   } catch {
     // the file is in place; only its durability across a crash is in doubt, as before the rename
   }
@@ -227,14 +227,14 @@ export function sleep(ms: number): Promise<void> {
  * The device of dir's file system if it gives a change made after a stat() a timestamp of its own
  * (Linux 6.13+ "multigrain" timestamps: ext4, xfs, btrfs, tmpfs), else null. Elsewhere a change
  * within the same clock tick as an earlier one leaves the mtime as it was, and change tokens need
- * a margin (see MaildirMailbox.changeToken). Found with a temporary file (named so that it is
- * never listed as a mailbox, removed at once): two appends with a stat in between that get
- * distinct times less than a tick apart mean fine-grained times; equal times, coarse ones. Null
- * when read-only or when anything fails: the margin is the safe answer.
+ * a margin (see MaildirMailbox.changeToken). Found with a temporary file in dir (a maildir's tmp/,
+ * where mail is written before delivery; removed at once): two appends with a stat in between
+ * that get distinct times less than a tick apart mean fine-grained times; equal times, coarse
+ * ones. Null when read-only or when anything fails: the margin is the safe answer.
  */
 export function probeDistinctMtimes(ctx: FsContext, dir: string): number | null {
   if (ctx.readOnly) return null;
-  const p = path.join(dir, `dsync-index.mtime-probe.${process.pid}.${randomHex(4)}`);
+  const p = path.join(dir, `${Date.now()}.P${process.pid}R${randomHex(4)}.dsync-mtime-probe`);
   let fd: number;
   try {
     fd = fs.openSync(p, 'wx', 0o600);
@@ -242,6 +242,8 @@ export function probeDistinctMtimes(ctx: FsContext, dir: string): number | null 
     return null;
   }
   try {
+    // Like everything the store creates, the owner's from its first moment (even for a moment).
+    if (ctx.owner) fs.fchownSync(fd, ctx.owner.uid, ctx.owner.gid);
     for (let attempt = 0; attempt < 3; attempt++) {
       fs.writeSync(fd, '.');
       const before = fs.fstatSync(fd).mtimeMs;

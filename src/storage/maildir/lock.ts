@@ -6,7 +6,7 @@
 // trip would cost more), and the caller waits for each in turn anyway.
 import * as fs from 'node:fs';
 import { StorageError } from '../types.js';
-import { chownIfNeededSync, closeQuietly, errCode, fsyncDirSync, isNotFound, sleep, toStorageError, unlinkQuietly, type FsContext } from './io.js';
+import { chownIfNeededSync, closeQuietly, errCode, fsyncDir, fsyncFd, isNotFound, sleep, toStorageError, unlinkQuietly, type FsContext } from './io.js';
 import * as path from 'node:path';
 import { hostname } from 'node:os';
 
@@ -109,7 +109,7 @@ export class DotLock {
       const fd = fs.openSync(temp, 'w', this.mode);
       try {
         fs.writeFileSync(fd, data);
-        fs.fsyncSync(fd);
+        await fsyncFd(fd);
       } finally {
         closeQuietly(fd);
       }
@@ -132,7 +132,7 @@ export class DotLock {
       throw toStorageError(e, 'rename', this.target);
     }
     try {
-      fsyncDirSync(path.dirname(this.target));
+      await fsyncDir(path.dirname(this.target));
     } catch {
       // the new file is in place; only its durability across a crash is in doubt
     }

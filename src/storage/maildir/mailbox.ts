@@ -2,7 +2,6 @@
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { crc32 } from 'node:zlib';
 import type { Dirent, Stats } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { createHash } from 'node:crypto';
@@ -23,6 +22,8 @@ import {
   closeQuietly,
   errCode,
   fsyncDir,
+  fsyncFd,
+  unlinkQuietly,
   io,
   isNotFound,
   mkdirp,
@@ -340,7 +341,7 @@ export class MaildirMailbox implements StoreMailbox {
     try {
       fd = fs.openSync(this.uidlistPath, 'a');
       fs.writeFileSync(fd, text);
-      fs.fsyncSync(fd);
+      await fsyncFd(fd);
     } catch (e) {
       throw toStorageError(e, 'append to', this.uidlistPath);
     } finally {
@@ -832,9 +833,11 @@ export class MaildirMailbox implements StoreMailbox {
     for (let attempt = 0; ; attempt++) {
       const tmpBase = generateBaseName();
       const tmpPath = path.join(tmpDir, tmpBase);
-      let fh: fsp.FileHandle;
+      // Open, write (into the page cache), set the time and close from this thread: only the
+      // fsync, which waits for the disk, goes to the thread pool (one round trip instead of four).
+      let fd: number;
       try {
-        fh = await fsp.open(tmpPath, 'wx', this.ctx.fileMode);
+        fd = fs.openSync(tmpPath, 'wx', this.ctx.fileMode);
       } catch (e) {
         if (errCode(e) === 'EEXIST' && attempt < 10) continue;
         throw toStorageError(e, 'create', tmpPath);
@@ -844,35 +847,29 @@ export class MaildirMailbox implements StoreMailbox {
         const body = typeof req.body === 'function' ? await req.body() : req.body;
         if (Buffer.isBuffer(body)) {
           counter.add(body);
-          // One buffer: written in one go from this thread; only the fsync goes to the pool.
-          for (let off = 0; off < body.length; ) off += fs.writeSync(fh.fd, body, off, body.length - off, off);
+          for (let off = 0; off < body.length; ) off += fs.writeSync(fd, body, off, body.length - off, off);
         } else {
-          const stream = body;
-          for await (const chunk of stream) {
+          for await (const chunk of body) {
             const buf = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
             counter.add(buf);
-            let off = 0;
-            while (off < buf.length) {
-              const { bytesWritten } = await fh.write(buf, off, buf.length - off);
-              off += bytesWritten;
-            }
+            for (let off = 0; off < buf.length; ) off += await writeFd(fd, buf, off, buf.length - off);
           }
         }
         const t = new Date(req.internalDate * 1000);
-        fs.futimesSync(fh.fd, t, t);
-        await fh.sync();
-        await fh.close();
+        fs.futimesSync(fd, t, t);
+        await fsyncFd(fd);
       } catch (e) {
-        await fh.close().catch(() => undefined);
-        await fsp.unlink(tmpPath).catch(() => undefined);
+        closeQuietly(fd);
+        unlinkQuietly(tmpPath);
         if (e instanceof BodySourceError) throw e;
         throw toStorageError(e, 'write', tmpPath);
       }
       try {
+        fs.closeSync(fd);
         chownIfNeededSync(this.ctx, tmpPath);
       } catch (e) {
-        await fsp.unlink(tmpPath).catch(() => undefined);
-        throw e;
+        unlinkQuietly(tmpPath);
+        throw toStorageError(e, 'write', tmpPath);
       }
       return { req, tmpBase, tmpPath, size: counter.size, vsize: counter.vsize, linked: false };
     }
@@ -1321,15 +1318,31 @@ function listedBases(ul: Uidlist): Set<string> {
   return set;
 }
 
+/** FNV-1a over a name's UTF-16 code units: twice as fast as zlib's crc32 (no conversion to bytes). */
+function nameHash(name: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < name.length; i++) {
+    h ^= name.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
 /**
  * An order-independent fingerprint of a set of file names: their number and the sum and xor of
- * their CRC-32s. Adding, removing or renaming a file changes it (short of a CRC-32 collision).
+ * their 32-bit hashes. Adding, removing or renaming a file changes it (short of a hash collision).
+ * Kept in memory only, for the end of the same run.
  */
+/** write(2) in the thread pool (a chunk of a streamed body); resolves to the bytes written. */
+function writeFd(fd: number, buf: Buffer, off: number, len: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.write(fd, buf, off, len, null, (e, n) => (e ? reject(e) : resolve(n))));
+}
+
 function namesFingerprint(names: readonly string[]): string {
   let sum = 0;
   let xor = 0;
   for (let i = 0; i < names.length; i++) {
-    const c = crc32(names[i]!);
+    const c = nameHash(names[i]!);
     sum = (sum + c) % 0x100000000;
     xor = (xor ^ c) >>> 0;
   }

@@ -137,7 +137,7 @@ export class MaildirStore implements MailStore {
       await mkdirp(ctx, root);
       if (path.resolve(store.layout.cfg.inbox) === path.resolve(root)) await store.ensureInbox();
     }
-    if (opts.distinctMtimes !== 'never') store.distinctMtimeDev = probeDistinctMtimes(ctx, root);
+    if (opts.distinctMtimes !== 'never') store.distinctMtimeDev = probeDistinctMtimes(ctx, path.join(store.layout.cfg.inbox, 'tmp'));
     return store;
   }
 
