@@ -14,7 +14,7 @@ import { spawnSync } from 'node:child_process';
 import { ensureCorpus, corpusRoot, DEFAULT_SEED, MAIL_GID, MAIL_UID, SIZES, type SizeName } from './corpus.js';
 import { copyTree, freezeBuild, rmrf, syncDisks, timed, type Sample } from './lib/exec.js';
 import { diffExpected, diffTrees, expectedOf, readTree, type Expected } from './lib/snapshot.js';
-import { applyPlan, expectedAfter, planIncremental } from './lib/mutate.js';
+import { applyPlan, expectedAfter, planConflicts, planIncremental } from './lib/mutate.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -196,6 +196,9 @@ async function main(): Promise<void> {
 
   const corpusExpected = expectedOf(readTree(corpus.maildir));
   const incremental = planIncremental(corpusExpected, corpus.maildir, seed);
+  const afterIncremental = expectedAfter(corpusExpected, incremental);
+  // On the pair as the incremental run left it.
+  const conflicts = planConflicts(afterIncremental, seed);
   const settle = async (): Promise<void> => {
     await new Promise((r) => setTimeout(r, 2500));
     const r = await timed([...asMailUser, BIN, ...dsyncArgs], { env, reruns: 0, quiet: false });
@@ -213,7 +216,13 @@ async function main(): Promise<void> {
       id: 'incremental',
       title: `Incremental: ${incremental.reflag.length} re-flagged + ${incremental.deliver.length} new on A, ${incremental.expunge.length} expunged on B`,
       before: () => applyPlan(incremental, { a, b }, { a: readTree(a), b: readTree(b) }),
-      expected: expectedAfter(corpusExpected, incremental),
+      expected: afterIncremental,
+    },
+    {
+      id: 'conflicts',
+      title: `Conflicts: ${conflicts.deliver.filter((d) => d.side === 'a').length} new on A + ${conflicts.deliver.filter((d) => d.side === 'b').length} new on B in the same folders, ${conflicts.reflag.length / 2} mails flagged on both sides`,
+      before: () => applyPlan(conflicts, { a, b }, { a: readTree(a), b: readTree(b) }),
+      expected: expectedAfter(afterIncremental, conflicts),
     },
   ];
   for (const r of runs) {
