@@ -288,3 +288,20 @@ test('renumber: messages get new UIDs in one uidlist rewrite; files, GUIDs, flag
   await assert.rejects(box.openBody(1), (e: unknown) => e instanceof StorageError && e.code === 'EXPUNGED');
   await assert.rejects(box.renumber!([{ from: 3, to: 5 }]), (e: unknown) => e instanceof StorageError && e.code === 'EXISTS');
 });
+
+test('readBody: a known mail whole; null above the limit, for an unknown UID and for a file gone since the scan', async (t) => {
+  const root = tempDir(t);
+  const store = await openMaildir(`maildir:${root}`);
+  const box = await store.openMailbox(['INBOX']);
+  const big = `Subject: big\n\n${'x'.repeat(5000)}\n`;
+  await box.save([req(1, 'small-one', 'Subject: small\n\nhi\n'), req(2, 'big-one', big), req(3, 'gone-one', 'Subject: gone\n\nbye\n')]);
+  await box.scan();
+  assert.equal((await box.readBody!(1, 4096))!.toString(), 'Subject: small\n\nhi\n');
+  assert.equal(await box.readBody!(2, 4096), null, 'larger than maxBytes');
+  assert.equal((await box.readBody!(2, 8192))!.toString(), big);
+  assert.equal(await box.readBody!(99, 4096), null, 'unknown UID');
+  const gone = fs.readdirSync(path.join(root, 'cur')).find((n) => n.startsWith('gone-one'))!;
+  fs.unlinkSync(path.join(root, 'cur', gone));
+  assert.equal(await box.readBody!(3, 4096), null, 'removed after the scan: the caller falls back to openBody');
+  await store.close();
+});

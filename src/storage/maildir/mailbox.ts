@@ -779,25 +779,27 @@ export class MaildirMailbox implements StoreMailbox {
   async readBody(uid: number, maxBytes: number): Promise<Buffer | null> {
     const f = this.files.get(uid);
     if (!f || this.closed) return null;
-    let fh: fsp.FileHandle;
+    // open, fstat and close from this thread (metadata, cheap); only the read, which may wait
+    // for the disk, goes to the thread pool: one round trip instead of four.
+    let fd: number;
     try {
-      fh = await fsp.open(this.filePath(f), 'r');
+      fd = fs.openSync(this.filePath(f), 'r');
     } catch {
       return null; // renamed or gone: the stream path finds it again
     }
     try {
-      const size = (await fh.stat()).size;
+      const size = fs.fstatSync(fd).size;
       if (size > maxBytes) return null;
       const buf = Buffer.allocUnsafe(size);
       let off = 0;
       while (off < size) {
-        const { bytesRead } = await fh.read(buf, off, size - off, off);
-        if (bytesRead === 0) break;
-        off += bytesRead;
+        const n = await readFd(fd, buf, off, size - off, off);
+        if (n === 0) break;
+        off += n;
       }
       return off === size ? buf : buf.subarray(0, off);
     } finally {
-      await fh.close();
+      closeQuietly(fd);
     }
   }
 
@@ -1333,11 +1335,6 @@ function nameHash(name: string): number {
  * their 32-bit hashes. Adding, removing or renaming a file changes it (short of a hash collision).
  * Kept in memory only, for the end of the same run.
  */
-/** write(2) in the thread pool (a chunk of a streamed body); resolves to the bytes written. */
-function writeFd(fd: number, buf: Buffer, off: number, len: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.write(fd, buf, off, len, null, (e, n) => (e ? reject(e) : resolve(n))));
-}
-
 function namesFingerprint(names: readonly string[]): string {
   let sum = 0;
   let xor = 0;
@@ -1347,4 +1344,14 @@ function namesFingerprint(names: readonly string[]): string {
     xor = (xor ^ c) >>> 0;
   }
   return `${names.length}:${sum}:${xor}`;
+}
+
+/** read(2) in the thread pool; resolves to the bytes read. */
+function readFd(fd: number, buf: Buffer, off: number, len: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, buf, off, len, position, (e, n) => (e ? reject(e) : resolve(n))));
+}
+
+/** write(2) in the thread pool (a chunk of a streamed body); resolves to the bytes written. */
+function writeFd(fd: number, buf: Buffer, off: number, len: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.write(fd, buf, off, len, null, (e, n) => (e ? reject(e) : resolve(n))));
 }
