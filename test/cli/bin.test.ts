@@ -111,6 +111,44 @@ test('bin/dsync ignores a code cache older than the bundle (V8 would take a stal
   }
 });
 
+test('bin/dsync without a build says so (exit 75); a bundle without a code cache still runs', () => {
+  const dir = makeTempDir('dsync-bin-');
+  try {
+    mkdirSync(join(dir, 'bin'));
+    mkdirSync(join(dir, 'dist'));
+    copyFileSync(bin, join(dir, 'bin', 'dsync'));
+    copyFileSync(join(root, 'bin', 'package.json'), join(dir, 'bin', 'package.json'));
+    const runIt = () => spawnSync(join(dir, 'bin', 'dsync'), ['--version'], { encoding: 'utf8', env: { ...process.env, DSYNC_NO_BUNDLE: '', DSYNC_LOAD_TRACE: '1' } });
+    let r = runIt();
+    assert.equal(r.status, 75);
+    assert.equal(r.stderr, `dsync: ${join(dir, 'dist')} holds no compiled dsync: run \`npm install\` (or \`npm run build\`) in ${dir}\n`);
+    writeFileSync(join(dir, 'dist', 'dsync.cjs'), `exports.main = async function main() { process.stdout.write('bundle\\n'); return 0; };\n`);
+    r = runIt();
+    assert.deepEqual([r.status, r.stdout, r.stderr], [0, 'bundle\n', 'dsync: loading the bundle (no code cache)\n']);
+  } finally {
+    removeTree(dir);
+  }
+});
+
+test('bin/dsync runs Node without NODE_EXTRA_CA_CERTS (parsing that file costs more than the rest of the start)', () => {
+  const dir = makeTempDir('dsync-bin-');
+  try {
+    mkdirSync(join(dir, 'bin'));
+    mkdirSync(join(dir, 'dist'));
+    copyFileSync(bin, join(dir, 'bin', 'dsync'));
+    copyFileSync(join(root, 'bin', 'package.json'), join(dir, 'bin', 'package.json'));
+    writeFileSync(
+      join(dir, 'dist', 'dsync.cjs'),
+      `exports.main = async function main() { process.stdout.write(String(process.env.NODE_EXTRA_CA_CERTS) + '\\n'); return 0; };\n`,
+    );
+    // A file Node could not load: Node itself would warn about it on stderr.
+    const r = spawnSync(join(dir, 'bin', 'dsync'), [], { encoding: 'utf8', env: { ...process.env, DSYNC_NO_BUNDLE: '', NODE_EXTRA_CA_CERTS: join(dir, 'no-such-ca.pem') } });
+    assert.deepEqual([r.status, r.stdout, r.stderr], [0, 'undefined\n', '']);
+  } finally {
+    removeTree(dir);
+  }
+});
+
 test('the build made a code cache that bin/dsync uses', (t) => {
   if (mtime(realBundle) < mtime(realModules)) {
     t.skip('dist/dsync.cjs is missing or older than dist/src (run `npm run build`, not only tsc)');

@@ -203,6 +203,22 @@ test('bodies: big messages are streamed in pieces, quoted or not; small ones com
   }
 });
 
+test('bodies: a mail read after another program appended to or rewrote the file comes from a fresh parse', async (t) => {
+  const dir = tempDir(t, 'dsync-mbox-');
+  const writer = await (await openMbox(`mbox:${dir}/m`)).openMailbox(['INBOX']);
+  const bodies = [1, 2, 3].map((i) => Buffer.from(`Subject: ${i}\nMessage-ID: <${i}@x>\n\n${'y'.repeat(i * 100)}\n`));
+  await writer.save(bodies.map((b, i) => req(i + 1, b)));
+  const reader = await (await openMbox(`mbox:${dir}/m`, { readOnly: true })).openMailbox(['INBOX']);
+  await reader.scan(); // parsed now
+  const more = Buffer.from('Subject: 4\nMessage-ID: <4@x>\n\nappended\n');
+  await writer.save([req(4, more)]); // appended: the file's size and times change
+  assert.ok((await reader.readBody!(2, 1 << 20))!.equals(bodies[1]!));
+  assert.ok((await reader.readBody!(4, 1 << 20))!.equals(more));
+  await writer.expunge([1]); // rewritten: every offset moves
+  assert.ok((await reader.readBody!(3, 1 << 20))!.equals(bodies[2]!));
+  assert.ok((await bodyOf(reader, 2)).equals(bodies[1]!));
+});
+
 test('bodies: many concurrent readers of a mailbox nobody has read yet all get the right bytes', async (t) => {
   const dir = tempDir(t, 'dsync-mbox-');
   const store = await openMbox(`mbox:${dir}/m`);

@@ -3,7 +3,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { StorageError } from '../../src/storage/types.js';
 import { openStore } from '../../src/storage/open.js';
 import { parseMailLocation } from '../../src/storage/location.js';

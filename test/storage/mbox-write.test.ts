@@ -3,7 +3,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { Flag } from '../../src/model/flags.js';
 import { StorageError, type SaveRequest } from '../../src/storage/types.js';

@@ -112,6 +112,16 @@ export function fsyncFd(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.fsync(fd, (e) => (e ? reject(e) : resolve())));
 }
 
+/** pread(2) in the thread pool; resolves to the bytes read (0 at the end of the file). */
+export function readAt(fd: number, buf: Buffer, off: number, len: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, buf, off, len, position, (e, n) => (e ? reject(e) : resolve(n))));
+}
+
+/** write(2) at the file position in the thread pool (a chunk of a streamed body); resolves to the bytes written. */
+export function writeNext(fd: number, buf: Buffer, off: number, len: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.write(fd, buf, off, len, null, (e, n) => (e ? reject(e) : resolve(n))));
+}
+
 export async function fsyncDir(dir: string): Promise<void> {
   let fd: number | undefined;
   try {

@@ -20,6 +20,8 @@ import {
   assertWritable,
   chownIfNeededSync,
   closeQuietly,
+  readAt,
+  writeNext,
   errCode,
   fsyncDir,
   fsyncFd,
@@ -793,7 +795,7 @@ export class MaildirMailbox implements StoreMailbox {
       const buf = Buffer.allocUnsafe(size);
       let off = 0;
       while (off < size) {
-        const n = await readFd(fd, buf, off, size - off, off);
+        const n = await readAt(fd, buf, off, size - off, off);
         if (n === 0) break;
         off += n;
       }
@@ -854,7 +856,7 @@ export class MaildirMailbox implements StoreMailbox {
           for await (const chunk of body) {
             const buf = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
             counter.add(buf);
-            for (let off = 0; off < buf.length; ) off += await writeFd(fd, buf, off, buf.length - off);
+            for (let off = 0; off < buf.length; ) off += await writeNext(fd, buf, off, buf.length - off);
           }
         }
         const t = new Date(req.internalDate * 1000);
@@ -1344,14 +1346,4 @@ function namesFingerprint(names: readonly string[]): string {
     xor = (xor ^ c) >>> 0;
   }
   return `${names.length}:${sum}:${xor}`;
-}
-
-/** read(2) in the thread pool; resolves to the bytes read. */
-function readFd(fd: number, buf: Buffer, off: number, len: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.read(fd, buf, off, len, position, (e, n) => (e ? reject(e) : resolve(n))));
-}
-
-/** write(2) in the thread pool (a chunk of a streamed body); resolves to the bytes written. */
-function writeFd(fd: number, buf: Buffer, off: number, len: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.write(fd, buf, off, len, null, (e, n) => (e ? reject(e) : resolve(n))));
 }

@@ -18,6 +18,7 @@
 // one parse; bodies over WHOLE_BODY_MAX are streamed; a save reads its bodies (a few ahead)
 // before taking the lock, keeping up to SAVE_MEMORY_BUDGET of them in memory and the rest in a
 // spool file next to the mbox, and copies them into the file in pieces.
+import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
@@ -33,7 +34,7 @@ import {
   type StoreMailboxStatus,
   type StoreMessage,
 } from '../types.js';
-import { assertWritable, errCode, fsyncDir, isNotFound, randomHex, toStorageError, type FsContext } from '../maildir/io.js';
+import { assertWritable, closeQuietly, errCode, fsyncDir, isNotFound, randomHex, readAt, toStorageError, type FsContext } from '../maildir/io.js';
 import { DotLock } from '../maildir/lock.js';
 import { invalidKeywordReason } from '../maildir/keywords.js';
 import {
@@ -237,10 +238,23 @@ export class MboxMailbox implements StoreMailbox {
     try {
       return await fsp.open(this.file, 'r');
     } catch (e) {
-      if (isNotFound(e)) throw new StorageError(`${this.label} does not exist`, 'NOTFOUND');
-      if (errCode(e) === 'EISDIR') throw new StorageError(`${this.label} is a directory, not an mbox file`, 'NOTFOUND');
-      throw toStorageError(e, 'open', this.file);
+      throw this.openError(e);
     }
+  }
+
+  /** The file opened for reading by a plain descriptor (open(2) is cheap: from this thread). */
+  private openFd(): number {
+    try {
+      return fs.openSync(this.file, 'r');
+    } catch (e) {
+      throw this.openError(e);
+    }
+  }
+
+  private openError(e: unknown): Error {
+    if (isNotFound(e)) return new StorageError(`${this.label} does not exist`, 'NOTFOUND');
+    if (errCode(e) === 'EISDIR') return new StorageError(`${this.label} is a directory, not an mbox file`, 'NOTFOUND');
+    return toStorageError(e, 'open', this.file);
   }
 
   /**
@@ -466,30 +480,40 @@ export class MboxMailbox implements StoreMailbox {
     return null;
   }
 
-  /** A message's bytes as served, in one buffer; re-read if the file changes meanwhile. */
+  /**
+   * A message's bytes as served, in one buffer; re-read if the file changes meanwhile. The file
+   * is opened, checked and closed from this thread; only the reads go to the thread pool (a
+   * FileHandle per mail cost more than reading a small mail).
+   */
   private async readWhole(uid: number): Promise<Buffer> {
     for (let attempt = 0; attempt < READ_ATTEMPTS; attempt++) {
       const { p, m } = await this.locate(uid);
-      const fh = await this.openSnapshot(p);
-      if (!fh) {
-        await this.load();
-        continue;
-      }
+      const fd = this.openFd();
       try {
+        if (!sameIdentity(identityOf(fs.fstatSync(fd)), p.identity)) {
+          await this.load();
+          continue;
+        }
         const ranges = servedRanges(m.hdrStart, m.msgEnd, m.hidden);
         const total = ranges.reduce((n, r) => n + r.end - r.start, 0);
         const buf = Buffer.allocUnsafe(total);
         let at = 0;
         for (const r of ranges) {
-          const { bytesRead } = await readFully(fh, buf, at, r.end - r.start, r.start);
-          at += bytesRead;
+          const len = r.end - r.start;
+          let done = 0;
+          while (done < len) {
+            const n = await readAt(fd, buf, at + done, len - done, r.start + done);
+            if (n === 0) break;
+            done += n;
+          }
+          at += done;
         }
-        if (!sameIdentity(identityOf(await fh.stat()), p.identity)) continue;
+        if (!sameIdentity(identityOf(fs.fstatSync(fd)), p.identity)) continue;
         return unquoteFromLines(at === total ? buf : buf.subarray(0, at), this.env.quoting);
       } catch (e) {
         throw toStorageError(e, 'read', this.file);
       } finally {
-        await fh.close().catch(() => undefined);
+        closeQuietly(fd);
       }
     }
     throw new StorageError(`${this.label} kept changing while UID ${uid} was being read; try again later`, 'LOCKED');
