@@ -21,6 +21,15 @@ const mtime = (p: string) => {
   }
 };
 
+/** A scratch install: bin/dsync (and its package.json) copied into dir, an empty dist/. */
+function scratchInstall(dir: string): string {
+  mkdirSync(join(dir, 'bin'));
+  mkdirSync(join(dir, 'dist'));
+  copyFileSync(bin, join(dir, 'bin', 'dsync'));
+  copyFileSync(join(root, 'bin', 'package.json'), join(dir, 'bin', 'package.json'));
+  return join(dir, 'bin', 'dsync');
+}
+
 function run(...args: string[]) {
   return spawnSync(bin, args, { cwd: root, encoding: 'utf8', timeout: 20_000 });
 }
@@ -55,10 +64,8 @@ test('bin/dsync with an unreadable config: exit 78', () => {
 test('bin/dsync loads the one-file bundle when it is as new as the compiled modules, else the modules', () => {
   const dir = makeTempDir('dsync-bin-');
   try {
-    mkdirSync(join(dir, 'bin'));
+    scratchInstall(dir);
     mkdirSync(join(dir, 'dist', 'src', 'cli'), { recursive: true });
-    copyFileSync(bin, join(dir, 'bin', 'dsync'));
-    copyFileSync(join(root, 'bin', 'package.json'), join(dir, 'bin', 'package.json'));
     writeFileSync(join(dir, 'package.json'), '{"type":"module"}\n');
     const bundle = join(dir, 'dist', 'dsync.cjs');
     const modules = join(dir, 'dist', 'src', 'cli', 'main.js');
@@ -84,10 +91,7 @@ test('bin/dsync loads the one-file bundle when it is as new as the compiled modu
 test('bin/dsync ignores a code cache older than the bundle (V8 would take a stale one of the same length)', () => {
   const dir = makeTempDir('dsync-bin-');
   try {
-    mkdirSync(join(dir, 'bin'));
-    mkdirSync(join(dir, 'dist'));
-    copyFileSync(bin, join(dir, 'bin', 'dsync'));
-    copyFileSync(join(root, 'bin', 'package.json'), join(dir, 'bin', 'package.json'));
+    scratchInstall(dir);
     const bundle = join(dir, 'dist', 'dsync.cjs');
     const source = (what: string) => `exports.main = async function main() { process.stdout.write('${what}\\n'); return 0; };\n`;
     writeFileSync(bundle, source('old'));
@@ -114,10 +118,7 @@ test('bin/dsync ignores a code cache older than the bundle (V8 would take a stal
 test('bin/dsync without a build says so (exit 75); a bundle without a code cache still runs', () => {
   const dir = makeTempDir('dsync-bin-');
   try {
-    mkdirSync(join(dir, 'bin'));
-    mkdirSync(join(dir, 'dist'));
-    copyFileSync(bin, join(dir, 'bin', 'dsync'));
-    copyFileSync(join(root, 'bin', 'package.json'), join(dir, 'bin', 'package.json'));
+    scratchInstall(dir);
     const runIt = () => spawnSync(join(dir, 'bin', 'dsync'), ['--version'], { encoding: 'utf8', env: { ...process.env, DSYNC_NO_BUNDLE: '', DSYNC_LOAD_TRACE: '1' } });
     let r = runIt();
     assert.equal(r.status, 75);
@@ -133,10 +134,7 @@ test('bin/dsync without a build says so (exit 75); a bundle without a code cache
 test('bin/dsync runs Node without NODE_EXTRA_CA_CERTS (parsing that file costs more than the rest of the start)', () => {
   const dir = makeTempDir('dsync-bin-');
   try {
-    mkdirSync(join(dir, 'bin'));
-    mkdirSync(join(dir, 'dist'));
-    copyFileSync(bin, join(dir, 'bin', 'dsync'));
-    copyFileSync(join(root, 'bin', 'package.json'), join(dir, 'bin', 'package.json'));
+    scratchInstall(dir);
     writeFileSync(
       join(dir, 'dist', 'dsync.cjs'),
       `exports.main = async function main() { process.stdout.write(String(process.env.NODE_EXTRA_CA_CERTS) + '\\n'); return 0; };\n`,
