@@ -123,6 +123,10 @@ async function run(args: ParsedArgs, io: MainIO, log: Logger, stdout: LogSink | 
   };
   if (args.mailbox !== undefined) o.mailbox = args.mailbox;
   if (owner) o.owner = owner;
+  if (rs.hardLinks) {
+    if (remote.kind === 'location') o.hardLinks = true;
+    else log.warn('dsync_hardlinks applies to local runs only: mail is copied to the remote side');
+  }
   const result = await runSync(o);
   for (const line of result.summary) log.info(line);
   if (result.exitCode === EX_CHANGED) {

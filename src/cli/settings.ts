@@ -35,6 +35,8 @@ export interface RunSettings {
   mailTempDir: string;
   /** dsync_remote_cmd (unexpanded). */
   remoteCmd: string;
+  /** dsync_hardlinks: a local Maildir -> Maildir run links mail files instead of copying them. */
+  hardLinks: boolean;
   /** The variables locations were expanded with. */
   vars: LocationVars;
 }
@@ -94,6 +96,7 @@ export function resolveRunSettings(settings: Settings, user: UserInfo, opts: Res
     altChar,
     mailTempDir: expandPercentVars(settings.get('mail_temp_dir') || DEFAULT_MAIL_TEMP_DIR, { ...vars }, 'mail_temp_dir'),
     remoteCmd: settings.get('dsync_remote_cmd') || DEFAULT_REMOTE_CMD,
+    hardLinks: yesNo(settings.get('dsync_hardlinks'), 'dsync_hardlinks'),
     vars,
   };
   const mailUid = settings.get('mail_uid');
@@ -101,6 +104,14 @@ export function resolveRunSettings(settings: Settings, user: UserInfo, opts: Res
   if (mailUid) run.mailUid = resolveUid(mailUid, opts.passwdPath);
   if (mailGid) run.mailGid = resolveGid(mailGid, opts.groupPath);
   return run;
+}
+
+/** A Dovecot boolean setting: yes/no (also true/false, 1/0); unset or empty = no. */
+function yesNo(value: string | undefined, name: string): boolean {
+  const v = (value ?? '').trim().toLowerCase();
+  if (v === '' || v === 'no' || v === 'false' || v === '0') return false;
+  if (v === 'yes' || v === 'true' || v === '1') return true;
+  throw new ConfigError(`${name} must be yes or no, got '${value}'`);
 }
 
 /**

@@ -421,6 +421,23 @@ export class LocationMailbox {
     return () => this.readBodyOf(uid, want);
   }
 
+  /**
+   * For a peer in this process that saves by hard link (dsync_hardlinks): the current path of
+   * the file holding this mail's bytes, looked up when the peer saves it. undefined when the store
+   * offers no files.
+   */
+  bodyFileOf(uid: number, key?: string): (() => string | null) | undefined {
+    const bodyFile = this.store.bodyFile;
+    if (!bodyFile) return undefined;
+    const m = this.messages.get(uid);
+    if (!m || (key !== undefined && this.key(m) !== key)) return undefined;
+    const want = m.guid;
+    return () => {
+      const now = this.messages.get(uid)?.guid === want ? uid : this.uidOfGuid(want);
+      return now === undefined ? null : bodyFile(now);
+    };
+  }
+
   private async readBodyOf(uid: number, guid: string): Promise<Buffer | Readable> {
     const resolve = () => (this.messages.get(uid)?.guid === guid ? uid : this.uidOfGuid(guid));
     // A small mail is read in one go (no stream machinery), through the thread pool so that reads

@@ -20,6 +20,11 @@ export interface OpenStoreOptions {
    * allow for a clock tick ('never': tests of that margin).
    */
   distinctMtimes?: 'probe' | 'never';
+  /**
+   * Maildir: a save whose request names a file holding the mail (SaveRequest.linkFrom) hard-links
+   * it instead of copying the bytes, where that changes nothing about the file (dsync_hardlinks).
+   */
+  hardLinks?: boolean;
 }
 
 export async function openStore(loc: MailLocation, opts: OpenStoreOptions = {}): Promise<MailStore> {

@@ -49,6 +49,12 @@ export interface SaveRequest {
   internalDate: number;
   /** The exact message bytes: a buffer, or a function giving a stream (or, for a small mail, a buffer). */
   body: Buffer | (() => Readable | Buffer | Promise<Buffer | Readable>);
+  /**
+   * Optional: the path of a file that holds exactly these bytes and is never written in place (a
+   * Maildir message file of the other side, local runs), or null once it is gone. A store opened
+   * with hardLinks may link it instead of copying the body.
+   */
+  linkFrom?: () => string | null;
 }
 
 export interface FlagUpdate {
@@ -105,6 +111,8 @@ export interface StoreMailbox {
    * null: use openBody). Cheaper than a stream for the many small mails of a first sync.
    */
   readBody?(uid: number, maxBytes: number): Promise<Buffer | null>;
+  /** Optional: the path of the file holding exactly this message's bytes (Maildir), null if unknown. */
+  bodyFile?(uid: number): string | null;
   /** Saves durably (tmp + fsync + rename, then the UID map) before resolving. */
   save(requests: SaveRequest[]): Promise<void>;
   updateFlags(updates: FlagUpdate[]): Promise<void>;

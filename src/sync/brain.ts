@@ -470,7 +470,8 @@ async function exchangeBodies(ctx: Ctx, box: LocationMailbox, saves: SaveAction[
   for (const r of await recvList(ch, 'request')) {
     const body = box.openBody(r.uid ?? 0, r.guid);
     const msg = box.message(r.uid ?? 0);
-    ch.send({ type: 'mail', guid: r.guid ?? '', uid: r.uid ?? 0, receivedDate: msg?.internalDate ?? 0, body });
+    const localFile = body ? box.bodyFileOf(r.uid ?? 0, r.guid) : undefined;
+    ch.send({ type: 'mail', guid: r.guid ?? '', uid: r.uid ?? 0, receivedDate: msg?.internalDate ?? 0, body, ...(localFile ? { localFile } : {}) });
   }
   ch.send({ type: 'end' });
   const mails = new Map<number, MailRecord>();
@@ -562,13 +563,16 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     }
   }
   const bodyOf = (sv: SaveAction): SaveRequest | null => {
-    const body = mails.get(sv.sourceUid)?.body ?? null;
+    const mail = mails.get(sv.sourceUid);
+    const body = mail?.body ?? null;
     if (!body) {
       ctx.log.warn(`mailbox ${name}: mail ${sv.key} vanished on the other side before it could be copied (run dsync again)`);
       changesDuringSync = true;
       return null;
     }
-    return { uid: sv.uid, guid: sv.key, flags: sv.flags, keywords: sv.keywords, internalDate: sv.internalDate, body };
+    const req: SaveRequest = { uid: sv.uid, guid: sv.key, flags: sv.flags, keywords: sv.keywords, internalDate: sv.internalDate, body };
+    if (mail?.localFile) req.linkFrom = mail.localFile;
+    return req;
   };
   const isMove = (sv: SaveAction) => sv.from === 'local';
   let combined = false;

@@ -108,6 +108,11 @@ export interface MailRecord {
   receivedDate: number;
   /** null when the mail was expunged before it could be sent; a small mail may come as a buffer. */
   body: (() => Readable | Buffer | Promise<Buffer | Readable>) | null;
+  /**
+   * In-process only (a function, so a byte stream never carries it): the path of the sender's
+   * file holding exactly these bytes, for a receiver that saves by hard link (dsync_hardlinks).
+   */
+  localFile?: () => string | null;
 }
 
 export interface MailboxStateRecord {

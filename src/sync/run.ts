@@ -29,6 +29,11 @@ export interface RunSyncOptions {
   log: Logger;
   /** Seconds to wait for another dsync holding a location's lock (default 30). */
   lockTimeout?: number;
+  /**
+   * dsync_hardlinks: a store that is written gives new mails a hard link to the other side's
+   * file where it can (same file system, same owner, the file's time is the mail's date).
+   */
+  hardLinks?: boolean;
 }
 
 export type RemoteSpec = { kind: 'location'; location: MailLocation } | { kind: 'command'; argv: string[] };
@@ -53,9 +58,9 @@ export interface OpenedLocation {
 /** Opens a mail location with its change index under the location's lock. */
 export async function openLocation(
   spec: MailLocation,
-  o: { owner?: { uid: number; gid: number }; log: Logger; readOnly: boolean; lockTimeout?: number },
+  o: { owner?: { uid: number; gid: number }; log: Logger; readOnly: boolean; lockTimeout?: number; hardLinks?: boolean },
 ): Promise<OpenedLocation> {
-  const store = await openStore(spec, { owner: o.owner, readOnly: o.readOnly, warn: (m: string) => o.log.warn(m) });
+  const store = await openStore(spec, { owner: o.owner, readOnly: o.readOnly, warn: (m: string) => o.log.warn(m), hardLinks: o.hardLinks });
   let unlock: (() => void) | undefined;
   try {
     const controlDir = store.controlDir;
@@ -154,8 +159,9 @@ export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
   // The backup source is never written: its store is read-only and its index lives in memory.
   // Locks are taken in one global order (by path) so that "a mirror b" and "b mirror a" started
   // together wait for each other instead of deadlocking.
-  const openA = () => openLocation(o.local, { owner: o.owner, log: o.log, readOnly: backup === 'send', lockTimeout: o.lockTimeout });
-  const openB = () => openLocation(remote, { owner: o.owner, log: o.log, readOnly: backup === 'recv', lockTimeout: o.lockTimeout });
+  const links = { hardLinks: o.hardLinks };
+  const openA = () => openLocation(o.local, { owner: o.owner, log: o.log, readOnly: backup === 'send', lockTimeout: o.lockTimeout, ...links });
+  const openB = () => openLocation(remote, { owner: o.owner, log: o.log, readOnly: backup === 'recv', lockTimeout: o.lockTimeout, ...links });
   const localFirst = canonical(o.local.path) <= canonical(remote.path);
   let a: OpenedLocation | undefined;
   let b: OpenedLocation | undefined;

@@ -157,6 +157,20 @@ test('-v prints the summary; exit 2 prints the run-again warning', async () => {
   assert.deepEqual(o.remote, { kind: 'command', argv: ['ssh', 'replica', 'dsync', '-u', 'backupuser', 'server'] });
 });
 
+test('-o dsync_hardlinks=yes reaches a local run; a remote run warns and copies', async () => {
+  const h = harness();
+  assert.equal(await main(['-o', 'mail_location=maildir:/a', '-o', 'dsync_hardlinks=yes', 'mirror', 'maildir:/b'], h.io), 0);
+  assert.equal(h.syncCalls[0]!.hardLinks, true);
+  assert.equal(h.err(), '');
+  const plain = harness();
+  await main(['-o', 'mail_location=maildir:/a', 'mirror', 'maildir:/b'], plain.io);
+  assert.equal(plain.syncCalls[0]!.hardLinks, undefined);
+  const r = harness();
+  assert.equal(await main(['-o', 'mail_location=maildir:/a', '-o', 'dsync_hardlinks=yes', 'backup', 'replica'], r.io), 0);
+  assert.equal(r.syncCalls[0]!.hardLinks, undefined);
+  assert.equal(r.err(), 'dsync: warning: dsync_hardlinks applies to local runs only: mail is copied to the remote side\n');
+});
+
 test('-R with mirror warns and still runs', async () => {
   const h = harness();
   assert.equal(await main(['-R', '-o', 'mail_location=maildir:/a', 'mirror', 'maildir:/b'], h.io), 0);

@@ -183,3 +183,15 @@ test('resolveRemote: what cannot be reached', () => {
   const evil: UserInfo = { name: 'x;rm -rf ~', fields: {}, source: 'test', home: '/h' };
   assert.throws(() => resolveRemote({ kind: 'ssh', host: 'h', prefix: false }, run, evil), /cannot be passed to a remote command safely/);
 });
+
+test('dsync_hardlinks is a yes/no setting, off by default', () => {
+  const base = { mail_location: 'maildir:~/Maildir' };
+  assert.equal(resolveRunSettings(settings(base), alice).hardLinks, false);
+  for (const [v, want] of [['yes', true], ['YES', true], ['1', true], ['no', false], ['', false], ['false', false]] as const) {
+    assert.equal(resolveRunSettings(settings({ ...base, dsync_hardlinks: v }), alice).hardLinks, want, v);
+  }
+  assert.throws(
+    () => resolveRunSettings(settings({ ...base, dsync_hardlinks: 'maybe' }), alice),
+    (err: unknown) => err instanceof ConfigError && err.message === "dsync_hardlinks must be yes or no, got 'maybe'",
+  );
+});

@@ -7,7 +7,7 @@ export interface MirrorRun extends RunSyncResult {
   log: string[];
 }
 
-export async function mirror(a: string, b: string, opts: { full?: boolean; mailbox?: string; backup?: boolean; reverse?: boolean; altChar?: string } = {}): Promise<MirrorRun> {
+export async function mirror(a: string, b: string, opts: { full?: boolean; mailbox?: string; backup?: boolean; reverse?: boolean; altChar?: string; hardLinks?: boolean } = {}): Promise<MirrorRun> {
   const lines: string[] = [];
   const log = new Logger({ sink: { write: (s: string) => lines.push(s.trimEnd()) }, verbose: true });
   const res = await runSync({
@@ -20,6 +20,7 @@ export async function mirror(a: string, b: string, opts: { full?: boolean; mailb
     remote: { kind: 'location', location: parseMailLocation(b, {}) },
     log,
     lockTimeout: 5,
+    ...(opts.hardLinks ? { hardLinks: true } : {}),
   });
   return { ...res, log: lines };
 }

@@ -122,6 +122,11 @@ export function writeNext(fd: number, buf: Buffer, off: number, len: number): Pr
   return new Promise((resolve, reject) => fs.write(fd, buf, off, len, null, (e, n) => (e ? reject(e) : resolve(n))));
 }
 
+/** fdatasync(2) in the thread pool: the file's data, and only the metadata needed to read it. */
+export function fdatasyncFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
+}
+
 export async function fsyncDir(dir: string): Promise<void> {
   let fd: number | undefined;
   try {

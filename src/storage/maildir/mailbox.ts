@@ -25,6 +25,7 @@ import {
   errCode,
   fsyncDir,
   fsyncFd,
+  fdatasyncFd,
   unlinkQuietly,
   io,
   isNotFound,
@@ -78,6 +79,12 @@ export interface MailboxEnv {
   warned?: Set<string>;
   /** The device whose file system gives every change after a stat() a new mtime (probeDistinctMtimes). */
   distinctMtimeDev?: number | null;
+  /**
+   * dsync_hardlinks: offer this store's message files to a local peer (bodyFile), and save a new
+   * mail as a hard link to the peer's file (SaveRequest.linkFrom) where that changes nothing about
+   * the file: same owner, and the file's mtime is the mail's INTERNALDATE.
+   */
+  hardLinks?: boolean;
 }
 
 type Sub = 'cur' | 'new';
@@ -197,6 +204,16 @@ export class MaildirMailbox implements StoreMailbox {
   ) {
     this.uidlistPath = path.join(ctlDir, UIDLIST_NAME);
     this.keywordsPath = path.join(ctlDir, KEYWORDS_NAME);
+    if (env.hardLinks) this.bodyFile = (uid) => this.knownFilePath(uid);
+  }
+
+  /** Set only with hardLinks (see MailboxEnv.hardLinks): a peer in this process may link the file. */
+  bodyFile?: (uid: number) => string | null;
+
+  /** The current path of a known message's file (from the last scan), or null. */
+  private knownFilePath(uid: number): string | null {
+    const f = this.files.get(uid);
+    return f && !this.closed ? this.filePath(f) : null;
   }
 
   private get ctx(): FsContext {
@@ -832,6 +849,58 @@ export class MaildirMailbox implements StoreMailbox {
     return this.serial(() => this.doSave(requests));
   }
 
+  /**
+   * tmp/ gets a hard link to the file holding the mail (SaveRequest.linkFrom) instead of a copy,
+   * when that changes nothing about the file: it is a regular file of the owner this store gives
+   * its files, whose mtime is the mail's INTERNALDATE (a link shares the inode: setting either
+   * would change the other side's mail). null: copy it instead (also on another file system).
+   */
+  private async linkTmp(req: SaveRequest): Promise<Prepared | null> {
+    const from = req.linkFrom?.() ?? null;
+    if (from === null) return null;
+    let st: Stats;
+    try {
+      st = fs.statSync(from);
+    } catch {
+      return null;
+    }
+    const owner = this.ctx.owner;
+    if (!st.isFile() || Math.floor(st.mtimeMs / 1000) !== req.internalDate) return null;
+    if (owner ? st.uid !== owner.uid || st.gid !== owner.gid : st.uid !== process.getuid?.()) return null;
+    const tmpBase = generateBaseName();
+    const tmpPath = path.join(this.mailDir, 'tmp', tmpBase);
+    try {
+      fs.linkSync(from, tmpPath);
+    } catch {
+      return null; // another file system, links not allowed, the file just went away: copy
+    }
+    // The name records the size and the size with CRLF line ends: read the bytes (cheap next to
+    // writing them) rather than trust the other side's name. The file may also not be durable yet.
+    let fd: number | undefined;
+    try {
+      fd = fs.openSync(tmpPath, 'r');
+      const counter = new SizeCounter();
+      const buf = Buffer.allocUnsafe(Math.min(Math.max(st.size, 1), 1 << 20));
+      for (let pos = 0; ; ) {
+        const n = await readAt(fd, buf, 0, buf.length, pos);
+        if (n === 0) break;
+        counter.add(buf.subarray(0, n));
+        pos += n;
+      }
+      if (counter.size !== st.size) throw new Error(`${from} changed while it was being linked`);
+      // The data must be durable (the other side may not have synced it yet); the new link itself
+      // is made durable with the directory (fsyncDir after placing), so fdatasync: it commits no
+      // journal for the link count, which a full fsync would, once per mail.
+      await fdatasyncFd(fd);
+      return { req, tmpBase, tmpPath, size: counter.size, vsize: counter.vsize, linked: false };
+    } catch {
+      unlinkQuietly(tmpPath);
+      return null;
+    } finally {
+      if (fd !== undefined) closeQuietly(fd);
+    }
+  }
+
   private async writeTmp(req: SaveRequest): Promise<Prepared> {
     const tmpDir = path.join(this.mailDir, 'tmp');
     for (let attempt = 0; ; attempt++) {
@@ -936,7 +1005,8 @@ export class MaildirMailbox implements StoreMailbox {
         while (next < requests.length && failure === undefined) {
           const i = next++;
           try {
-            prepared[i] = await this.writeTmp(requests[i]!);
+            const req = requests[i]!;
+            prepared[i] = (this.env.hardLinks && req.linkFrom && (await this.linkTmp(req))) || (await this.writeTmp(req));
           } catch (e) {
             failure ??= e;
           }

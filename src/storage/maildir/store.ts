@@ -44,6 +44,8 @@ export interface MaildirStoreOptions {
   statMode?: 'sync' | 'async';
   /** See OpenStoreOptions.distinctMtimes. */
   distinctMtimes?: 'probe' | 'never';
+  /** See OpenStoreOptions.hardLinks. */
+  hardLinks?: boolean;
 }
 
 /** Files Dovecot keeps in a mailbox directory besides cur/new/tmp. */
@@ -86,6 +88,8 @@ export class MaildirStore implements MailStore {
   private readonly listWarned = new Set<string>();
   /** See MailboxEnv.distinctMtimeDev. */
   private distinctMtimeDev: number | null = null;
+  /** See MailboxEnv.hardLinks. */
+  private hardLinks = false;
 
   private constructor(
     readonly loc: MailLocation,
@@ -137,6 +141,7 @@ export class MaildirStore implements MailStore {
       await mkdirp(ctx, root);
       if (path.resolve(store.layout.cfg.inbox) === path.resolve(root)) await store.ensureInbox();
     }
+    store.hardLinks = !!opts.hardLinks;
     if (opts.distinctMtimes !== 'never') store.distinctMtimeDev = probeDistinctMtimes(ctx, path.join(store.layout.cfg.inbox, 'tmp'));
     return store;
   }
@@ -187,6 +192,7 @@ export class MaildirStore implements MailStore {
         allocateUidValidity: () => this.newUidValidity(),
         statMode: this.statMode,
         distinctMtimeDev: this.distinctMtimeDev,
+        hardLinks: this.hardLinks,
       };
       this.envs.set(mailDir, env);
     }
