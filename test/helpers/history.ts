@@ -137,7 +137,7 @@ function checkUidsStable(snap: Snapshot, seen: Map<string, string>): void {
 export type Locations = (a: string, b: string) => [string, string];
 const maildirs: Locations = (a, b) => [`maildir:${a}`, `maildir:${b}`];
 
-export async function runHistory(rounds: { a: Op[]; b: Op[] }[], locations: Locations = maildirs, names = NAMES): Promise<void> {
+export async function runHistory(rounds: { a: Op[]; b: Op[] }[], locations: Locations = maildirs, names = NAMES, opts: { hardLinks?: boolean } = {}): Promise<void> {
       const root = fs.mkdtempSync(path.join(os.tmpdir(), 'dsync-prop-'));
       const [a, b] = locations(path.join(root, 'a'), path.join(root, 'b'));
       // mbox keeps no message GUIDs: compare everything else.
@@ -149,11 +149,11 @@ export async function runHistory(rounds: { a: Op[]; b: Op[] }[], locations: Loca
       const uids = new Map<string, string>();
       try {
         // Both sides start with the same INBOX so their INBOX GUIDs merge on the first run.
-        await mirror(a, b);
+        await mirror(a, b, opts);
         for (const r of rounds) {
           for (const op of r.a) await apply(a, op, model, names);
           for (const op of r.b) await apply(b, op, model, names);
-          const res = await mirror(a, b);
+          const res = await mirror(a, b, opts);
           if (process.env.DSYNC_HISTORY_TRACE) console.log(JSON.stringify(r), res.summary, res.log);
           assert.equal(res.exitCode, 0, res.log.join('\n'));
           const sa = await view(a);
@@ -166,7 +166,7 @@ export async function runHistory(rounds: { a: Op[]; b: Op[] }[], locations: Loca
           model.live = present;
         }
         const before = await view(a);
-        const again = await mirror(a, b);
+        const again = await mirror(a, b, opts);
         assert.equal(again.exitCode, 0);
         assert.deepEqual(again.summary, [], 'a second mirror must be a no-op');
         assert.deepEqual(await view(a), before);

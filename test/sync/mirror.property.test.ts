@@ -32,3 +32,12 @@ test(`mirror property, Maildir <-> mbox: ${MBOX_RUNS} random histories`, { timeo
     { numRuns: MBOX_RUNS, verbose: 1 },
   );
 });
+
+// dsync_hardlinks: new mails are links to the other side's files; flag changes (renames) and
+// expunges (unlinks) on one side must still never show on the other except through the sync.
+test(`mirror property with dsync_hardlinks: ${MBOX_RUNS} random histories`, { timeout: 900_000 }, async () => {
+  await fc.assert(
+    fc.asyncProperty(fc.array(roundArb, { minLength: 1, maxLength: 4 }), (rounds) => runHistory(rounds, undefined, undefined, { hardLinks: true })),
+    { numRuns: MBOX_RUNS, verbose: 1 },
+  );
+});
