@@ -427,14 +427,13 @@ export class LocationMailbox {
    * offers no files.
    */
   bodyFileOf(uid: number, key?: string): (() => string | null) | undefined {
-    const bodyFile = this.store.bodyFile;
-    if (!bodyFile) return undefined;
+    if (!this.store.bodyFile) return undefined;
     const m = this.messages.get(uid);
     if (!m || (key !== undefined && this.key(m) !== key)) return undefined;
     const want = m.guid;
     return () => {
       const now = this.messages.get(uid)?.guid === want ? uid : this.uidOfGuid(want);
-      return now === undefined ? null : bodyFile(now);
+      return now === undefined ? null : (this.store.bodyFile?.(now) ?? null);
     };
   }
 

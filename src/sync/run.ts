@@ -159,9 +159,8 @@ export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
   // The backup source is never written: its store is read-only and its index lives in memory.
   // Locks are taken in one global order (by path) so that "a mirror b" and "b mirror a" started
   // together wait for each other instead of deadlocking.
-  const links = { hardLinks: o.hardLinks };
-  const openA = () => openLocation(o.local, { owner: o.owner, log: o.log, readOnly: backup === 'send', lockTimeout: o.lockTimeout, ...links });
-  const openB = () => openLocation(remote, { owner: o.owner, log: o.log, readOnly: backup === 'recv', lockTimeout: o.lockTimeout, ...links });
+  const openA = () => openLocation(o.local, { owner: o.owner, log: o.log, readOnly: backup === 'send', lockTimeout: o.lockTimeout, hardLinks: o.hardLinks });
+  const openB = () => openLocation(remote, { owner: o.owner, log: o.log, readOnly: backup === 'recv', lockTimeout: o.lockTimeout, hardLinks: o.hardLinks });
   const localFirst = canonical(o.local.path) <= canonical(remote.path);
   let a: OpenedLocation | undefined;
   let b: OpenedLocation | undefined;
