@@ -18,7 +18,7 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 const RESULTS_DIR = path.join(REPO, 'bench', 'results');
 const MD_PATH = path.join(REPO, 'BENCHMARKS.md');
 
-const SCENARIOS = ['initial', 'rerun1', 'indexed', 'backup', 'nochange', 'nochange-full', 'incremental', 'conflicts', 'convert', 'floors'] as const;
+const SCENARIOS = ['initial', 'rerun1', 'indexed', 'backup', 'links', 'nochange', 'nochange-full', 'incremental', 'conflicts', 'convert', 'floors'] as const;
 type ScenarioId = (typeof SCENARIOS)[number];
 
 interface Options {
@@ -42,7 +42,7 @@ interface Options {
 const USAGE = `usage: npm run bench -- [options]
   --size LIST       corpus sizes, comma-separated: ${Object.keys(SIZES).join(', ')} (default 10k)
   --reps N          repetitions per cell (default 3)
-  --initial-reps N  repetitions of the initial-sync scenarios (a) and (b) (default: --reps); on a
+  --initial-reps N  repetitions of the initial-sync scenarios (a), (a″) and (b) (default: --reps); on a
                     slow-fsync disk Dovecot's initial sync of 10k mails takes minutes
   --indexed-reps N  repetitions of (a'), the initial mirror from a Dovecot-indexed source (default 1)
   --seed N          corpus seed (default ${DEFAULT_SEED})
@@ -145,7 +145,8 @@ interface Tool {
   label: string;
   /** How bodies must match: ours byte for byte; Dovecot stores the mail it saves with LF line ends. */
   key: BodyKey;
-  cmd(mode: 'mirror' | 'backup', a: string, b: string, full: boolean): string[];
+  /** `extra`: options of ours only (a scenario that passes them has no Dovecot cell). */
+  cmd(mode: 'mirror' | 'backup', a: string, b: string, full: boolean, extra?: string[]): string[];
   /**
    * Between any two locations (`maildir:DIR`, `mbox:DIR:INBOX=FILE`): the convert scenario. For
    * Dovecot with the config whose namespace names the separator (see writeDoveadmConfig).
@@ -187,6 +188,18 @@ function mergeDiffs(pair: string[], expected: string[], trees: Record<string, Tr
 /** Other processes used more than 10% of one CPU on average during the sample (and > 0.1 CPU-s). */
 function contaminated(s: Sample): boolean {
   return s.foreignCpu > Math.max(0.1 * s.wall, 0.1);
+}
+
+/** Paths of the message files (cur/, new/) of a Maildir++ tree. */
+function messageFiles(root: string): string[] {
+  const out: string[] = [];
+  for (const dir of ['', ...fs.readdirSync(root).filter((d) => d.startsWith('.') && d !== '.' && d !== '..')]) {
+    for (const sub of ['cur', 'new']) {
+      const p = path.join(root, dir, sub);
+      if (fs.existsSync(p)) for (const f of fs.readdirSync(p)) out.push(path.join(p, f));
+    }
+  }
+  return out;
 }
 
 function contaminationNotes(res: ScenarioResult): string[] {
@@ -247,7 +260,7 @@ class SizeBench {
         label: 'ours',
         key: 'sha',
         env: oursEnv,
-        cmd: (mode, a, b, full) => ours([...(full ? ['-f'] : []), '-o', `mail_location=maildir:${a}`, mode, `maildir:${b}`]),
+        cmd: (mode, a, b, full, extra = []) => ours([...extra, ...(full ? ['-f'] : []), '-o', `mail_location=maildir:${a}`, mode, `maildir:${b}`]),
         locCmd: (mode, local, remote) => ours(['-o', `mail_location=${local}`, mode, remote]),
       },
       {
@@ -323,8 +336,8 @@ class SizeBench {
     return this.o.nice === 0 ? cmd : ['nice', '-n', String(this.o.nice), ...cmd];
   }
 
-  async run(t: Tool, mode: 'mirror' | 'backup', a: string, b: string, full = false): Promise<RunResult> {
-    return this.timedCmd(t, t.cmd(mode, a, b, full), [a, b]);
+  async run(t: Tool, mode: 'mirror' | 'backup', a: string, b: string, full = false, extra: string[] = []): Promise<RunResult> {
+    return this.timedCmd(t, t.cmd(mode, a, b, full, extra), [a, b]);
   }
 
   /** A timed command: atimes of the message files under `roots` reset, dirty pages flushed first. */
@@ -392,16 +405,18 @@ class SizeBench {
   // -------------------------------------------------------------- scenarios
 
   /** (a) / (a') / (b): initial sync from an MDA-delivered (or Dovecot-indexed) tree into nothing. */
-  async initial(id: 'initial' | 'indexed' | 'backup', reps: number): Promise<void> {
+  async initial(id: 'initial' | 'indexed' | 'backup' | 'links', reps: number): Promise<void> {
     const mode = id === 'backup' ? 'backup' : 'mirror';
     const source = id === 'indexed' ? this.corpus.primed! : this.corpus.maildir;
-    const title =
-      id === 'initial'
-        ? '(a) initial mirror → empty'
-        : id === 'indexed'
-          ? '(a′) initial mirror, source already indexed by Dovecot'
-          : '(b) initial backup → empty';
-    const res: ScenarioResult = { id, title, ours: [], dovecot: [], notes: [] };
+    const title = {
+      initial: '(a) initial mirror → empty',
+      indexed: '(a′) initial mirror, source already indexed by Dovecot',
+      backup: '(b) initial backup → empty',
+      links: '(a″) initial mirror → empty with `-o dsync_hardlinks=yes` (ours only; compare with `cp -al`)',
+    }[id];
+    // Dovecot has no such option: its cell stays empty.
+    const extra = id === 'links' ? ['-o', 'dsync_hardlinks=yes'] : [];
+    const res: ScenarioResult = { id, title, ours: [], dovecot: id === 'links' ? { unsupported: 'no such option' } : [], notes: [] };
     const rerun: ScenarioResult = { id: 'rerun1', title: '(c0) no-change re-run, 1st after the initial mirror', ours: [], dovecot: [], notes: [] };
     const wantRerun = id === 'initial' && this.o.only.has('rerun1');
     const notes = new Set<string>();
@@ -411,7 +426,7 @@ class SizeBench {
         const cellSamples = res[t.id];
         if (!Array.isArray(cellSamples)) continue;
         const p = this.freshPair(t, source);
-        const r = await this.run(t, mode, p.a, p.b);
+        const r = await this.run(t, mode, p.a, p.b, false, extra);
         if (r.exitCode !== 0 && t.id === 'ours' && /not (yet )?(supported|implemented)/i.test(r.stderr)) {
           res[t.id] = { unsupported: 'not supported yet' };
           log(`  ${t.label}: ${mode} not supported yet (${r.stderr.trim().split('\n').pop()})`);
@@ -432,6 +447,11 @@ class SizeBench {
           notes.add(
             `${t.label} leaves the backup source untouched: a source without dovecot-uidlist gets none, so B's UIDs are ones ${t.label} assigned in memory, not UIDs the source keeps (A checked by content only)`,
           );
+        }
+        if (id === 'links' && rep === 1) {
+          const files = messageFiles(p.b);
+          const linked = files.filter((f) => fs.statSync(f).nlink > 1).length;
+          notes.add(`${linked} of ${files.length} message files on B are hard links (the rest were copied)`);
         }
         cellSamples.push(this.sample(r));
         this.logSample(id, t, rep, r);
@@ -693,6 +713,7 @@ class SizeBench {
     if (only.has('initial') || only.has('rerun1')) await this.initial('initial', initialReps);
     if (only.has('indexed')) await this.initial('indexed', this.o.indexedReps);
     if (only.has('backup')) await this.initial('backup', initialReps);
+    if (only.has('links')) await this.initial('links', initialReps);
     if (only.has('nochange')) await this.fromGolden('nochange', '(c) no-change re-run (steady state)', null, false);
     if (only.has('nochange-full')) await this.fromGolden('nochange-full', '(c) no-change re-run with `-f` (full)', null, true);
     if (only.has('incremental')) {
