@@ -15,14 +15,14 @@ const DSYNC = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../
 const ROUNDS = Number(process.env.DSYNC_CRASH_ROUNDS ?? 12);
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex').slice(0, 16);
 
-function dsyncArgs(a: string, b: string): string[] {
-  return ['-o', `mail_location=maildir:${a}`, 'mirror', `maildir:${b}`];
+function dsyncArgs(a: string, b: string, extra: string[]): string[] {
+  return [...extra, '-o', `mail_location=maildir:${a}`, 'mirror', `maildir:${b}`];
 }
 
 /** Runs dsync and SIGKILLs it after `ms` milliseconds (if still running). */
-function runAndKill(a: string, b: string, ms: number): Promise<number | null> {
+function runAndKill(a: string, b: string, ms: number, extra: string[]): Promise<number | null> {
   return new Promise((resolve) => {
-    const child = spawn(DSYNC, dsyncArgs(a, b), { stdio: 'ignore' });
+    const child = spawn(DSYNC, dsyncArgs(a, b, extra), { stdio: 'ignore' });
     const timer = setTimeout(() => child.kill('SIGKILL'), ms);
     child.on('exit', (code) => {
       clearTimeout(timer);
@@ -31,8 +31,8 @@ function runAndKill(a: string, b: string, ms: number): Promise<number | null> {
   });
 }
 
-function runToCompletion(a: string, b: string): { code: number | null; stderr: string } {
-  const r = spawnSync(DSYNC, dsyncArgs(a, b), { encoding: 'utf8' });
+function runToCompletion(a: string, b: string, extra: string[]): { code: number | null; stderr: string } {
+  const r = spawnSync(DSYNC, dsyncArgs(a, b, extra), { encoding: 'utf8' });
   return { code: r.status, stderr: r.stderr };
 }
 
@@ -53,11 +53,12 @@ function mailFiles(dir: string): string[] {
   return out.sort();
 }
 
-test(`mirror killed at ${ROUNDS} random moments converges without loss or duplicates`, { timeout: 300_000 }, async () => {
+/** `rounds` random kills of a mirror run with these extra options, then the checks. */
+async function crashRounds(rounds: number, extra: string[], seed: string): Promise<void> {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'dsync-crash-'));
   const a = path.join(root, 'a');
   const b = path.join(root, 'b');
-  const rng = makeRng(process.env.DSYNC_CRASH_SEED ?? 'crash');
+  const rng = makeRng(process.env.DSYNC_CRASH_SEED ?? seed);
   const folders = ['', '.Archive', '.Lists', '.Lists.dev'];
   const live = new Set<string>();
   let n = 0;
@@ -72,7 +73,7 @@ test(`mirror killed at ${ROUNDS} random moments converges without loss or duplic
   try {
     addMail(a, 300);
     addMail(b, 50);
-    for (let round = 0; round < ROUNDS; round++) {
+    for (let round = 0; round < rounds; round++) {
       // Changes on both sides between attempts: new mail, flag changes and expunges done by a "MUA".
       addMail(rng() < 0.5 ? a : b, 5 + Math.floor(rng() * 20));
       for (const side of [a, b]) {
@@ -88,10 +89,10 @@ test(`mirror killed at ${ROUNDS} random moments converges without loss or duplic
           }
         }
       }
-      await runAndKill(a, b, 20 + Math.floor(rng() * 600));
+      await runAndKill(a, b, 20 + Math.floor(rng() * 600), extra);
     }
-    let last = runToCompletion(a, b);
-    for (let i = 0; i < 3 && last.code === 2; i++) last = runToCompletion(a, b);
+    let last = runToCompletion(a, b, extra);
+    for (let i = 0; i < 3 && last.code === 2; i++) last = runToCompletion(a, b, extra);
     assert.equal(last.code, 0, last.stderr);
     const sa = await snapshot(`maildir:${a}`);
     const sb = await snapshot(`maildir:${b}`);
@@ -106,11 +107,22 @@ test(`mirror killed at ${ROUNDS} random moments converges without loss or duplic
     // mail nobody expunged must never be lost.
     const have = new Set(present);
     for (const s of live) assert.ok(have.has(s), `mail ${s} was lost`);
-    const again = runToCompletion(a, b);
+    const again = runToCompletion(a, b, extra);
     assert.equal(again.code, 0, again.stderr);
     assert.deepEqual(await snapshot(`maildir:${a}`), sa);
   } finally {
     if (process.env.DSYNC_CRASH_KEEP) console.log(`kept ${root}`);
     else fs.rmSync(root, { recursive: true, force: true });
   }
+}
+
+test(`mirror killed at ${ROUNDS} random moments converges without loss or duplicates`, { timeout: 300_000 }, async () => {
+  await crashRounds(ROUNDS, [], 'crash');
+});
+
+// New mails are hard links to the other side's files here: a kill between linking and recording
+// must leave neither a lost mail nor one that shows up twice.
+const LINK_ROUNDS = Math.max(1, Math.round(ROUNDS / 2));
+test(`mirror with dsync_hardlinks killed at ${LINK_ROUNDS} random moments converges without loss or duplicates`, { timeout: 300_000 }, async () => {
+  await crashRounds(LINK_ROUNDS, ['-o', 'dsync_hardlinks=yes'], 'crash-links');
 });
