@@ -17,11 +17,14 @@ const tmp = (t: { after(fn: () => void): void }) => {
   return d;
 };
 
-function deliver(dir: string, n: number, date: number, flags = ''): void {
+/** A delivered mail; `withW`: its name also states the size with CRLF line ends, as Dovecot's do. */
+function deliver(dir: string, n: number, date: number, flags = '', withW = false): void {
   for (const d of ['cur', 'new', 'tmp']) fs.mkdirSync(path.join(dir, d), { recursive: true });
   if (path.basename(dir).startsWith('.')) fs.writeFileSync(path.join(dir, 'maildirfolder'), '');
   const body = makeMessage(`link${n}`);
-  const file = path.join(dir, 'cur', `${date}.M${n}P1.links,S=${body.length}:2,${flags}`);
+  const bareLf = (body.toString('latin1').match(/(?<!\r)\n/g) ?? []).length;
+  const w = withW ? `,W=${body.length + bareLf}` : '';
+  const file = path.join(dir, 'cur', `${date}.M${n}P1.links,S=${body.length}${w}:2,${flags}`);
   fs.writeFileSync(file, body);
   fs.utimesSync(file, date, date);
 }
@@ -47,7 +50,7 @@ test('dsync_hardlinks: new mails become links to the other side\'s files; flags 
   const root = tmp(t);
   const a = path.join(root, 'a');
   const b = path.join(root, 'b');
-  for (let i = 0; i < 3; i++) deliver(a, i, 1_700_000_000 + i * 60, i === 1 ? 'S' : '');
+  for (let i = 0; i < 3; i++) deliver(a, i, 1_700_000_000 + i * 60, i === 1 ? 'S' : '', i === 2);
   deliver(path.join(a, '.Archive'), 9, 1_690_000_000, 'F');
   const before = mtimes(a);
   let r = await mirror(`maildir:${a}`, `maildir:${b}`, { hardLinks: true });
@@ -58,6 +61,8 @@ test('dsync_hardlinks: new mails become links to the other side\'s files; flags 
   assert.equal(inB.size, 4);
   for (const ino of inB.keys()) assert.ok(inA.has(ino), `${inB.get(ino)} is a link to a file of A`);
   assert.deepEqual(mtimes(a), before, "A's files keep their times");
+  // The file names (sizes included) are A's: a client sees the same RFC822.SIZE on both sides.
+  assert.deepEqual([...inB.values()].sort(), [...inA.values()].sort());
 
   // A flag change on B is a rename there; A gets it by its own rename; the files stay shared.
   const flagged = [...inB.values()].find((n) => n.startsWith('/cur/1700000000'))!;

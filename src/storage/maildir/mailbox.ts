@@ -874,25 +874,31 @@ export class MaildirMailbox implements StoreMailbox {
     } catch {
       return null; // another file system, links not allowed, the file just went away: copy
     }
-    // The name records the size and the size with CRLF line ends: read the bytes (cheap next to
-    // writing them) rather than trust the other side's name. The file may also not be durable yet.
+    // The file name records the size and the size with CRLF line ends. When the mail's GUID (the
+    // other side's base name) states both and the size is right, the file keeps that base name and
+    // so serves the same sizes as the other side; otherwise the bytes are read to count them.
     let fd: number | undefined;
     try {
       fd = fs.openSync(tmpPath, 'r');
-      const counter = new SizeCounter();
-      const buf = Buffer.allocUnsafe(Math.min(Math.max(st.size, 1), 1 << 20));
-      for (let pos = 0; ; ) {
-        const n = await readAt(fd, buf, 0, buf.length, pos);
-        if (n === 0) break;
-        counter.add(buf.subarray(0, n));
-        pos += n;
+      const hints = sizeHints(req.guid);
+      let vsize = hints.vsize;
+      if (hints.size !== st.size || vsize === undefined) {
+        const counter = new SizeCounter();
+        const buf = Buffer.allocUnsafe(Math.min(Math.max(st.size, 1), 1 << 20));
+        for (let pos = 0; ; ) {
+          const n = await readAt(fd, buf, 0, buf.length, pos);
+          if (n === 0) break;
+          counter.add(buf.subarray(0, n));
+          pos += n;
+        }
+        if (counter.size !== st.size) throw new Error(`${from} changed while it was being linked`);
+        vsize = counter.vsize;
       }
-      if (counter.size !== st.size) throw new Error(`${from} changed while it was being linked`);
       // The data must be durable (the other side may not have synced it yet); the new link itself
       // is made durable with the directory (fsyncDir after placing), so fdatasync: it commits no
       // journal for the link count, which a full fsync would, once per mail.
       await fdatasyncFd(fd);
-      return { req, tmpBase, tmpPath, size: counter.size, vsize: counter.vsize, linked: false };
+      return { req, tmpBase, tmpPath, size: st.size, vsize, linked: false };
     } catch {
       unlinkQuietly(tmpPath);
       return null;
