@@ -21,13 +21,18 @@ const mtime = (p: string) => {
   }
 };
 
-/** A scratch install: bin/dsync (and its package.json) copied into dir, an empty dist/. */
-function scratchInstall(dir: string): string {
-  mkdirSync(join(dir, 'bin'));
-  mkdirSync(join(dir, 'dist'));
-  copyFileSync(bin, join(dir, 'bin', 'dsync'));
-  copyFileSync(join(root, 'bin', 'package.json'), join(dir, 'bin', 'package.json'));
-  return join(dir, 'bin', 'dsync');
+/** Runs fn on a scratch install: bin/dsync (and its package.json) copied into a temp dir, an empty dist/. */
+function withScratchInstall(fn: (dir: string) => void): void {
+  const dir = makeTempDir('dsync-bin-');
+  try {
+    mkdirSync(join(dir, 'bin'));
+    mkdirSync(join(dir, 'dist'));
+    copyFileSync(bin, join(dir, 'bin', 'dsync'));
+    copyFileSync(join(root, 'bin', 'package.json'), join(dir, 'bin', 'package.json'));
+    fn(dir);
+  } finally {
+    removeTree(dir);
+  }
 }
 
 function run(...args: string[]) {
@@ -62,9 +67,7 @@ test('bin/dsync with an unreadable config: exit 78', () => {
 });
 
 test('bin/dsync loads the one-file bundle when it is as new as the compiled modules, else the modules', () => {
-  const dir = makeTempDir('dsync-bin-');
-  try {
-    scratchInstall(dir);
+  withScratchInstall((dir) => {
     mkdirSync(join(dir, 'dist', 'src', 'cli'), { recursive: true });
     writeFileSync(join(dir, 'package.json'), '{"type":"module"}\n');
     const bundle = join(dir, 'dist', 'dsync.cjs');
@@ -83,15 +86,11 @@ test('bin/dsync loads the one-file bundle when it is as new as the compiled modu
     assert.equal(which({ DSYNC_NO_BUNDLE: '1' }), 'modules', 'DSYNC_NO_BUNDLE');
     utimesSync(modules, 1_000_020, 1_000_020);
     assert.equal(which(), 'modules', 'modules rebuilt after the bundle');
-  } finally {
-    removeTree(dir);
-  }
+  });
 });
 
 test('bin/dsync ignores a code cache older than the bundle (V8 would take a stale one of the same length)', () => {
-  const dir = makeTempDir('dsync-bin-');
-  try {
-    scratchInstall(dir);
+  withScratchInstall((dir) => {
     const bundle = join(dir, 'dist', 'dsync.cjs');
     const source = (what: string) => `exports.main = async function main() { process.stdout.write('${what}\\n'); return 0; };\n`;
     writeFileSync(bundle, source('old'));
@@ -110,15 +109,11 @@ test('bin/dsync ignores a code cache older than the bundle (V8 would take a stal
     utimesSync(`${bundle}.cache`, 1_000_000, 1_000_000);
     r = runIt();
     assert.deepEqual([r.status, r.stdout, r.stderr], [0, 'new\n', 'dsync: loading the bundle (no code cache)\n']);
-  } finally {
-    removeTree(dir);
-  }
+  });
 });
 
 test('bin/dsync without a build says so (exit 75); a bundle without a code cache still runs', () => {
-  const dir = makeTempDir('dsync-bin-');
-  try {
-    scratchInstall(dir);
+  withScratchInstall((dir) => {
     const runIt = () => spawnSync(join(dir, 'bin', 'dsync'), ['--version'], { encoding: 'utf8', env: { ...process.env, DSYNC_NO_BUNDLE: '', DSYNC_LOAD_TRACE: '1' } });
     let r = runIt();
     assert.equal(r.status, 75);
@@ -126,15 +121,11 @@ test('bin/dsync without a build says so (exit 75); a bundle without a code cache
     writeFileSync(join(dir, 'dist', 'dsync.cjs'), `exports.main = async function main() { process.stdout.write('bundle\\n'); return 0; };\n`);
     r = runIt();
     assert.deepEqual([r.status, r.stdout, r.stderr], [0, 'bundle\n', 'dsync: loading the bundle (no code cache)\n']);
-  } finally {
-    removeTree(dir);
-  }
+  });
 });
 
 test('bin/dsync runs Node without NODE_EXTRA_CA_CERTS (parsing that file costs more than the rest of the start)', () => {
-  const dir = makeTempDir('dsync-bin-');
-  try {
-    scratchInstall(dir);
+  withScratchInstall((dir) => {
     writeFileSync(
       join(dir, 'dist', 'dsync.cjs'),
       `exports.main = async function main() { process.stdout.write(String(process.env.NODE_EXTRA_CA_CERTS) + '\\n'); return 0; };\n`,
@@ -142,9 +133,7 @@ test('bin/dsync runs Node without NODE_EXTRA_CA_CERTS (parsing that file costs m
     // A file Node could not load: Node itself would warn about it on stderr.
     const r = spawnSync(join(dir, 'bin', 'dsync'), [], { encoding: 'utf8', env: { ...process.env, DSYNC_NO_BUNDLE: '', NODE_EXTRA_CA_CERTS: join(dir, 'no-such-ca.pem') } });
     assert.deepEqual([r.status, r.stdout, r.stderr], [0, 'undefined\n', '']);
-  } finally {
-    removeTree(dir);
-  }
+  });
 });
 
 test('the build made a code cache that bin/dsync uses', (t) => {
