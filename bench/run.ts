@@ -244,9 +244,14 @@ class SizeBench {
     fs.mkdirSync(corpusRoot(), { recursive: true, mode: 0o755 });
     this.work = fs.mkdtempSync(path.join(corpusRoot(), `work-${size}-`));
     fs.chmodSync(this.work, 0o755);
-    this.dove = writeDoveadmConfig(path.join(this.work, 'dovecot-conf'));
-    this.doveConvert = writeDoveadmConfig(path.join(this.work, 'dovecot-conf-convert'), { separator: '/' });
-    this.bin = freezeBuild(REPO, path.join(this.work, 'build'));
+    try {
+      this.dove = writeDoveadmConfig(path.join(this.work, 'dovecot-conf'));
+      this.doveConvert = writeDoveadmConfig(path.join(this.work, 'dovecot-conf-convert'), { separator: '/' });
+      this.bin = freezeBuild(REPO, path.join(this.work, 'build'));
+    } catch (e) {
+      rmrf(this.work); // nothing ran yet: nothing to inspect
+      throw e;
+    }
     const home = path.join(this.work, 'home');
     fs.mkdirSync(home);
     fs.chownSync(home, MAIL_UID, MAIL_GID);
