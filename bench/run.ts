@@ -190,18 +190,6 @@ function contaminated(s: Sample): boolean {
   return s.foreignCpu > Math.max(0.1 * s.wall, 0.1);
 }
 
-/** Paths of the message files (cur/, new/) of a Maildir++ tree. */
-function messageFiles(root: string): string[] {
-  const out: string[] = [];
-  for (const dir of ['', ...fs.readdirSync(root).filter((d) => d.startsWith('.') && d !== '.' && d !== '..')]) {
-    for (const sub of ['cur', 'new']) {
-      const p = path.join(root, dir, sub);
-      if (fs.existsSync(p)) for (const f of fs.readdirSync(p)) out.push(path.join(p, f));
-    }
-  }
-  return out;
-}
-
 function contaminationNotes(res: ScenarioResult): string[] {
   const out: string[] = [];
   for (const [id, label] of [['ours', 'ours'], ['dovecot', 'Dovecot']] as const) {
@@ -454,7 +442,7 @@ class SizeBench {
           );
         }
         if (id === 'links' && rep === 1) {
-          const files = messageFiles(p.b);
+          const files = [...snaps.b.folders.values()].flatMap((f) => f.messages.map((m) => path.join(p.b, f.dir, m.rel)));
           const linked = files.filter((f) => fs.statSync(f).nlink > 1).length;
           notes.add(`${linked} of ${files.length} message files on B are hard links (the rest were copied)`);
         }

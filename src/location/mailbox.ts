@@ -432,13 +432,18 @@ export class LocationMailbox {
     if (!m || (key !== undefined && this.key(m) !== key)) return undefined;
     const want = m.guid;
     return () => {
-      const now = this.messages.get(uid)?.guid === want ? uid : this.uidOfGuid(want);
+      const now = this.currentUid(uid, want);
       return now === undefined ? null : (this.store.bodyFile?.(now) ?? null);
     };
   }
 
+  /** The UID of mail `guid`, last seen as `uid` (it may have moved to another UID since). */
+  private currentUid(uid: number, guid: string): number | undefined {
+    return this.messages.get(uid)?.guid === guid ? uid : this.uidOfGuid(guid);
+  }
+
   private async readBodyOf(uid: number, guid: string): Promise<Buffer | Readable> {
-    const resolve = () => (this.messages.get(uid)?.guid === guid ? uid : this.uidOfGuid(guid));
+    const resolve = () => this.currentUid(uid, guid);
     // A small mail is read in one go (no stream machinery), through the thread pool so that reads
     // of files not in the page cache overlap; anything else is streamed.
     const now = resolve();

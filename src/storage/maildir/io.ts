@@ -117,6 +117,17 @@ export function readAt(fd: number, buf: Buffer, off: number, len: number, positi
   return new Promise((resolve, reject) => fs.read(fd, buf, off, len, position, (e, n) => (e ? reject(e) : resolve(n))));
 }
 
+/** Reads len bytes at position into buf[off..] (fewer only at the end of the file); resolves to the bytes read. */
+export async function readFullyAt(fd: number, buf: Buffer, off: number, len: number, position: number): Promise<number> {
+  let done = 0;
+  while (done < len) {
+    const n = await readAt(fd, buf, off + done, len - done, position + done);
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
+
 /** write(2) at the file position in the thread pool (a chunk of a streamed body); resolves to the bytes written. */
 export function writeNext(fd: number, buf: Buffer, off: number, len: number): Promise<number> {
   return new Promise((resolve, reject) => fs.write(fd, buf, off, len, null, (e, n) => (e ? reject(e) : resolve(n))));

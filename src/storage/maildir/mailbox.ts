@@ -21,6 +21,7 @@ import {
   chownIfNeededSync,
   closeQuietly,
   readAt,
+  readFullyAt,
   writeNext,
   errCode,
   fsyncDir,
@@ -810,13 +811,8 @@ export class MaildirMailbox implements StoreMailbox {
       const size = fs.fstatSync(fd).size;
       if (size > maxBytes) return null;
       const buf = Buffer.allocUnsafe(size);
-      let off = 0;
-      while (off < size) {
-        const n = await readAt(fd, buf, off, size - off, off);
-        if (n === 0) break;
-        off += n;
-      }
-      return off === size ? buf : buf.subarray(0, off);
+      const got = await readFullyAt(fd, buf, 0, size, 0);
+      return got === size ? buf : buf.subarray(0, got);
     } finally {
       closeQuietly(fd);
     }

@@ -34,7 +34,7 @@ import {
   type StoreMailboxStatus,
   type StoreMessage,
 } from '../types.js';
-import { assertWritable, closeQuietly, errCode, fsyncDir, isNotFound, randomHex, readAt, toStorageError, type FsContext } from '../maildir/io.js';
+import { assertWritable, closeQuietly, errCode, fsyncDir, isNotFound, randomHex, readFullyAt, toStorageError, type FsContext } from '../maildir/io.js';
 import { DotLock } from '../maildir/lock.js';
 import { invalidKeywordReason } from '../maildir/keywords.js';
 import {
@@ -498,16 +498,7 @@ export class MboxMailbox implements StoreMailbox {
         const total = ranges.reduce((n, r) => n + r.end - r.start, 0);
         const buf = Buffer.allocUnsafe(total);
         let at = 0;
-        for (const r of ranges) {
-          const len = r.end - r.start;
-          let done = 0;
-          while (done < len) {
-            const n = await readAt(fd, buf, at + done, len - done, r.start + done);
-            if (n === 0) break;
-            done += n;
-          }
-          at += done;
-        }
+        for (const r of ranges) at += await readFullyAt(fd, buf, at, r.end - r.start, r.start);
         if (!sameIdentity(identityOf(fs.fstatSync(fd)), p.identity)) continue;
         return unquoteFromLines(at === total ? buf : buf.subarray(0, at), this.env.quoting);
       } catch (e) {
