@@ -3,6 +3,7 @@
 // rotates), every result checked. Ours only; the comparison with Dovecot is run.ts's job.
 //
 //   node dist/bench/ab.js [--size 10k] [--scenario incremental] [--reps 7] BUILD...
+//   node dist/bench/ab.js [--size 10k] [--scenario conflicts] --prepare [--work DIR] BUILD
 //
 // BUILD: a frozen build (a directory holding bin/dsync, as freezeBuild makes) or `.` for this
 // checkout's current dist/ (frozen first, so a rebuild during the run cannot change it).
@@ -27,6 +28,10 @@ const USAGE = `usage: node dist/bench/ab.js [options] BUILD...
   --reps N          runs per build (default 7)
   --no-check        skip the correctness check after each run (it re-hashes both sides)
   --freeze DIR      only freeze this checkout's dist/ into DIR (then pass DIR as a BUILD)
+  --prepare         only prepare one pair for the scenario (settled by the first build, plan
+                    applied), keep it and print how to run it by hand (strace, perf...)
+  --work DIR        with --prepare: reuse the work directory of an earlier --prepare (its
+                    settled golden pair) to prepare a fresh pair for another run
 BUILD: a directory holding bin/dsync (a frozen build), or . for this checkout's dist/`;
 
 interface Options {
@@ -34,11 +39,13 @@ interface Options {
   scenario: Scenario;
   reps: number;
   check: boolean;
+  prepare: boolean;
+  work?: string;
   builds: string[];
 }
 
 function parse(argv: string[]): Options | null {
-  const o: Options = { size: '10k', scenario: 'incremental', reps: 7, check: true, builds: [] };
+  const o: Options = { size: '10k', scenario: 'incremental', reps: 7, check: true, prepare: false, builds: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const value = (): string => {
@@ -56,6 +63,8 @@ function parse(argv: string[]): Options | null {
       o.scenario = v as Scenario;
     } else if (a === '--reps') o.reps = Math.max(1, Number(value()) | 0);
     else if (a === '--no-check') o.check = false;
+    else if (a === '--prepare') o.prepare = true;
+    else if (a === '--work') o.work = path.resolve(value());
     else if (a === '--freeze') {
       const dest = path.resolve(value());
       console.log(freezeBuild(REPO, dest));
@@ -64,6 +73,7 @@ function parse(argv: string[]): Options | null {
     else o.builds.push(a);
   }
   if (o.builds.length === 0) throw new Error(USAGE);
+  if (o.work && !o.prepare) throw new Error('--work goes with --prepare');
   return o;
 }
 
@@ -75,12 +85,15 @@ async function main(): Promise<void> {
   if (!o) return;
   if (process.getuid?.() !== 0) throw new Error('run as root (the tool runs as uid 65534, as in the benchmark)');
   const corpus = ensureCorpus(o.size, DEFAULT_SEED, { log });
-  const work = fs.mkdtempSync(path.join(corpusRoot(), `ab-${o.size}-`));
-  fs.chmodSync(work, 0o755);
+  const reuse = o.work !== undefined;
+  const work = o.work ?? fs.mkdtempSync(path.join(corpusRoot(), `ab-${o.size}-`));
   const home = path.join(work, 'home');
-  fs.mkdirSync(home);
-  fs.chownSync(home, MAIL_UID, MAIL_GID);
-  const bins = o.builds.map((b, i) => (b === '.' ? freezeBuild(REPO, path.join(work, `build-${i}`)) : path.join(path.resolve(b), 'bin', 'dsync')));
+  if (!reuse) {
+    fs.chmodSync(work, 0o755);
+    fs.mkdirSync(home);
+    fs.chownSync(home, MAIL_UID, MAIL_GID);
+  } else if (!fs.existsSync(path.join(work, 'golden'))) throw new Error(`--work ${work}: no golden pair there (made by --prepare)`);
+  const bins = o.builds.map((b, i) => (b === '.' && !(reuse && fs.existsSync(path.join(work, `build-${i}`))) ? freezeBuild(REPO, path.join(work, `build-${i}`)) : b === '.' ? path.join(work, `build-${i}`, 'bin', 'dsync') : path.join(path.resolve(b), 'bin', 'dsync')));
   bins.forEach((b, i) => {
     if (!fs.existsSync(b)) throw new Error(`${b}: no such file (a BUILD is a directory holding bin/dsync)`);
     // What bin/dsync loads (bundle or modules) matters for start-up: say it.
@@ -104,15 +117,17 @@ async function main(): Promise<void> {
 
   // The settled pair: an initial mirror by the first build, then one more run >2 s later so that
   // every change token is trusted (a steady state), kept as the golden copy.
-  fs.mkdirSync(run);
-  fs.chownSync(run, MAIL_UID, MAIL_GID);
-  copyTree(corpus.maildir, a);
-  log(`[ab] settling a ${o.size} pair with ${bins[0]}`);
-  await untimed(bins[0]!, 'initial mirror');
-  await new Promise((r) => setTimeout(r, 2500));
-  await untimed(bins[0]!, 'settling run');
-  await new Promise((r) => setTimeout(r, 2500));
-  copyTree(run, golden);
+  if (!reuse) {
+    fs.mkdirSync(run);
+    fs.chownSync(run, MAIL_UID, MAIL_GID);
+    copyTree(corpus.maildir, a);
+    log(`[ab] settling a ${o.size} pair with ${bins[0]}`);
+    await untimed(bins[0]!, 'initial mirror');
+    await new Promise((r) => setTimeout(r, 2500));
+    await untimed(bins[0]!, 'settling run');
+    await new Promise((r) => setTimeout(r, 2500));
+    copyTree(run, golden);
+  }
 
   const base = expectedOf(readTree(corpus.maildir));
   let plan: MutationPlan | null = null;
@@ -122,6 +137,24 @@ async function main(): Promise<void> {
   if (plan) expected = expectedAfter(base, plan);
   // The copies have the golden pair's file names, so one snapshot locates the plan's targets.
   const snaps = plan ? { a: readTree(path.join(golden, 'a'), { hash: true }), b: readTree(path.join(golden, 'b'), { hash: true }) } : null;
+
+  if (o.prepare) {
+    // Prepared as for a timed run, at the same paths (our index remembers them; a copy of a
+    // prepared pair would not do: our change tokens include the uidlist's inode).
+    rmrf(run);
+    copyTree(golden, run);
+    await untimed(bins[0]!, 'settling run on the copy');
+    if (plan && snaps) applyPlan(plan, { a, b }, snaps);
+    resetAtimes(a);
+    resetAtimes(b);
+    syncDisks();
+    const cmd = dsync(bins[0]!, o.scenario === 'full').map((x) => (/^[\w@%+=:,./-]+$/.test(x) ? x : `'${x}'`)).join(' ');
+    console.log(
+      `prepared the ${o.scenario} pair in ${run}; run it once with:\n  env -i PATH=$PATH HOME=${home} LANG=C ${cmd}\n` +
+        `prepare it again with:\n  node dist/bench/ab.js --size ${o.size} --scenario ${o.scenario} --prepare --work ${work} ${o.builds[0]}\nremove ${work} when done`,
+    );
+    return;
+  }
 
   const samples: RunResult[][] = bins.map(() => []);
   for (let rep = 0; rep < o.reps; rep++) {

@@ -37,18 +37,20 @@ export interface MainIO {
 
 /** Runs dsync with `argv` (without node and script path) and returns the exit code. */
 export async function main(argv: string[], io: MainIO = {}): Promise<number> {
-  const stdout = io.stdout ?? process.stdout;
-  const stderr = io.stderr ?? process.stderr;
+  // Node makes process.stdout/stderr on first use, which for a pipe loads its network stream
+  // code (~4 ms): a run that prints nothing does not pay for it.
+  const stdout = (): LogSink | NodeJS.WritableStream => io.stdout ?? process.stdout;
+  const stderr: LogSink = { write: (chunk: string) => (io.stderr ?? process.stderr).write(chunk) };
   let log = new Logger({ sink: stderr });
 
   try {
     const parsed = parseArgs(argv);
     if ('help' in parsed) {
-      stdout.write(helpText());
+      stdout().write(helpText());
       return EX_OK;
     }
     if ('version' in parsed) {
-      stdout.write(`dsync ${VERSION}\n`);
+      stdout().write(`dsync ${VERSION}\n`);
       return EX_OK;
     }
     log = new Logger({ sink: stderr, verbose: parsed.verbose, debug: parsed.debug });
@@ -59,7 +61,7 @@ export async function main(argv: string[], io: MainIO = {}): Promise<number> {
   }
 }
 
-async function run(args: ParsedArgs, io: MainIO, log: Logger, stdout: LogSink | NodeJS.WritableStream): Promise<number> {
+async function run(args: ParsedArgs, io: MainIO, log: Logger, stdout: () => LogSink | NodeJS.WritableStream): Promise<number> {
   // 1. Settings: the -c file (nothing without -c), its protocol doveadm { } block, then -o.
   let cfg: DovecotConfig = emptyConfig();
   if (args.configFile !== undefined) {
@@ -100,12 +102,13 @@ async function run(args: ParsedArgs, io: MainIO, log: Logger, stdout: LogSink | 
   const owner = settleIdentity(args, user, rs, io, log);
 
   if (args.command === 'server') {
-    if (!isWritableStream(stdout)) throw new Error('server mode needs stdout to be a stream');
+    const output = stdout();
+    if (!isWritableStream(output)) throw new Error('server mode needs stdout to be a stream');
     const o: Parameters<typeof engine.runServer>[0] = {
       local: rs.local,
       log,
       input: io.stdin ?? process.stdin,
-      output: stdout,
+      output,
     };
     if (owner) o.owner = owner;
     return await runServer(o);
@@ -194,7 +197,7 @@ function switchProcessUser(uid: number, gid: number): void {
   if (process.getuid?.() !== uid) throw new PermissionError(`cannot switch to uid ${uid}`);
 }
 
-function reportError(err: unknown, log: Logger, stderr: LogSink | NodeJS.WritableStream): number {
+function reportError(err: unknown, log: Logger, stderr: LogSink): number {
   const message = err instanceof Error ? err.message : String(err);
   log.error(message);
   if (err instanceof Error && err.stack && !(err instanceof CliError)) {

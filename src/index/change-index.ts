@@ -3,7 +3,7 @@
 // (with the expunged GUID and which peer caused it), mailbox tombstones, subscriptions with
 // their change times, and the per-peer sync state.
 import Database from 'better-sqlite3';
-import { randomBytes } from 'node:crypto';
+import { randomBytes } from '../util/builtin.js';
 import { existsSync, renameSync, statSync, unlinkSync } from 'node:fs';
 import { NO_STRINGS } from '../util/empty.js';
 

@@ -2,7 +2,7 @@
 // changes (new mail, flag changes, expunges, mailbox creates/renames/deletes, subscriptions),
 // each with a modseq and a timestamp, and applies a peer's changes while recording which peer
 // caused them (so they are never echoed back to that peer).
-import { randomBytes } from 'node:crypto';
+import { randomBytes } from '../util/builtin.js';
 import { realpathSync } from 'node:fs';
 import type { MailStore, MailboxName, StoreMailboxInfo } from '../storage/types.js';
 import { ChangeIndex, type MailboxRow } from '../index/change-index.js';

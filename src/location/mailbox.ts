@@ -1,6 +1,6 @@
 // One mailbox of a location: reconciles the store's messages with the index (journaling what
 // changed outside dsync), exports changes for a peer, and applies a peer's changes.
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { BodySourceError, type SaveRequest, type StoreMailbox } from '../storage/types.js';
 import type { ChangeRow, MailboxRow, MessageRow, PeerState } from '../index/change-index.js';
 import type { MailChangeRecord } from '../sync/records.js';
@@ -8,6 +8,7 @@ import type { ExpungeView, MessageView, SideView } from '../sync/decide/mailbox-
 import type { Location } from './location.js';
 import { headerHash } from '../storage/header-hash.js';
 import { NO_STRINGS } from '../util/empty.js';
+import { readableFrom } from '../util/builtin.js';
 
 export interface ExportMode {
   /** Messages at or below this UID are common with the peer (0 = no usable state). */
@@ -744,7 +745,7 @@ const SMALL_BODY = 256 * 1024;
 
 /** A stream that opens its source only when first read, so thousands can be queued cheaply. */
 function lazyStream(open: () => Promise<Readable>): Readable {
-  return Readable.from(
+  return readableFrom(
     (async function* () {
       try {
         const s = await open();

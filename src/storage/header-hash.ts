@@ -15,7 +15,7 @@
 //  * Version >= 2: every control byte (< 0x20) except LF and TAB, every byte >= 0x7f and '?' is
 //    replaced by '?', a run of such bytes giving a single '?'. Version >= 3 also drops spaces (a
 //    dropped space ends a run: "? ?" gives "??"); version 4 also drops TABs.
-import { createHash } from 'node:crypto';
+import { createHash } from '../util/builtin.js';
 
 export type HeaderHashVersion = 1 | 2 | 3 | 4;
 

@@ -2,7 +2,7 @@
 // (dsync-design.md §3). Both brains run the same code; the master decides the settings, and all
 // decisions both must agree on are pure functions of data both sides have.
 import { hostname } from 'node:os';
-import { randomBytes } from 'node:crypto';
+import { randomBytes } from '../util/builtin.js';
 import type { Channel } from '../transport/channel.js';
 import { ProtocolError, expectRecord, recvList } from '../transport/channel.js';
 import type { Location } from '../location/location.js';

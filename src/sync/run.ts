@@ -2,10 +2,7 @@
 import { join } from 'node:path';
 import { realpathSync, mkdirSync, statSync, openSync, closeSync, fchownSync, existsSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { createHash } from 'node:crypto';
-// Static: the bundle bin/dsync loads is a script (vm.Script, for its code cache), where import() of
-// a module is not available. Loading child_process costs about 2 ms.
-import { spawn } from 'node:child_process';
+import { createHash, spawn } from '../util/builtin.js';
 import type { MailLocation } from '../storage/location.js';
 import { openStore } from '../storage/open.js';
 import type { Logger } from '../util/log.js';

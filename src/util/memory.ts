@@ -5,8 +5,8 @@
 // Mail buffers live outside the heap: those that reached the old generation are freed only by a
 // full collection, which V8 by itself starts only ~64 MB of buffers later; so external growth of
 // EXTERNAL_STEP triggers one too.
-import v8 from 'node:v8';
 import vm from 'node:vm';
+import { setV8Flags } from './builtin.js';
 
 const FLOOR = 32 * 1024 * 1024;
 /** Heap growth since the last collection that triggers the next one. */
@@ -27,7 +27,7 @@ export function trimHeap(): void {
   if (m.heapUsed < limit && m.arrayBuffers < externalLimit) return;
   if (gc === undefined) {
     try {
-      v8.setFlagsFromString('--expose-gc');
+      setV8Flags('--expose-gc');
       gc = vm.runInNewContext('gc') as () => void;
     } catch {
       gc = null;

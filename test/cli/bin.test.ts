@@ -157,3 +157,36 @@ test('the bundle and the compiled modules behave the same', (t) => {
     assert.deepEqual([viaBundle.status, viaBundle.stdout, viaBundle.stderr], [viaModules.status, viaModules.stdout, viaModules.stderr], args.join(' '));
   }
 });
+
+test('a run that changes nothing loads neither node:crypto, child_process, stream nor net (start-up time)', (t) => {
+  // The compiled modules are ES modules: importing node:fs from one loads all of its lazy parts,
+  // streams included. Only the bundle can keep them out.
+  if (mtime(realBundle) < mtime(realModules)) {
+    t.skip('dist/dsync.cjs is missing or older than dist/src (run `npm run build`, not only tsc)');
+    return;
+  }
+  const dir = makeTempDir('dsync-bin-lazy-');
+  try {
+    const a = join(dir, 'a');
+    for (const sub of ['cur', 'new', 'tmp']) mkdirSync(join(a, sub), { recursive: true });
+    writeFileSync(join(a, 'cur', '1700000000.M1P1.host,S=20:2,S'), 'Subject: hi\n\nhello\n');
+    // Records the built-in modules the process loaded, written when it exits.
+    const hook = join(dir, 'hook.cjs');
+    const loaded = join(dir, 'loaded.txt');
+    writeFileSync(hook, `process.on('exit', () => require('fs').writeFileSync(${JSON.stringify(loaded)}, process.moduleLoadList.join('\\n')));\n`);
+    const sync = (withHook: boolean) => {
+      const env = { ...process.env, HOME: dir, NODE_OPTIONS: withHook ? `--require ${hook}` : '' };
+      const r = spawnSync(bin, ['-o', `mail_location=maildir:${a}`, 'mirror', `maildir:${join(dir, 'b')}`], { encoding: 'utf8', env, timeout: 20_000 });
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.stderr, '');
+    };
+    sync(false); // the first sync copies the mail
+    sync(false); // settles the change tokens the first one could not trust yet
+    sync(true);
+    const modules = new Set(readFileSync(loaded, 'utf8').split('\n'));
+    assert.ok(modules.has('NativeModule fs'), 'the hook saw the run');
+    for (const m of ['crypto', 'child_process', 'stream', 'net']) assert.ok(!modules.has(`NativeModule ${m}`), `node:${m} was loaded`);
+  } finally {
+    removeTree(dir);
+  }
+});

@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { randomBytes } from '../../util/builtin.js';
 import { StorageError } from '../types.js';
 
 export type Warn = (msg: string) => void;
@@ -249,6 +249,8 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+let probeCount = 0;
+
 /**
  * The device of dir's file system if it gives a change made after a stat() a timestamp of its own
  * (Linux 6.13+ "multigrain" timestamps: ext4, xfs, btrfs, tmpfs), else null. Elsewhere a change
@@ -260,7 +262,9 @@ export function sleep(ms: number): Promise<void> {
  */
 export function probeDistinctMtimes(ctx: FsContext, dir: string): number | null {
   if (ctx.readOnly) return null;
-  const p = path.join(dir, `${Date.now()}.P${process.pid}R${randomHex(4)}.dsync-mtime-probe`);
+  // Unique without randomness (a run that changes nothing need not load node:crypto); created
+  // exclusively all the same.
+  const p = path.join(dir, `${Date.now()}.P${process.pid}Q${++probeCount}.dsync-mtime-probe`);
   let fd: number;
   try {
     fd = fs.openSync(p, 'wx', 0o600);

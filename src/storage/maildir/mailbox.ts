@@ -4,7 +4,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Dirent, Stats } from 'node:fs';
 import type { Readable } from 'node:stream';
-import { createHash } from 'node:crypto';
+import { createHash } from '../../util/builtin.js';
 import {
   BodySourceError,
   StorageError,

@@ -12,7 +12,7 @@
 //    (3) else a GUID derived from UIDVALIDITY and name (md5), the same every time, so a read-only
 //    store gives stable GUIDs too. Writable stores record (2) and (3) in the map.
 import * as fsp from 'node:fs/promises';
-import { createHash } from 'node:crypto';
+import { createHash } from '../../util/builtin.js';
 import { StorageError, type MailboxName } from '../types.js';
 import { isNotFound, mkdirp, toStorageError, type FsContext } from '../maildir/io.js';
 import { withDotLock } from '../maildir/lock.js';

@@ -21,8 +21,8 @@
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { Readable } from 'node:stream';
-import { createHash } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import { createHash, readableFrom } from '../../util/builtin.js';
 import { hostname } from 'node:os';
 import { Flag } from '../../model/flags.js';
 import {
@@ -531,13 +531,13 @@ export class MboxMailbox implements StoreMailbox {
     if (this.closed) throw new Error(`${this.label} is closed`);
     for (let attempt = 0; attempt < READ_ATTEMPTS; attempt++) {
       const { p, m } = await this.locate(uid);
-      if (m.size <= WHOLE_BODY_MAX) return Readable.from([await this.readWhole(uid)]);
+      if (m.size <= WHOLE_BODY_MAX) return readableFrom([await this.readWhole(uid)]);
       const fh = await this.openSnapshot(p);
       if (!fh) {
         await this.load();
         continue;
       }
-      return Readable.from(this.streamRanges(fh, p.identity, servedRanges(m.hdrStart, m.msgEnd, m.hidden), uid), { objectMode: false });
+      return readableFrom(this.streamRanges(fh, p.identity, servedRanges(m.hdrStart, m.msgEnd, m.hidden), uid), { objectMode: false });
     }
     throw new StorageError(`${this.label} kept changing while UID ${uid} was being read; try again later`, 'LOCKED');
   }
