@@ -77,6 +77,12 @@ export interface MailboxRow {
   firstRecentUid: number;
   lastRenamedOrCreated: number;
   scanToken: string | null;
+  /**
+   * The mailbox's message count as last counted, and the highestModseq it was counted at (see
+   * messageCount): every change of the message set raises highestModseq in the same transaction,
+   * so a count recorded at the current highestModseq is still right. Not written by putMailbox.
+   */
+  counted?: { count: number; atModseq: number } | null;
 }
 
 export interface MessageRow {
@@ -139,9 +145,10 @@ export class ChangeIndex {
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = NORMAL');
     db.exec(SCHEMA);
-    for (const table of ['messages', 'changes']) {
+    // Columns added after the first schema, added to older indexes in place.
+    for (const [table, column] of [['messages', 'hdr_hash TEXT'], ['changes', 'hdr_hash TEXT'], ['mailboxes', 'message_count INTEGER'], ['mailboxes', 'count_modseq INTEGER']]) {
       const cols = db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[];
-      if (!cols.some((c) => c.name === 'hdr_hash')) db.exec(`ALTER TABLE ${table} ADD COLUMN hdr_hash TEXT`);
+      if (!cols.some((c) => c.name === column.split(' ')[0])) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column}`);
     }
     this.stmts = this.prepare();
     if (this.getMeta('schema_version') === undefined) {
@@ -222,6 +229,7 @@ export class ChangeIndex {
       ),
       delMessage: db.prepare('DELETE FROM messages WHERE mailbox = ? AND uid = ?'),
       countMessages: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM messages WHERE mailbox = ?'),
+      putCount: db.prepare('UPDATE mailboxes SET message_count = ?, count_modseq = ? WHERE guid = ?'),
       addChange: db.prepare(
         'INSERT INTO changes (mailbox, modseq, uid, kind, guid, add_flags, remove_flags, kw_add, kw_remove, origin, ts, hdr_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
       ),
@@ -291,8 +299,18 @@ export class ChangeIndex {
     }
     return out;
   }
-  messageCount(mailbox: string): number {
-    return this.stmts.countMessages.get(mailbox)?.n ?? 0;
+  /**
+   * The number of messages of a mailbox whose row says highestModseq. Counting walks every row of
+   * the mailbox (about 0.5 ms per 1,000), so the count is recorded with the highestModseq it was
+   * made at, and taken as it is while that is still the mailbox's highestModseq: a run that changes
+   * nothing counts nothing.
+   */
+  messageCount(row: MailboxRow): number {
+    if (row.counted && row.counted.atModseq === row.highestModseq) return row.counted.count;
+    const count = this.stmts.countMessages.get(row.guid)?.n ?? 0;
+    row.counted = { count, atModseq: row.highestModseq };
+    this.stmts.putCount.run(count, row.highestModseq, row.guid);
+    return count;
   }
   putMessage(mailbox: string, m: MessageRow): void {
     this.stmts.putMessage.run(mailbox, m.uid, m.guid, m.flags, encKw(m.keywords), m.modseq, m.internalDate, m.size, m.hdrHash ?? null);
@@ -383,6 +401,7 @@ function rowToMailbox(r: any): MailboxRow {
     firstRecentUid: r.first_recent_uid,
     lastRenamedOrCreated: r.last_renamed_or_created,
     scanToken: r.scan_token,
+    counted: r.message_count === null || r.count_modseq === null ? null : { count: r.message_count, atModseq: r.count_modseq },
   };
 }
 

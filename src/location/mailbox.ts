@@ -69,7 +69,7 @@ export class LocationMailbox {
     return this.row.name;
   }
   get messageCount(): number {
-    return this.loadedMessages ? this.loadedMessages.size : this.index.messageCount(this.row.guid);
+    return this.loadedMessages ? this.loadedMessages.size : this.index.messageCount(this.row);
   }
 
   /**
@@ -166,6 +166,8 @@ export class LocationMailbox {
         this.index.dropMailbox(this.row.guid);
         this.index.deleteAllPeerStates(this.row.guid);
         this.row.uidValidity = status.uidValidity;
+        // Its messages went without a modseq of their own: the recorded count no longer holds.
+        this.row.counted = null;
       }
       const initial = rows.size === 0 && this.row.highestModseq === 0;
       for (let i = 0; i < scanned.length; i++) {

@@ -1,0 +1,71 @@
+// A mailbox's message count is recorded in the index with the highestModseq it was counted at and
+// taken from there while that still holds, so a run that changes nothing does not count rows; any
+// change of the message set makes it count again.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import Database from 'better-sqlite3';
+import { Location } from '../../src/location/location.js';
+import { Logger } from '../../src/util/log.js';
+import { makeMaildir, msg, openMaildir, tempDir, writeMail } from '../storage/helpers.js';
+
+const quiet = new Logger({ sink: { write: () => undefined } });
+
+test('messageCount: recorded with its modseq, trusted while that holds, counted again after any change', async (t) => {
+  const dir = tempDir(t);
+  const root = path.join(dir, 'Maildir');
+  const indexPath = path.join(dir, 'index.sqlite');
+  makeMaildir(root);
+  for (let i = 1; i <= 3; i++) writeMail(path.join(root, 'cur', `1000.M${i}P1.h:2,S`), msg(i), 1000 + i);
+
+  /** One "run": opens the location and the mailbox, refreshes it, and counts without its rows. */
+  const run = async (): Promise<number> => {
+    const loc = Location.open(await openMaildir(`maildir:${root}`), { indexPath, log: quiet });
+    try {
+      await loc.refreshTree();
+      const box = (await loc.openMailbox(loc.mailboxes()[0]!.guid))!;
+      await box.refresh(true);
+      box.dropRows(); // the count comes from the index, not from rows in memory
+      const n = box.messageCount;
+      await box.close();
+      return n;
+    } finally {
+      loc.close();
+    }
+  };
+  const recorded = () => {
+    const db = new Database(indexPath);
+    try {
+      return db.prepare('SELECT message_count AS count, count_modseq AS modseq, highest_modseq AS highest FROM mailboxes').get() as { count: number; modseq: number; highest: number };
+    } finally {
+      db.close();
+    }
+  };
+
+  assert.equal(await run(), 3);
+  const first = recorded();
+  assert.deepEqual([first.count, first.modseq], [3, first.highest]);
+
+  // Trusted as long as the modseq holds: a recorded count that says otherwise is what is reported.
+  const db = new Database(indexPath);
+  db.prepare('UPDATE mailboxes SET message_count = 42').run();
+  db.close();
+  assert.equal(await run(), 42, 'nothing changed: the recorded count is taken, not recounted');
+
+  // A new mail raises the modseq: counted again.
+  writeMail(path.join(root, 'new', '2000.M9P1.h'), msg(9), 2000);
+  assert.equal(await run(), 4);
+  assert.equal(recorded().count, 4);
+
+  // An expunge made outside dsync likewise.
+  fs.unlinkSync(path.join(root, 'cur', '1000.M1P1.h:2,S'));
+  assert.equal(await run(), 3);
+
+  // UIDVALIDITY changed outside dsync: the index forgets the mailbox's messages without a modseq
+  // of their own; the count must not survive that.
+  const uidlist = path.join(root, 'dovecot-uidlist');
+  fs.writeFileSync(uidlist, fs.readFileSync(uidlist, 'utf8').replace(/ V\d+/, ' V1999999999'));
+  for (const f of fs.readdirSync(path.join(root, 'cur'))) fs.unlinkSync(path.join(root, 'cur', f));
+  assert.equal(await run(), 0);
+});
