@@ -162,7 +162,7 @@ export class ChangeIndex {
     // Not a real :memory: database: SQLite keeps every page of one in memory (10+ MB for a large
     // account). An unnamed database lives in a temporary file SQLite deletes on close, with the
     // usual bounded page cache.
-    if (path === ':memory:') return { index: new ChangeIndex(new Database('')) };
+    if (path === ':memory:') return { index: new ChangeIndex(openDatabase('')) };
     let db: Database.Database | undefined;
     try {
       // close() folds the write-ahead log back into the file and empties it: a log with content
@@ -170,7 +170,7 @@ export class ChangeIndex {
       // Looked at before opening, which may replay the log. No write is needed to know this, so a
       // run that changes nothing writes nothing.
       const walBytes = fileSize(`${path}-wal`);
-      db = new Database(path);
+      db = openDatabase(path);
       // A full check costs time proportional to the index; it is done when the last run did not
       // close the index cleanly, or when the file's size does not match what its header says.
       const pageBytes = (db.pragma('page_count', { simple: true }) as number) * (db.pragma('page_size', { simple: true }) as number);
@@ -199,7 +199,7 @@ export class ChangeIndex {
         if (suffix !== '' && statSync(path + suffix).size === 0) unlinkSync(path + suffix);
         else renameSync(path + suffix, aside + suffix);
       }
-      const index = new ChangeIndex(new Database(path), path);
+      const index = new ChangeIndex(openDatabase(path), path);
       return { index, rebuiltReason: `${(err as Error).message}; moved it to ${aside} and rebuilt the index from the mail store` };
     }
   }
@@ -403,6 +403,18 @@ function rowToMailbox(r: any): MailboxRow {
     scanToken: r.scan_token,
     counted: r.message_count === null || r.count_modseq === null ? null : { count: r.message_count, atModseq: r.count_modseq },
   };
+}
+
+/**
+ * Opens a database for this process alone. dsync's own lock file keeps any other dsync away from
+ * a location while it runs, so SQLite need not lock the file for every statement: in exclusive
+ * mode it locks once, and in WAL mode it then keeps the log's index in its own memory instead of
+ * a shared -shm file. Must be set before the first read.
+ */
+function openDatabase(path: string): Database.Database {
+  const db = new Database(path);
+  db.pragma('locking_mode = EXCLUSIVE');
+  return db;
 }
 
 /** Size of a file, 0 when it does not exist. */

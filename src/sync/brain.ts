@@ -2,7 +2,6 @@
 // (dsync-design.md §3). Both brains run the same code; the master decides the settings, and all
 // decisions both must agree on are pure functions of data both sides have.
 import { hostname } from 'node:os';
-import { randomBytes } from '../util/builtin.js';
 import type { Channel } from '../transport/channel.js';
 import { ProtocolError, expectRecord, recvList } from '../transport/channel.js';
 import type { Location } from '../location/location.js';
@@ -612,7 +611,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     if (n < requests.length) changesDuringSync = true;
     applied.fromPeer += n;
   }
-  const syncId = ctx.role === 'master' ? randomBytes(8).toString('hex') : '';
+  const syncId = ctx.role === 'master' ? newSyncId() : '';
   ch.send({
     type: 'state',
     mailboxGuid: box.guid,
@@ -719,4 +718,14 @@ function backupPlan(ctx: Ctx, myView: SideView, peerView: SideView, mine: Mailbo
 export function uidValidityWinner(master: MailboxRecord, slave: MailboxRecord): number {
   if (master.messagesCount !== slave.messagesCount) return master.messagesCount > slave.messagesCount ? master.uidValidity : slave.uidValidity;
   return Math.max(master.uidValidity, slave.uidValidity);
+}
+
+/**
+ * An id for one sync of a mailbox: it only has to differ from the ids of this pair's earlier
+ * syncs, so the time and 32 random bits of Math.random do; node:crypto would cost more to load
+ * (~6 ms) than a whole mailbox with a few changes takes to sync.
+ */
+function newSyncId(): string {
+  const hex8 = (n: number) => (n >>> 0).toString(16).padStart(8, '0');
+  return hex8(Date.now() / 1000) + hex8(Math.random() * 0x1_0000_0000);
 }

@@ -75,9 +75,10 @@ export async function openLocation(
       indexPath = join(dir, INDEX_FILE);
     }
     if (owner && indexPath !== ':memory:') {
-      // SQLite creates the database and its -wal/-shm as whoever opens them: create them first.
-      // A new database is switched to WAL mode through one rollback-journal write.
-      const suffixes = existsSync(indexPath) ? ['-wal', '-shm'] : ['', '-journal', '-wal', '-shm'];
+      // SQLite creates the database and its -wal as whoever opens them: create them first. A new
+      // database is switched to WAL mode through one rollback-journal write. (No -shm: the index
+      // is opened in exclusive mode, see ChangeIndex.)
+      const suffixes = existsSync(indexPath) ? ['-wal'] : ['', '-journal', '-wal'];
       for (const suffix of suffixes) createOwned(indexPath + suffix, owner);
     }
     let location: Location;

@@ -11,6 +11,7 @@ import { parseMailLocation } from '../../src/storage/location.js';
 import { openStore } from '../../src/storage/open.js';
 import { Flag } from '../../src/model/flags.js';
 import { INDEX_FILE } from '../../src/sync/run.js';
+import { ChangeIndex } from '../../src/index/change-index.js';
 import { assertNoDuplicates, assertSame, dsync, mirrorArgs, putFile, sha, snap, syncedOk, tempDir } from './helpers.js';
 
 type Corruption = 'garbage' | 'truncated' | 'foreign schema' | 'zeroed header' | 'a directory';
@@ -231,4 +232,27 @@ test('the index of a run that was killed is checked at the next open; a damaged 
   if (again.exitCode === 2) again = await mirror(la, lb);
   assert.equal(again.exitCode, 0, again.log.join('\n'));
   assertNoDuplicates(await assertSame(la, lb), 'after the rebuild');
+});
+
+test('the change index is held exclusively while open: no shared-memory file, other connections are kept out', (t) => {
+  const file = path.join(tempDir(t), INDEX_FILE);
+  const { index } = ChangeIndex.open(file);
+  try {
+    index.setMeta('probe', 'x');
+    assert.equal(fs.existsSync(`${file}-shm`), false, 'no -shm: the WAL index lives in the process');
+    const other = new Database(file, { timeout: 0 });
+    try {
+      assert.throws(() => other.prepare('SELECT value FROM meta').all(), /locked|busy/i);
+    } finally {
+      other.close();
+    }
+  } finally {
+    index.close();
+  }
+  const after = new Database(file, { readonly: true });
+  try {
+    assert.deepEqual(after.prepare("SELECT value FROM meta WHERE key = 'probe'").get(), { value: 'x' });
+  } finally {
+    after.close();
+  }
 });

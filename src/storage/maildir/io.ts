@@ -175,9 +175,15 @@ export function randomHex(bytes: number): string {
   return randomBytes(bytes).toString('hex');
 }
 
-/** A temp name in the same directory that no maildir reader mistakes for mail or a mailbox. */
+let tempCount = 0;
+
+/**
+ * A temp name in the same directory that no maildir reader mistakes for mail or a mailbox. Unique
+ * by process, time and a counter (created exclusively all the same), not randomness: a run that
+ * rewrites a uidlist need not load node:crypto.
+ */
 export function tempNameFor(target: string): string {
-  return path.join(path.dirname(target), `${path.basename(target)}.${process.pid}.${randomHex(4)}.tmp`);
+  return path.join(path.dirname(target), `${path.basename(target)}.${process.pid}.${Date.now().toString(36)}${++tempCount}.tmp`);
 }
 
 /** Writes data to a new file (O_EXCL), fsyncs it and chowns it. The file must not exist. */
