@@ -112,9 +112,13 @@ export function makeMessage(seed: number | string, opts: MessageOptions = {}): B
     const headLen = Buffer.byteLength(head);
     const target = opts.size - headLen;
     if (target >= eol.length + 1) {
-      // Grow with whole lines, then cut back to ASCII filler to hit the size exactly.
-      while (Buffer.byteLength(body) < target) {
-        body += words(6 + Math.floor(rng() * 6), !!opts.eightBit).join(' ') + eol;
+      // Grow with whole lines, then cut back to ASCII filler to hit the size exactly. The length
+      // is kept as it grows: measuring the whole body each time made large mails quadratic.
+      let bodyBytes = Buffer.byteLength(body);
+      while (bodyBytes < target) {
+        const line = words(6 + Math.floor(rng() * 6), !!opts.eightBit).join(' ') + eol;
+        body += line;
+        bodyBytes += Buffer.byteLength(line);
       }
       // Drop lines until we are below the target, then pad the last line with ASCII.
       let cut = body;
