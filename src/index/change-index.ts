@@ -308,9 +308,14 @@ export class ChangeIndex {
   messageCount(row: MailboxRow): number {
     if (row.counted && row.counted.atModseq === row.highestModseq) return row.counted.count;
     const count = this.stmts.countMessages.get(row.guid)?.n ?? 0;
+    this.recordMessageCount(row, count);
+    return count;
+  }
+  /** Records the count of a mailbox at its current highestModseq (see messageCount). */
+  recordMessageCount(row: MailboxRow, count: number): void {
+    if (row.counted && row.counted.atModseq === row.highestModseq && row.counted.count === count) return;
     row.counted = { count, atModseq: row.highestModseq };
     this.stmts.putCount.run(count, row.highestModseq, row.guid);
-    return count;
   }
   putMessage(mailbox: string, m: MessageRow): void {
     this.stmts.putMessage.run(mailbox, m.uid, m.guid, m.flags, encKw(m.keywords), m.modseq, m.internalDate, m.size, m.hdrHash ?? null);

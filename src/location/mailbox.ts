@@ -98,6 +98,14 @@ export class LocationMailbox {
     this.store.dropFileMap?.();
   }
 
+  /**
+   * Records the message count in the index while this handle holds every row (after a sync of
+   * the mailbox), so that the next run need not count them (see ChangeIndex.messageCount).
+   */
+  recordMessageCount(): void {
+    if (this.loadedMessages) this.index.recordMessageCount(this.row, this.loadedMessages.size);
+  }
+
   /** Messages held in memory (0 until something needed them). */
   get loadedCount(): number {
     return this.loadedMessages ? this.loadedMessages.size : 0;

@@ -631,6 +631,8 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   const expunged = await box.expunge(expungeUids, ctx.peerId);
   const flagged = await box.updateFlags(actions.flagUpdates, ctx.peerId);
   if (!ctx.isSource) await box.raiseUidNext(plan.uidNext);
+  // Its rows are in memory now: the next run takes the count from the index instead of counting.
+  box.recordMessageCount();
 
   if (backup) {
     // The backup source keeps no state (its index lives in memory), so neither side does.

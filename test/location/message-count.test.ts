@@ -9,6 +9,8 @@ import Database from 'better-sqlite3';
 import { Location } from '../../src/location/location.js';
 import { Logger } from '../../src/util/log.js';
 import { makeMaildir, msg, openMaildir, tempDir, writeMail } from '../storage/helpers.js';
+import { mirrorArgs, putFile, syncedOk, tempDir as tempDirOf } from '../robustness/helpers.js';
+import { INDEX_FILE } from '../../src/sync/run.js';
 
 const quiet = new Logger({ sink: { write: () => undefined } });
 
@@ -68,4 +70,26 @@ test('messageCount: recorded with its modseq, trusted while that holds, counted 
   fs.writeFileSync(uidlist, fs.readFileSync(uidlist, 'utf8').replace(/ V\d+/, ' V1999999999'));
   for (const f of fs.readdirSync(path.join(root, 'cur'))) fs.unlinkSync(path.join(root, 'cur', f));
   assert.equal(await run(), 0);
+});
+
+test('after a sync every mailbox count is on record at its current modseq: the next run counts nothing', (t) => {
+  const root = tempDirOf(t);
+  const a = path.join(root, 'a');
+  const b = path.join(root, 'b');
+  for (let i = 1; i <= 3; i++) putFile(a, 'cur', `170000000${i}.m${i}.count:2,S`, `Subject: m${i}\n\nbody ${i}\n`);
+  putFile(path.join(a, '.Work'), 'cur', '1700000009.m9.count:2,', 'Subject: w\n\nwork\n');
+  putFile(b, 'new', '1700000010.m10.count', 'Subject: b\n\nfrom b\n');
+  syncedOk(mirrorArgs(`maildir:${a}`, `maildir:${b}`));
+  for (const side of [a, b]) {
+    const db = new Database(path.join(side, INDEX_FILE), { readonly: true });
+    try {
+      const rows = db
+        .prepare('SELECT m.message_count AS count, m.count_modseq AS atModseq, m.highest_modseq AS highest, (SELECT count(*) FROM messages WHERE mailbox = m.guid) AS real FROM mailboxes m')
+        .all() as { count: number; atModseq: number; highest: number; real: number }[];
+      assert.equal(rows.length, 2);
+      for (const r of rows) assert.deepEqual([r.count, r.atModseq], [r.real, r.highest], side);
+    } finally {
+      db.close();
+    }
+  }
 });
