@@ -39,6 +39,7 @@ const FS_RESERVED = new Set([
   'dovecot-uidlist',
   'dovecot-keywords',
   'dovecot-uidvalidity',
+  'dsync-pending-guids',
 ]);
 const FS_RESERVED_PREFIXES = [
   'dovecot-uidvalidity.',

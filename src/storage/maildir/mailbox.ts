@@ -63,6 +63,7 @@ import {
   type DecodedFlags,
 } from './filename.js';
 import { NO_STRINGS } from '../../util/empty.js';
+import { appendPendingGuid, PENDING_GUIDS_NAME, readPendingGuids } from './pending-guids.js';
 
 /** Size and mtime of a message file, remembered across scans (maildir files are immutable). */
 export interface FileStat {
@@ -194,6 +195,8 @@ export class MaildirMailbox implements StoreMailbox {
   private dropped: { ulKey: string; kwKey: string | null; cur: string } | null = null;
   readonly uidlistPath: string;
   readonly keywordsPath: string;
+  /** See pending-guids.ts. */
+  private readonly pendingGuidsPath: string;
 
   constructor(
     private readonly env: MailboxEnv,
@@ -204,6 +207,7 @@ export class MaildirMailbox implements StoreMailbox {
     readonly indexDir: string = mailDir,
   ) {
     this.uidlistPath = path.join(ctlDir, UIDLIST_NAME);
+    this.pendingGuidsPath = path.join(ctlDir, PENDING_GUIDS_NAME);
     this.keywordsPath = path.join(ctlDir, KEYWORDS_NAME);
     if (env.hardLinks) this.bodyFile = (uid) => this.knownFilePath(uid);
   }
@@ -627,17 +631,22 @@ export class MaildirMailbox implements StoreMailbox {
         const fresh = existing ?? emptyUidlist();
         const headerChanged = await this.completeHeader(fresh);
         const freshBases = new Set(fresh.entries.map((e) => e.base));
+        // GUIDs of mails a save placed under other names and was killed before listing them.
+        const pending = unlisted.length > 0 ? readPendingGuids(this.pendingGuidsPath, warn) : null;
         const added: UidlistEntry[] = [];
         for (const b of unlisted) {
           if (freshBases.has(b)) continue;
           if (fresh.nextUid > MAX_UID) throw new StorageError(`mailbox ${this.label}: UID space exhausted`, 'IO');
-          const e: UidlistEntry = { uid: fresh.nextUid++, base: b, ext: [] };
+          const guid = pending?.get(b);
+          const e: UidlistEntry = { uid: fresh.nextUid++, base: b, ext: guid !== undefined && guid !== b ? [['G', guid]] : [] };
           added.push(e);
           fresh.entries.push(e);
         }
         await this.writeEntries(lock, fresh, added, headerChanged || fresh.needsRewrite || !existing);
         fresh.needsRewrite = false;
         await this.keepUidlist(fresh);
+        // Under the lock no save is under way: what the record still holds is all listed now.
+        if (pending) unlinkQuietly(this.pendingGuidsPath);
         return fresh;
       });
       listed = entriesByBase(ul);
@@ -645,7 +654,11 @@ export class MaildirMailbox implements StoreMailbox {
       // Read-only: deterministic in-memory UIDs after the highest listed one, by base name.
       const withUnlisted = new Map(listed);
       let nextUid = (ul ?? emptyUidlist()).nextUid;
-      for (const b of unlisted) withUnlisted.set(b, { uid: nextUid++, base: b, ext: [] });
+      const pending = readPendingGuids(this.pendingGuidsPath, warn);
+      for (const b of unlisted) {
+        const guid = pending?.get(b);
+        withUnlisted.set(b, { uid: nextUid++, base: b, ext: guid !== undefined && guid !== b ? [['G', guid]] : [] });
+      }
       listed = withUnlisted;
     }
 
@@ -1041,6 +1054,7 @@ export class MaildirMailbox implements StoreMailbox {
         const added: UidlistEntry[] = [];
         const placed: MsgFile[] = [];
         const curDir = path.join(this.mailDir, 'cur');
+        let wrotePending = false;
         try {
           for (const p of prepared) {
             const { req } = p;
@@ -1053,11 +1067,21 @@ export class MaildirMailbox implements StoreMailbox {
               if (sizesOk && !inNew) candidate = req.guid;
             }
             let base = candidate ?? `${p.tmpBase},S=${p.size},W=${p.vsize}`;
+            // Under another name the GUID lives only in the uidlist entry written below: killed
+            // in between, the next scan would make the name the GUID, and the mail a second copy
+            // of itself once synced. The pair is made durable first (see readPendingGuids).
+            const keepGuid = async () => {
+              if (base === req.guid || !isStorableGuidValue(req.guid)) return;
+              await appendPendingGuid(this.ctx, this.pendingGuidsPath, base, req.guid);
+              wrotePending = true;
+            };
             let name = fileNameOf(base, info);
+            await keepGuid();
             let ok = await this.place(p.tmpPath, path.join(curDir, name));
             for (let attempt = 0; !ok && attempt < 10; attempt++) {
               base = `${generateBaseName()},S=${p.size},W=${p.vsize}`;
               name = fileNameOf(base, info);
+              await keepGuid();
               ok = await this.place(p.tmpPath, path.join(curDir, name));
             }
             if (!ok) throw new StorageError(`mailbox ${this.label}: could not find a free file name for UID ${req.uid}`, 'IO');
@@ -1091,6 +1115,7 @@ export class MaildirMailbox implements StoreMailbox {
           await this.writeEntries(lock, ul, added, moves.length > 0 || headerChanged || ul.needsRewrite || !existing);
           ul.needsRewrite = false;
           await this.keepUidlist(ul);
+          if (wrotePending) unlinkQuietly(this.pendingGuidsPath);
         } catch (e) {
           // Files already in cur/ but without a uidlist entry would get UIDs at the next scan with
           // their base name as GUID (the G field is lost): a second copy of the mail once synced.

@@ -32,6 +32,7 @@ import { MaildirMailbox, type MailboxEnv } from './mailbox.js';
 import { withDotLock } from './lock.js';
 import { isMailboxGuid, readUidlistSummary, UIDLIST_NAME } from './uidlist.js';
 import { KEYWORDS_NAME } from './keywords.js';
+import { PENDING_GUIDS_NAME } from './pending-guids.js';
 import { readSubscriptionsFile, SUBSCRIPTIONS_NAME, writeSubscriptionsFile, type SubscriptionCodec } from './subscriptions.js';
 import { allocateUidValidity } from './uidvalidity.js';
 
@@ -53,6 +54,7 @@ function isMailboxControlFile(n: string): boolean {
   return (
     n === UIDLIST_NAME ||
     n === KEYWORDS_NAME ||
+    n === PENDING_GUIDS_NAME ||
     n === 'maildirfolder' ||
     n.startsWith('dovecot.index') ||
     n.startsWith('dovecot-uidlist.') ||
