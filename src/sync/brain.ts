@@ -6,7 +6,7 @@ import type { Channel } from '../transport/channel.js';
 import { ProtocolError, expectRecord, recvList } from '../transport/channel.js';
 import type { Location } from '../location/location.js';
 import type { ExportMode, LocationMailbox } from '../location/mailbox.js';
-import type { Logger } from '../util/log.js';
+import { msSince, type Logger } from '../util/log.js';
 import { BodySourceError, type SaveRequest } from '../storage/types.js';
 import type {
   HandshakeRecord,
@@ -145,10 +145,16 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
 
   const normalize = makeNameNormalizer(mine.nameForbidden + peer.nameForbidden, settings.altChar);
   try {
+    let t0 = performance.now();
     await syncTree(ctx, normalize);
+    ctx.log.debug(`mailbox tree synced in ${msSince(t0)}`);
+    t0 = performance.now();
     if (role === 'master') await masterMailboxes(ctx);
     else await slaveMailboxes(ctx);
+    ctx.log.debug(`mailboxes synced in ${msSince(t0)}`);
+    t0 = performance.now();
     await settleTokens(ctx);
+    ctx.log.debug(`change tokens settled in ${msSince(t0)}`);
   } finally {
     for (const box of ctx.open.values()) await box.close();
     for (const box of ctx.settling) await box.close();
@@ -258,7 +264,9 @@ async function getBox(ctx: Ctx, guid: string): Promise<LocationMailbox | undefin
     box = await ctx.loc.openMailbox(guid);
     if (!box) return undefined;
     // Scans the mailbox if it changed since its last scan (with -f the tree phase scanned all).
+    const t0 = performance.now();
     await box.refresh();
+    ctx.log.debug(`mailbox ${ctx.show(box.name)}: checked for changes in ${msSince(t0)}`);
     ctx.open.set(guid, box);
   }
   return box;
@@ -479,6 +487,7 @@ async function exchangeBodies(ctx: Ctx, box: LocationMailbox, saves: SaveAction[
 }
 
 async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxRecord, theirs: MailboxRecord): Promise<void> {
+  const t0 = performance.now();
   const { ch } = ctx;
   let box = openBox;
   const backup = ctx.settings.backup !== 'none';
@@ -659,6 +668,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   if (flagged) parts.push(`${flagged} flag changes`);
   if (plan.renumbered) parts.push(`${plan.renumbered} mails renumbered after a UID conflict`);
   if (parts.length) ctx.summary.push(`mailbox ${name}: ${parts.join(', ')}`);
+  ctx.log.debug(`mailbox ${name}: synced in ${msSince(t0)}`);
 }
 
 /**

@@ -82,3 +82,8 @@ export class Logger {
     this.sink.write(`${this.prefix}${text.replace(/\r?\n/g, ' ')}\n`);
   }
 }
+
+/** Time since t0 (a performance.now()) for -D lines: where a run spends its time, phase by phase. */
+export function msSince(t0: number): string {
+  return `${(performance.now() - t0).toFixed(1)} ms`;
+}

@@ -190,3 +190,32 @@ test('a run that changes nothing loads neither node:crypto, child_process, strea
     removeTree(dir);
   }
 });
+
+test('-D says how long each phase took (opening, tree, each mailbox, settling, closing)', () => {
+  const dir = makeTempDir('dsync-bin-timing-');
+  try {
+    const a = join(dir, 'a');
+    for (const sub of ['cur', 'new', 'tmp']) mkdirSync(join(a, sub), { recursive: true });
+    writeFileSync(join(a, 'cur', '1700000000.M1P1.host,S=20:2,S'), 'Subject: hi\n\nhello\n');
+    const r = spawnSync(bin, ['-D', '-o', `mail_location=maildir:${a}`, 'mirror', `maildir:${join(dir, 'b')}`], {
+      encoding: 'utf8',
+      env: { ...process.env, HOME: dir },
+      timeout: 20_000,
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const ms = String.raw`in \d+\.\d ms$`;
+    for (const line of [
+      `${a}: store, lock and change index opened ${ms}`,
+      `mailbox tree synced ${ms}`,
+      `mailbox INBOX: checked for changes ${ms}`,
+      `mailbox INBOX: synced ${ms}`,
+      `mailboxes synced ${ms}`,
+      `change tokens settled ${ms}`,
+      `${a}: change index and store closed ${ms}`,
+    ]) {
+      assert.match(r.stderr, new RegExp(`^dsync: debug: ${line}`, 'm'));
+    }
+  } finally {
+    removeTree(dir);
+  }
+});
