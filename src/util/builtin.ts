@@ -1,8 +1,8 @@
 // Built-in modules that are loaded on first use. node:crypto takes ~6 ms to load (it loads all of
 // its parts at once), node:child_process ~2.5 ms, node:stream ~1.5 ms, node:v8 ~0.6 ms: together
 // more than a run that changes nothing spends on anything else of its own, and such a run needs
-// none of them. import() is no way out: bin/dsync runs the bundle as a script (vm.Script, for its
-// code cache), where import() is not available.
+// none of them. Loaded with require, not import(): the callers are synchronous (createHash,
+// randomBytes, spawn), and bin/dsync runs the bundle as a script (vm.Script, for its code cache).
 import { createRequire } from 'node:module';
 import type * as Crypto from 'node:crypto';
 import type * as ChildProcess from 'node:child_process';
