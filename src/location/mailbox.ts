@@ -7,6 +7,8 @@ import type { MailChangeRecord } from '../sync/records.js';
 import type { ExpungeView, MessageView, SideView } from '../sync/decide/mailbox-plan.js';
 import type { Location } from './location.js';
 import { headerHash } from '../storage/header-hash.js';
+import { MessageRows } from './message-rows.js';
+import { RowDigest } from './row-digest.js';
 import { NO_STRINGS } from '../util/empty.js';
 import { readableFrom } from '../util/builtin.js';
 
@@ -36,12 +38,10 @@ export interface AppliedCounts {
 }
 
 export class LocationMailbox {
-  /**
-   * The index's messages of this mailbox, read only when needed (unchanged mailboxes are skipped).
-   * Always in ascending UID order (loaded sorted; new UIDs are above all others; refresh re-sorts),
-   * which exportChanges and duplicateUids rely on.
-   */
-  private loadedMessages: Map<number, MessageRow> | null = null;
+  /** The index's messages of this mailbox, read only as far as needed (see MessageRows). */
+  private rowsState: MessageRows | null = null;
+  /** The modseq and UIDVALIDITY recordSummary last recorded the mailbox at. */
+  private summarized = '';
   private loaded = false;
   /**
    * This handle's store scanned the mailbox in a refresh, and every change since went through
@@ -69,7 +69,7 @@ export class LocationMailbox {
     return this.row.name;
   }
   get messageCount(): number {
-    return this.loadedMessages ? this.loadedMessages.size : this.index.messageCount(this.row);
+    return this.rowsState?.count ?? this.index.messageCount(this.row);
   }
 
   /**
@@ -94,31 +94,55 @@ export class LocationMailbox {
    * kept to settle its change token then costs next to nothing.
    */
   dropRows(): void {
-    this.loadedMessages = null;
+    this.rowsState?.drop();
     this.store.dropFileMap?.();
   }
 
   /**
-   * Records the message count in the index while this handle holds every row (after a sync of
-   * the mailbox), so that the next run need not count them (see ChangeIndex.messageCount).
+   * Records the message count and the digest of the rows in the index (after a sync of the
+   * mailbox, while this handle knows them), so that the next run need not count the rows, and
+   * compares a changed mailbox with the digest instead of reading every row (see refresh).
    */
-  recordMessageCount(): void {
-    if (this.loadedMessages) this.index.recordMessageCount(this.row, this.loadedMessages.size);
+  recordSummary(): void {
+    const rows = this.rowsState;
+    const at = `${this.row.highestModseq}/${this.row.uidValidity}`;
+    if (!rows || at === this.summarized) return;
+    // Only what the index holds: after a failed transaction, memory may be ahead of it.
+    const stored = this.index.mailbox(this.row.guid);
+    if (!stored || stored.highestModseq !== this.row.highestModseq || stored.uidValidity !== this.row.uidValidity) return;
+    if (!rows.digest && rows.complete) {
+      const all = rows.loadAll();
+      rows.digest = RowDigest.of(all.values(), all.size);
+    }
+    const digest = rows.digest;
+    const count = rows.count;
+    this.index.transaction(() => {
+      if (count !== null) this.index.recordMessageCount(this.row, count);
+      if (!digest) return;
+      const at = this.index.digestMadeAt(this.row.guid);
+      if (at && at.modseq === this.row.highestModseq && at.uidValidity === this.row.uidValidity) return;
+      const { data, keywordSets } = digest.encode();
+      this.index.putDigest(this.row.guid, this.row.highestModseq, this.row.uidValidity, data, keywordSets);
+    });
+    this.summarized = at;
   }
 
   /** Messages held in memory (0 until something needed them). */
   get loadedCount(): number {
-    return this.loadedMessages ? this.loadedMessages.size : 0;
+    return this.rowsState ? this.rowsState.loadedCount : 0;
   }
 
-  private get messages(): Map<number, MessageRow> {
-    if (!this.loadedMessages) {
-      const map = new Map<number, MessageRow>();
-      const list = this.index.messages(this.row.guid);
-      for (let i = 0; i < list.length; i++) map.set(list[i]!.uid, list[i]!);
-      this.loadedMessages = map;
+  /**
+   * The rows, with the digest stored in the index if it still describes them. Made before the
+   * first change to the mailbox (see nextModseq): a change moves the modseq the digest is
+   * checked against.
+   */
+  private get rows(): MessageRows {
+    if (!this.rowsState) {
+      const stored = this.index.digest(this.row.guid, this.row.highestModseq, this.row.uidValidity);
+      this.rowsState = new MessageRows(this.index, this.row.guid, stored ? RowDigest.decode(stored.data, stored.keywordSets) : null);
     }
-    return this.loadedMessages;
+    return this.rowsState;
   }
 
   private get index() {
@@ -126,6 +150,7 @@ export class LocationMailbox {
   }
 
   private nextModseq(): number {
+    void this.rows;
     this.row.highestModseq += 1;
     return this.row.highestModseq;
   }
@@ -157,14 +182,19 @@ export class LocationMailbox {
       return;
     }
     const status = await this.store.status();
-    // The index's rows of this mailbox: kept in memory in step with every change made through
-    // this handle, so a rescan after the sync does not read them again.
     const fresh = this.index.mailbox(this.row.guid);
     if (fresh) this.row = { ...fresh, name: this.row.name };
     const reset = this.row.uidValidity !== status.uidValidity;
-    const rows = reset ? new Map<number, MessageRow>() : this.messages;
+    // The index's rows of this mailbox: kept in memory in step with every change made through
+    // this handle, so a rescan after the sync does not read them again. With a digest of them,
+    // only the rows of messages that differ from it are read.
+    const rows = reset ? new MessageRows(this.index, this.row.guid, RowDigest.empty(), true) : this.rows;
+    const digest = rows.complete ? null : rows.digest;
+    if (!digest) rows.loadAll();
     // Files of messages the index knows need no stat: their size and date are on record.
-    const scanned = await this.store.scan({ known: (uid, guid) => rows.get(uid)?.guid === guid });
+    const scanned = await this.store.scan({
+      known: digest ? (uid, guid) => digest.hasGuid(uid, guid) : (uid, guid) => rows.get(uid)?.guid === guid,
+    });
     this.storeScanned = true;
     const now = this.location.now();
     this.index.transaction(() => {
@@ -176,22 +206,36 @@ export class LocationMailbox {
         this.row.uidValidity = status.uidValidity;
         // Its messages went without a modseq of their own: the recorded count no longer holds.
         this.row.counted = null;
+        this.rowsState = rows;
       }
-      const initial = rows.size === 0 && this.row.highestModseq === 0;
+      const initial = rows.count === 0 && this.row.highestModseq === 0;
+      // Rows that no scanned message has: those messages are gone. With a digest, found before its
+      // entries change (scanned UIDs are unique and ascending).
+      const gone: MessageRow[] = [];
+      if (digest) {
+        let k = 0;
+        digest.forEachUid((uid) => {
+          while (k < scanned.length && scanned[k]!.uid < uid) k++;
+          if (k < scanned.length && scanned[k]!.uid === uid) return;
+          const old = rows.get(uid);
+          if (old) gone.push(old);
+        });
+      }
       for (let i = 0; i < scanned.length; i++) {
         const m = scanned[i]!;
+        const keywords = normalizedKeywords(m.keywords);
+        if (digest && digest.matches(m.uid, m.guid, m.flags, keywords)) continue;
         const old = rows.get(m.uid);
         if (old && old.guid !== m.guid) {
           this.journalExpunge(old, '', now);
-          rows.delete(m.uid);
+          rows.remove(m.uid);
         } else if (old) {
-          const keywords = normalizedKeywords(m.keywords);
           if (old.flags === m.flags && sameKeywords(old.keywords, keywords)) continue;
           const modseq = this.nextModseq();
           this.journalFlags(m.uid, old, m.flags, keywords, '', now, modseq);
           const row = { ...old, flags: m.flags, keywords, modseq };
           this.index.putMessage(this.row.guid, row);
-          rows.set(m.uid, row);
+          rows.put(row);
           continue;
         }
         if (m.size < 0 || m.internalDate < 0) throw new Error(`internal error: the store did not stat new mail ${m.uid} in ${this.name.join('/')}`);
@@ -199,33 +243,33 @@ export class LocationMailbox {
           uid: m.uid,
           guid: m.guid,
           flags: m.flags,
-          keywords: normalizedKeywords(m.keywords),
+          keywords,
           modseq: initial ? 1 : this.nextModseq(),
           internalDate: m.internalDate,
           size: m.size,
           hdrHash: m.hdrHash ?? null,
         };
         this.index.putMessage(this.row.guid, row);
-        rows.set(m.uid, row);
+        rows.put(row);
       }
       if (initial && scanned.length > 0 && this.row.highestModseq === 0) this.row.highestModseq = 1;
-      // Every scanned UID (unique) now has a row: any further row is a message that is gone.
-      if (rows.size > scanned.length) {
+      // Every scanned UID now has a row: with all rows read, any further row is a message that is gone.
+      if (!digest && rows.count! > scanned.length) {
         const seen = new Set<number>();
         for (let i = 0; i < scanned.length; i++) seen.add(scanned[i]!.uid);
-        for (const [uid, gone] of rows) {
-          if (seen.has(uid)) continue;
-          this.journalExpunge(gone, '', now);
-          rows.delete(uid);
-        }
+        rows.loadAll().forEach((m) => {
+          if (!seen.has(m.uid)) gone.push(m);
+        });
+      }
+      for (const m of gone) {
+        this.journalExpunge(m, '', now);
+        rows.remove(m.uid);
       }
       const maxUid = scanned.length ? scanned[scanned.length - 1].uid : 0;
       this.row.uidNext = Math.max(status.uidNext, maxUid + 1);
       this.row.scanToken = token;
       this.index.putMailbox(this.row);
     });
-    // New rows were appended after higher ones may have been loaded: keep the map in UID order.
-    this.loadedMessages = inUidOrder(rows);
     this.loaded = true;
   }
 
@@ -266,7 +310,7 @@ export class LocationMailbox {
 
   /** The identity of the message at uid (see `identity`), or undefined if there is none. */
   keyOf(uid: number): string | undefined {
-    const m = this.messages.get(uid);
+    const m = this.rows.get(uid);
     return m ? this.key(m) : undefined;
   }
 
@@ -276,7 +320,7 @@ export class LocationMailbox {
 
   /** Computes (once, then kept in the index) the header hash of every message lacking one. */
   async ensureHeaderHashes(): Promise<void> {
-    const missing = [...this.messages.values()].filter((m) => !m.hdrHash);
+    const missing = [...this.rows.loadAll().values()].filter((m) => !m.hdrHash);
     if (missing.length === 0) return;
     // Several at once (reads overlap in the thread pool); small mails in one read, large ones
     // streamed only up to the end of their header.
@@ -324,24 +368,30 @@ export class LocationMailbox {
     // caller knows that every UID below sinceUid was checked before (the last completed sync),
     // only GUIDs of mails from sinceUid on can be second copies: usually none, so no set of every
     // GUID in the mailbox is built.
+    const rows = this.rows;
+    if (sinceUid > 0 && !rows.complete) {
+      // Without every row in memory: the recent GUIDs from their rows, their copies from the index.
+      const recent = new Set<string>();
+      for (const m of rows.from(sinceUid)) recent.add(m.guid);
+      if (recent.size === 0) return [];
+      return secondCopies(this.index.uidsWithGuids(this.row.guid, [...recent]));
+    }
+    const all = rows.loadAll();
     let candidates: Set<string> | null = null;
     if (sinceUid > 0) {
       const recent = new Set<string>();
       // forEach: no iterator objects per message in this per-mailbox pass over every message.
-      this.messages.forEach((m) => {
+      all.forEach((m) => {
         if (m.uid >= sinceUid) recent.add(m.guid);
       });
       if (recent.size === 0) return [];
       candidates = recent;
     }
-    const seen = new Set<string>();
-    const dups: number[] = [];
-    this.messages.forEach((m) => {
-      if (candidates && !candidates.has(m.guid)) return;
-      if (seen.has(m.guid)) dups.push(m.uid);
-      else seen.add(m.guid);
+    const list: MessageRow[] = [];
+    all.forEach((m) => {
+      if (!candidates || candidates.has(m.guid)) list.push(m);
     });
-    return dups;
+    return secondCopies(list);
   }
 
   /** The change records to send to a peer, and the same data as this side's view for the planner. */
@@ -356,7 +406,7 @@ export class LocationMailbox {
     const messages: MessageView[] = [];
     const expunges: ExpungeView[] = [];
     for (const [uid, a] of acc) {
-      if (a.expungedGuid === undefined || this.messages.has(uid)) continue;
+      if (a.expungedGuid === undefined || this.rows.has(uid)) continue;
       if (mode.lastCommonUid > 0 && uid > mode.lastCommonUid) continue;
       const key = this.identity === 'guid' ? a.expungedGuid : a.expungedHash;
       if (key) expunges.push({ uid, key });
@@ -372,7 +422,7 @@ export class LocationMailbox {
         nextExp = expIter.next();
       }
     };
-    this.messages.forEach((m) => {
+    const visit = (m: MessageRow): void => {
       const a = acc.get(m.uid);
       const isNew = m.uid > mode.lastCommonUid;
       if (!isNew && !mode.complete && !a) return;
@@ -415,7 +465,19 @@ export class LocationMailbox {
         changedAt: a?.changedAt ?? 0,
         internalDate: m.internalDate,
       });
-    });
+    };
+    const rows = this.rows;
+    if (mode.complete || rows.complete) {
+      rows.loadAll().forEach(visit);
+    } else {
+      // Only changed messages and those the peer has not seen are sent: just their rows are read.
+      const changed = [...acc.keys()].filter((uid) => uid <= mode.lastCommonUid).sort((x, y) => x - y);
+      for (const uid of changed) {
+        const m = rows.get(uid);
+        if (m) visit(m);
+      }
+      for (const m of rows.from(mode.lastCommonUid + 1)) visit(m);
+    }
     pushExpungesBelow(Infinity);
     return { records, view: { uidNext: this.row.uidNext, complete: mode.complete, messages, expunges } };
   }
@@ -425,7 +487,7 @@ export class LocationMailbox {
    * while this side moves the mail to another UID, so the UID is looked up again by GUID at read time.
    */
   openBody(uid: number, key?: string): (() => Promise<Buffer | Readable>) | null {
-    const m = this.messages.get(uid);
+    const m = this.rows.get(uid);
     if (!m || (key !== undefined && this.key(m) !== key)) return null;
     const want = m.guid;
     // One small closure per mail: a first sync queues one for every mail of the mailbox.
@@ -439,7 +501,7 @@ export class LocationMailbox {
    */
   bodyFileOf(uid: number, key?: string): (() => string | null) | undefined {
     if (!this.store.bodyFile) return undefined;
-    const m = this.messages.get(uid);
+    const m = this.rows.get(uid);
     if (!m || (key !== undefined && this.key(m) !== key)) return undefined;
     const want = m.guid;
     return () => {
@@ -450,7 +512,7 @@ export class LocationMailbox {
 
   /** The UID of mail `guid`, last seen as `uid` (it may have moved to another UID since). */
   private currentUid(uid: number, guid: string): number | undefined {
-    return this.messages.get(uid)?.guid === guid ? uid : this.uidOfGuid(guid);
+    return this.rows.get(uid)?.guid === guid ? uid : this.uidOfGuid(guid);
   }
 
   private async readBodyOf(uid: number, guid: string): Promise<Buffer | Readable> {
@@ -485,12 +547,14 @@ export class LocationMailbox {
   }
 
   private uidOfGuid(guid: string): number | undefined {
-    for (const m of this.messages.values()) if (m.guid === guid) return m.uid;
+    const rows = this.rows;
+    if (!rows.complete) return this.index.uidsWithGuids(this.row.guid, [guid])[0]?.uid;
+    for (const m of rows.loadAll().values()) if (m.guid === guid) return m.uid;
     return undefined;
   }
 
   message(uid: number): MessageRow | undefined {
-    return this.messages.get(uid);
+    return this.rows.get(uid);
   }
 
   // ---- applying a peer's changes (journaled with the peer as origin) ----
@@ -533,7 +597,7 @@ export class LocationMailbox {
           hdrHash: this.identity === 'hdrHash' ? r.guid : null,
         };
         this.index.putMessage(this.row.guid, row);
-        this.messages.set(r.uid, row);
+        this.rows.put(row);
       }
       this.row.uidNext = Math.max(this.row.uidNext, ...requests.map((r) => r.uid + 1));
       this.index.putMailbox(this.row);
@@ -569,7 +633,7 @@ export class LocationMailbox {
     if (!this.store.renumber) {
       const requests: SaveRequest[] = [];
       for (const m of moves) {
-        const old = this.messages.get(m.from);
+        const old = this.rows.get(m.from);
         const body = this.openBody(m.from);
         if (!old || !body) continue;
         requests.push({ uid: m.to, guid: old.guid, flags: m.flags, keywords: m.keywords, internalDate: old.internalDate, body });
@@ -596,13 +660,13 @@ export class LocationMailbox {
     const now = this.location.now();
     this.index.transaction(() => {
       for (const m of moves) {
-        const old = this.messages.get(m.from);
+        const old = this.rows.get(m.from);
         if (!old) continue;
         this.journalExpunge(old, origin, now);
-        this.messages.delete(m.from);
+        this.rows.remove(m.from);
         const row: MessageRow = { ...old, uid: m.to, modseq: this.nextModseq() };
         this.index.putMessage(this.row.guid, row);
-        this.messages.set(m.to, row);
+        this.rows.put(row);
       }
       this.row.uidNext = Math.max(this.row.uidNext, ...moves.map((m) => m.to + 1));
       this.index.putMailbox(this.row);
@@ -610,15 +674,15 @@ export class LocationMailbox {
   }
 
   async expunge(uids: number[], origin: string): Promise<number> {
-    const present = uids.filter((u) => this.messages.has(u));
+    const present = uids.filter((u) => this.rows.has(u));
     if (present.length === 0) return 0;
     await this.adoptStoreScan();
     await this.store.expunge(present);
     const now = this.location.now();
     this.index.transaction(() => {
       for (const uid of present) {
-        this.journalExpunge(this.messages.get(uid)!, origin, now);
-        this.messages.delete(uid);
+        this.journalExpunge(this.rows.get(uid)!, origin, now);
+        this.rows.remove(uid);
       }
       this.index.putMailbox(this.row);
     });
@@ -627,7 +691,7 @@ export class LocationMailbox {
 
   async updateFlags(updates: { uid: number; flags: number; keywords: string[] }[], origin: string): Promise<number> {
     const real = updates.filter((u) => {
-      const m = this.messages.get(u.uid);
+      const m = this.rows.get(u.uid);
       return m && (m.flags !== u.flags || !sameKeywords(m.keywords, u.keywords));
     });
     if (real.length === 0) return 0;
@@ -636,13 +700,13 @@ export class LocationMailbox {
     const now = this.location.now();
     this.index.transaction(() => {
       for (const u of real) {
-        const old = this.messages.get(u.uid)!;
+        const old = this.rows.get(u.uid)!;
         const keywords = [...u.keywords].sort();
         const modseq = this.nextModseq();
         this.journalFlags(u.uid, old, u.flags, keywords, origin, now, modseq);
         const row = { ...old, flags: u.flags, keywords, modseq };
         this.index.putMessage(this.row.guid, row);
-        this.messages.set(u.uid, row);
+        this.rows.put(row);
       }
       this.index.putMailbox(this.row);
     });
@@ -655,13 +719,13 @@ export class LocationMailbox {
     await this.store.reset(uidValidity);
     const now = this.location.now();
     this.index.transaction(() => {
-      for (const m of this.messages.values()) this.journalExpunge(m, origin, now);
+      for (const m of this.rows.loadAll().values()) this.journalExpunge(m, origin, now);
       this.index.deleteAllPeerStates(this.row.guid);
       this.row.uidValidity = uidValidity;
       this.row.uidNext = 1;
       this.index.putMailbox(this.row);
     });
-    this.loadedMessages = new Map();
+    this.rowsState = new MessageRows(this.index, this.row.guid, RowDigest.empty(), true);
     return true;
   }
 
@@ -729,14 +793,15 @@ function normalizedKeywords(k: readonly string[]): string[] {
   return k as string[];
 }
 
-/** The same map, its entries sorted by UID (a no-op copy avoided when already sorted). */
-function inUidOrder(rows: Map<number, MessageRow>): Map<number, MessageRow> {
-  let last = -1;
-  for (const uid of rows.keys()) {
-    if (uid < last) return new Map([...rows].sort((a, b) => a[0] - b[0]));
-    last = uid;
+/** Of rows in ascending UID order, the UIDs of second copies: every row but the first of a GUID. */
+function secondCopies(rows: readonly { uid: number; guid: string }[]): number[] {
+  const seen = new Set<string>();
+  const dups: number[] = [];
+  for (const m of rows) {
+    if (seen.has(m.guid)) dups.push(m.uid);
+    else seen.add(m.guid);
   }
-  return rows;
+  return dups;
 }
 
 function sameKeywords(a: readonly string[], b: readonly string[]): boolean {

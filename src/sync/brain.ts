@@ -291,11 +291,18 @@ async function settleTokens(ctx: Ctx): Promise<void> {
   const pending = ctx.settling.splice(0);
   ctx.settlingMessages = 0;
   try {
-    for (const box of pending) await box.refresh();
+    // A refresh that found changes made during the run records them: their digest goes with them.
+    for (const box of pending) {
+      await box.refresh();
+      box.recordSummary();
+    }
     const again = pending.filter((b) => b.tokenPending);
     if (again.length > 0) {
       await new Promise((r) => setTimeout(r, TOKEN_WAIT_MS));
-      for (const box of again) await box.refresh();
+      for (const box of again) {
+        await box.refresh();
+        box.recordSummary();
+      }
     }
   } finally {
     for (const box of pending) await box.close();
@@ -640,8 +647,9 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   const expunged = await box.expunge(expungeUids, ctx.peerId);
   const flagged = await box.updateFlags(actions.flagUpdates, ctx.peerId);
   if (!ctx.isSource) await box.raiseUidNext(plan.uidNext);
-  // Its rows are in memory now: the next run takes the count from the index instead of counting.
-  box.recordMessageCount();
+  // The next run takes the count from the index instead of counting, and compares the mailbox
+  // with the digest of its rows instead of reading them all.
+  box.recordSummary();
 
   if (backup) {
     // The backup source keeps no state (its index lives in memory), so neither side does.

@@ -9,6 +9,8 @@ import fc from 'fast-check';
 import { makeMessage } from './corpus.js';
 import { snapshot, type Snapshot } from './snapshot.js';
 import { mirror } from './mirror.js';
+import { checkDigests } from './digest-check.js';
+import { INDEX_FILE } from '../../src/sync/run.js';
 import { parseMailLocation } from '../../src/storage/location.js';
 import { openStore } from '../../src/storage/open.js';
 
@@ -147,6 +149,7 @@ export async function runHistory(rounds: { a: Op[]; b: Op[] }[], locations: Loca
       };
       const model: Model = { live: new Set(), counter: 0 };
       const uids = new Map<string, string>();
+      let digestsChecked = 0;
       try {
         // Both sides start with the same INBOX so their INBOX GUIDs merge on the first run.
         await mirror(a, b, opts);
@@ -159,12 +162,18 @@ export async function runHistory(rounds: { a: Op[]; b: Op[] }[], locations: Loca
           const sa = await view(a);
           const sb = await view(b);
           assert.deepEqual(sb, sa, 'both sides must be equal after a mirror');
+          // A digest the next refresh would trust must describe the rows exactly.
+          for (const side of ['a', 'b']) {
+            const file = path.join(root, side, INDEX_FILE);
+            if (fs.existsSync(file)) digestsChecked += checkDigests(file, side);
+          }
           const present = new Set(sa.mailboxes.flatMap((m) => m.messages.map((x) => x.sha)));
           for (const s of model.live) assert.ok(present.has(s), `mail ${s} was lost`);
           checkUidsStable(sa, uids);
           // Everything present now is the new baseline of what must not be lost.
           model.live = present;
         }
+        if (a.startsWith('maildir:') && rounds.length > 0) assert.ok(digestsChecked > 0, 'no digest was checked: is the index where this test looks?');
         const before = await view(a);
         const again = await mirror(a, b, opts);
         assert.equal(again.exitCode, 0);

@@ -6,13 +6,11 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import { Location } from '../../src/location/location.js';
-import { Logger } from '../../src/util/log.js';
-import { makeMaildir, msg, openMaildir, tempDir, writeMail } from '../storage/helpers.js';
+import type { LocationMailbox } from '../../src/location/mailbox.js';
+import { withFirstMailbox } from './helpers.js';
+import { makeMaildir, msg, tempDir, writeMail } from '../storage/helpers.js';
 import { mirrorArgs, putFile, syncedOk, tempDir as tempDirOf } from '../robustness/helpers.js';
 import { INDEX_FILE } from '../../src/sync/run.js';
-
-const quiet = new Logger({ sink: { write: () => undefined } });
 
 test('messageCount: recorded with its modseq, trusted while that holds, counted again after any change', async (t) => {
   const dir = tempDir(t);
@@ -21,21 +19,15 @@ test('messageCount: recorded with its modseq, trusted while that holds, counted 
   makeMaildir(root);
   for (let i = 1; i <= 3; i++) writeMail(path.join(root, 'cur', `1000.M${i}P1.h:2,S`), msg(i), 1000 + i);
 
-  /** One "run": opens the location and the mailbox, refreshes it, and counts without its rows. */
-  const run = async (): Promise<number> => {
-    const loc = Location.open(await openMaildir(`maildir:${root}`), { indexPath, log: quiet });
-    try {
-      await loc.refreshTree();
-      const box = (await loc.openMailbox(loc.mailboxes()[0]!.guid))!;
+  const open = <T>(fn: (box: LocationMailbox) => Promise<T>): Promise<T> => withFirstMailbox(root, indexPath, fn);
+  /** A run that syncs the mailbox: scans it and, as at the end of a mailbox's sync, records its summary. */
+  const sync = (record = true) =>
+    open(async (box) => {
       await box.refresh(true);
-      box.dropRows(); // the count comes from the index, not from rows in memory
-      const n = box.messageCount;
-      await box.close();
-      return n;
-    } finally {
-      loc.close();
-    }
-  };
+      if (record) box.recordSummary();
+    });
+  /** A run that does not touch the mailbox: its count comes from the index, without rows. */
+  const count = () => open(async (box) => box.messageCount);
   const recorded = () => {
     const db = new Database(indexPath);
     try {
@@ -45,7 +37,8 @@ test('messageCount: recorded with its modseq, trusted while that holds, counted 
     }
   };
 
-  assert.equal(await run(), 3);
+  await sync();
+  assert.equal(await count(), 3);
   const first = recorded();
   assert.deepEqual([first.count, first.modseq], [3, first.highest]);
 
@@ -53,23 +46,26 @@ test('messageCount: recorded with its modseq, trusted while that holds, counted 
   const db = new Database(indexPath);
   db.prepare('UPDATE mailboxes SET message_count = 42').run();
   db.close();
-  assert.equal(await run(), 42, 'nothing changed: the recorded count is taken, not recounted');
+  assert.equal(await count(), 42, 'nothing changed: the recorded count is taken, not recounted');
 
-  // A new mail raises the modseq: counted again.
+  // A new mail raises the modseq: counted again, even when the scan recorded no count.
   writeMail(path.join(root, 'new', '2000.M9P1.h'), msg(9), 2000);
-  assert.equal(await run(), 4);
+  await sync(false);
+  assert.equal(await count(), 4);
   assert.equal(recorded().count, 4);
 
   // An expunge made outside dsync likewise.
   fs.unlinkSync(path.join(root, 'cur', '1000.M1P1.h:2,S'));
-  assert.equal(await run(), 3);
+  await sync();
+  assert.equal(await count(), 3);
 
   // UIDVALIDITY changed outside dsync: the index forgets the mailbox's messages without a modseq
   // of their own; the count must not survive that.
   const uidlist = path.join(root, 'dovecot-uidlist');
   fs.writeFileSync(uidlist, fs.readFileSync(uidlist, 'utf8').replace(/ V\d+/, ' V1999999999'));
   for (const f of fs.readdirSync(path.join(root, 'cur'))) fs.unlinkSync(path.join(root, 'cur', f));
-  assert.equal(await run(), 0);
+  await sync();
+  assert.equal(await count(), 0);
 });
 
 test('after a sync every mailbox count is on record at its current modseq: the next run counts nothing', (t) => {
