@@ -79,16 +79,21 @@ export class RowDigest {
     return this.live;
   }
 
+  /** Where the last lookup found its UID: a scan asks for ascending UIDs, mostly the next entry's. */
+  private hint = 0;
+
   /** Position of uid's entry (removed or not), or -1. */
   private find(uid: number): number {
     const uids = this.uids;
+    const next = this.hint + 1;
+    if (next < this.sortedUpTo && uids[next] === uid) return (this.hint = next);
     for (let i = this.sortedUpTo; i < this.used; i++) if (uids[i] === uid) return i;
     let lo = 0;
     let hi = this.sortedUpTo - 1;
     while (lo <= hi) {
       const mid = (lo + hi) >>> 1;
       const u = uids[mid]!;
-      if (u === uid) return mid;
+      if (u === uid) return (this.hint = mid);
       if (u < uid) lo = mid + 1;
       else hi = mid - 1;
     }
@@ -121,7 +126,7 @@ export class RowDigest {
     if (i < 0) return false;
     const st = this.states[i]!;
     if (st & REMOVED || (st & FLAG_BITS) !== flags) return false;
-    const n = this.setNumbers.get(keywordKey(keywords));
+    const n = keywords.length === 0 ? 0 : this.setNumbers.get(keywordKey(keywords));
     if (n === undefined || st >>> KW_SHIFT !== n) return false;
     hashGuid(guid);
     return this.lo[i] === hashLo && this.hi[i] === hashHi;

@@ -153,8 +153,9 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
     else await slaveMailboxes(ctx);
     ctx.log.debug(`mailboxes synced in ${msSince(t0)}`);
     t0 = performance.now();
-    await settleTokens(ctx);
-    ctx.log.debug(`change tokens settled in ${msSince(t0)}`);
+    const settled = await settleTokens(ctx);
+    const again = settled.retried ? ` (${settled.retried} checked again after ${TOKEN_WAIT_MS} ms)` : '';
+    ctx.log.debug(`change tokens of ${settled.mailboxes} mailboxes settled${again} in ${msSince(t0)}`);
   } finally {
     for (const box of ctx.open.values()) await box.close();
     for (const box of ctx.settling) await box.close();
@@ -287,7 +288,7 @@ const TOKEN_WAIT_MS = 35;
  * changed too recently for one are retried once after TOKEN_WAIT_MS. Whatever still has no token
  * (a file system with whole-second times) is scanned next time.
  */
-async function settleTokens(ctx: Ctx): Promise<void> {
+async function settleTokens(ctx: Ctx): Promise<{ mailboxes: number; retried: number }> {
   const pending = ctx.settling.splice(0);
   ctx.settlingMessages = 0;
   try {
@@ -304,6 +305,7 @@ async function settleTokens(ctx: Ctx): Promise<void> {
         box.recordSummary();
       }
     }
+    return { mailboxes: pending.length, retried: again.length };
   } finally {
     for (const box of pending) await box.close();
   }

@@ -39,6 +39,7 @@ import {
 import { withDotLock, type DotLock } from './lock.js';
 import {
   emptyUidlist,
+  entriesByBase,
   entryGuid,
   formatEntry,
   isMailboxGuid,
@@ -1393,22 +1394,6 @@ export class MaildirMailbox implements StoreMailbox {
 }
 
 /** Base names a uidlist lists, built once per parsed uidlist and kept up to date by saves. */
-/**
- * A uidlist's entries by base name, kept per uidlist object. Valid while its entries array is the
- * same one with the same length: uidlists read for scanning are never changed, and the ones
- * changed under the lock get new arrays or grow.
- */
-const entryMaps = new WeakMap<Uidlist, { entries: UidlistEntry[]; length: number; map: Map<string, UidlistEntry> }>();
-function entriesByBase(ul: Uidlist): ReadonlyMap<string, UidlistEntry> {
-  const c = entryMaps.get(ul);
-  if (c && c.entries === ul.entries && c.length === ul.entries.length) return c.map;
-  const map = new Map<string, UidlistEntry>();
-  const entries = ul.entries;
-  for (let i = 0; i < entries.length; i++) map.set(entries[i]!.base, entries[i]!);
-  entryMaps.set(ul, { entries, length: entries.length, map });
-  return map;
-}
-
 const listedCache = new WeakMap<Uidlist, Set<string>>();
 function listedBases(ul: Uidlist): Set<string> {
   let set = listedCache.get(ul);

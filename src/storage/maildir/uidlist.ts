@@ -121,34 +121,46 @@ const NO_EXT: [string, string][] = Object.freeze([]) as unknown as [string, stri
 
 /** Parses one entry line; returns null when it is garbled. */
 export function parseEntry(line: string, version: number): UidlistEntry | null {
-  const sp = line.indexOf(' ');
-  if (sp <= 0) return null;
-  const uid = parseUint(line.slice(0, sp));
-  if (uid === null || uid === 0) return null;
-  let rest = line.slice(sp + 1);
-  let ext: [string, string][] = NO_EXT;
-  let fileName: string;
-  if (version === 1) {
-    fileName = rest;
-  } else {
-    for (;;) {
-      if (rest.startsWith(':')) {
-        fileName = rest.slice(1);
-        break;
-      }
-      const next = rest.indexOf(' ');
-      if (next < 0) return null; // no ":<file name>" part
-      const tok = rest.slice(0, next);
-      const key = tok[0];
-      if (key === undefined || key < 'A' || key > 'Z') return null;
-      if (ext === NO_EXT) ext = [];
-      ext.push([key, tok.slice(1)]);
-      rest = rest.slice(next + 1);
-    }
+  return parseEntryAt(line, 0, line.length, version);
+}
+
+/**
+ * Parses the entry line text[start, end); null when it is garbled. Works on the text in place
+ * (no line strings, no regular expressions): a large mailbox's uidlist has one line per mail and
+ * is read by every scan of it.
+ */
+function parseEntryAt(text: string, start: number, end: number, version: number): UidlistEntry | null {
+  let i = start;
+  let uid = 0;
+  while (i < end) {
+    const c = text.charCodeAt(i);
+    if (c < 48 || c > 57) break;
+    uid = uid * 10 + (c - 48);
+    i++;
   }
-  const colon = fileName.indexOf(':');
-  const base = colon < 0 ? fileName : fileName.slice(0, colon);
-  if (base === '' || base.includes('/') || base.includes('\0')) return null;
+  const digits = i - start;
+  if (digits === 0 || digits > 10 || uid === 0 || uid > MAX_UID || i >= end || text.charCodeAt(i) !== 32) return null;
+  i++;
+  let ext: [string, string][] = NO_EXT;
+  if (version !== 1) {
+    // Extension fields ("<key><value> "), then ":<file name>".
+    while (text.charCodeAt(i) !== 58) {
+      const sp = text.indexOf(' ', i);
+      if (sp < 0 || sp >= end) return null; // no ":<file name>" part
+      const key = text.charCodeAt(i);
+      if (!(key >= 65 && key <= 90)) return null;
+      if (ext === NO_EXT) ext = [];
+      ext.push([text[i]!, text.slice(i + 1, sp)]);
+      i = sp + 1;
+    }
+    i++;
+  }
+  // The base name: the file name up to its first ':'.
+  let stop = text.indexOf(':', i);
+  if (stop < 0 || stop > end) stop = end;
+  if (stop === i) return null;
+  const base = text.slice(i, stop);
+  if (base.includes('/') || base.includes('\0')) return null;
   return { uid, base, ext };
 }
 
@@ -156,47 +168,70 @@ export function parseEntry(line: string, version: number): UidlistEntry | null {
 export function parseUidlist(text: string, warn: Warn, where = UIDLIST_NAME): Uidlist {
   if (text === '') return emptyUidlist();
   const endsWithNewline = text.endsWith('\n');
-  const lines = text.split('\n');
-  if (endsWithNewline) lines.pop();
-  const { header, ok } = parseHeader(lines[0]!, warn, where);
+  const firstEnd = text.indexOf('\n');
+  const { header, ok } = parseHeader(firstEnd < 0 ? text : text.slice(0, firstEnd), warn, where);
   const entries: UidlistEntry[] = [];
-  const bases = new Set<string>();
+  const byBase = new Map<string, UidlistEntry>();
   let needsRewrite = !ok || header.version !== 3;
   let prevUid = 0;
   let garbled = 0;
-  for (let i = 1; i < lines.length; i++) {
-    const line = lines[i]!;
-    if (line === '') continue;
-    const e = parseEntry(line, header.version);
+  let lineNo = 1;
+  for (let pos = firstEnd < 0 ? text.length : firstEnd + 1; pos < text.length; ) {
+    let end = text.indexOf('\n', pos);
+    if (end < 0) end = text.length;
+    lineNo++;
+    const lineStart = pos;
+    pos = end + 1;
+    if (end === lineStart) continue;
+    const e = parseEntryAt(text, lineStart, end, header.version);
     if (!e) {
       garbled++;
-      if (garbled <= 5) warn(`${where}:${i + 1}: skipping garbled line "${line.slice(0, 120)}"`);
+      if (garbled <= 5) warn(`${where}:${lineNo}: skipping garbled line "${text.slice(lineStart, Math.min(end, lineStart + 120))}"`);
       needsRewrite = true;
       continue;
     }
     if (e.uid <= prevUid) {
-      warn(`${where}:${i + 1}: UID ${e.uid} is not above the previous UID ${prevUid}; skipping the line`);
+      warn(`${where}:${lineNo}: UID ${e.uid} is not above the previous UID ${prevUid}; skipping the line`);
       needsRewrite = true;
       continue;
     }
-    if (bases.has(e.base)) {
-      warn(`${where}:${i + 1}: file ${e.base} is listed twice; keeping the first UID`);
+    if (byBase.has(e.base)) {
+      warn(`${where}:${lineNo}: file ${e.base} is listed twice; keeping the first UID`);
       needsRewrite = true;
       continue;
     }
-    bases.add(e.base);
+    byBase.set(e.base, e);
     entries.push(e);
     prevUid = e.uid;
   }
   if (garbled > 5) warn(`${where}: ${garbled} garbled lines skipped in total`);
   const highest = entries.length > 0 ? entries[entries.length - 1]!.uid : 0;
-  return {
+  const ul: Uidlist = {
     header,
     entries,
     nextUid: Math.max(header.nextUid, highest + 1),
     needsRewrite,
     endsWithNewline,
   };
+  entryMaps.set(ul, { entries, length: entries.length, map: byBase });
+  return ul;
+}
+
+const entryMaps = new WeakMap<Uidlist, { entries: UidlistEntry[]; length: number; map: Map<string, UidlistEntry> }>();
+
+/**
+ * A uidlist's entries by base name, kept per uidlist object (a parse makes it on the way). Valid
+ * while its entries array is the same one with the same length: uidlists read for scanning are
+ * never changed, and the ones changed under the lock get new arrays or grow.
+ */
+export function entriesByBase(ul: Uidlist): ReadonlyMap<string, UidlistEntry> {
+  const c = entryMaps.get(ul);
+  if (c && c.entries === ul.entries && c.length === ul.entries.length) return c.map;
+  const map = new Map<string, UidlistEntry>();
+  const entries = ul.entries;
+  for (let i = 0; i < entries.length; i++) map.set(entries[i]!.base, entries[i]!);
+  entryMaps.set(ul, { entries, length: entries.length, map });
+  return map;
 }
 
 export function formatHeader(h: UidlistHeader, nextUid: number): string {
