@@ -127,9 +127,19 @@ export class LocationMailbox {
     this.summarized = at;
   }
 
-  /** Messages held in memory (0 until something needed them). */
+  /** Index rows held in memory (0 until something needed them). */
   get loadedCount(): number {
     return this.rowsState ? this.rowsState.loadedCount : 0;
+  }
+
+  /**
+   * Messages whose data this handle holds in memory: its rows and, once its store scanned the
+   * mailbox, the store's (one entry per message, even when few rows were read). What the brain's
+   * budget of open handles counts.
+   */
+  get heldCount(): number {
+    const rows = this.loadedCount;
+    return this.storeScanned ? Math.max(rows, this.messageCount) : rows;
   }
 
   /**

@@ -201,8 +201,8 @@ async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise
       await box.close();
       throw err;
     }
-    if (kept + box.loadedCount <= KEEP_OPEN_MESSAGES) {
-      kept += box.loadedCount;
+    if (kept + box.heldCount <= KEEP_OPEN_MESSAGES) {
+      kept += box.heldCount;
       ctx.open.set(box.guid, box);
     } else {
       await box.close();
@@ -319,8 +319,8 @@ async function release(ctx: Ctx, guid: string): Promise<void> {
   // Kept to settle its token at the end of the run, without its messages (see dropRows). A store
   // that cannot drop its per-message data keeps it: such handles share one budget.
   const compact = box.settlesCompactly;
-  if (box.tokenPending && (compact || ctx.settlingMessages + box.loadedCount <= KEEP_OPEN_MESSAGES)) {
-    if (!compact) ctx.settlingMessages += box.loadedCount;
+  if (box.tokenPending && (compact || ctx.settlingMessages + box.heldCount <= KEEP_OPEN_MESSAGES)) {
+    if (!compact) ctx.settlingMessages += box.heldCount;
     box.dropRows();
     ctx.settling.push(box);
   } else {
