@@ -159,6 +159,25 @@ export class LocationMailbox {
     return this.location.index;
   }
 
+  /**
+   * Runs an index transaction that also changes this handle's memory (rows, digest, the mailbox
+   * row). If it fails, the index rolled back but memory did not: the handle forgets what it holds
+   * and reads it again from the index, and no longer counts as having scanned the store, so that a
+   * later refresh scans again instead of trusting a comparison the index never recorded.
+   */
+  private write<T>(fn: () => T): T {
+    try {
+      return this.index.transaction(fn);
+    } catch (err) {
+      this.rowsState = null;
+      this.summarized = '';
+      this.storeScanned = false;
+      const stored = this.index.mailbox(this.row.guid);
+      if (stored) this.row = { ...stored, name: this.row.name };
+      throw err;
+    }
+  }
+
   private nextModseq(): number {
     void this.rows;
     this.row.highestModseq += 1;
@@ -207,7 +226,7 @@ export class LocationMailbox {
     });
     this.storeScanned = true;
     const now = this.location.now();
-    this.index.transaction(() => {
+    this.write(() => {
       if (reset) {
         // The mailbox was recreated or its UIDs reset outside dsync: nothing we knew holds.
         if (this.row.uidValidity !== 0) this.location.log.warn(`mailbox ${this.name.join(this.location.separator)}: UIDVALIDITY changed from ${this.row.uidValidity} to ${status.uidValidity} outside dsync`);
@@ -594,7 +613,7 @@ export class LocationMailbox {
 
   private recordSaves(requests: (SaveRequest & { size?: number })[]): void {
     if (requests.length === 0) return;
-    this.index.transaction(() => {
+    this.write(() => {
       for (const r of requests) {
         const row: MessageRow = {
           uid: r.uid,
@@ -668,7 +687,7 @@ export class LocationMailbox {
   private recordMoves(moves: { from: number; to: number }[], origin: string): void {
     if (moves.length === 0) return;
     const now = this.location.now();
-    this.index.transaction(() => {
+    this.write(() => {
       for (const m of moves) {
         const old = this.rows.get(m.from);
         if (!old) continue;
@@ -689,7 +708,7 @@ export class LocationMailbox {
     await this.adoptStoreScan();
     await this.store.expunge(present);
     const now = this.location.now();
-    this.index.transaction(() => {
+    this.write(() => {
       for (const uid of present) {
         this.journalExpunge(this.rows.get(uid)!, origin, now);
         this.rows.remove(uid);
@@ -708,7 +727,7 @@ export class LocationMailbox {
     await this.adoptStoreScan();
     await this.store.updateFlags(real);
     const now = this.location.now();
-    this.index.transaction(() => {
+    this.write(() => {
       for (const u of real) {
         const old = this.rows.get(u.uid)!;
         const keywords = [...u.keywords].sort();
@@ -728,7 +747,7 @@ export class LocationMailbox {
     if (!this.store.reset) return false;
     await this.store.reset(uidValidity);
     const now = this.location.now();
-    this.index.transaction(() => {
+    this.write(() => {
       for (const m of this.rows.loadAll().values()) this.journalExpunge(m, origin, now);
       this.index.deleteAllPeerStates(this.row.guid);
       this.row.uidValidity = uidValidity;
@@ -741,7 +760,7 @@ export class LocationMailbox {
 
   async setUidValidity(uidValidity: number): Promise<void> {
     await this.store.setUidValidity(uidValidity);
-    this.index.transaction(() => {
+    this.write(() => {
       this.index.deleteAllPeerStates(this.row.guid);
       this.row.uidValidity = uidValidity;
       this.index.putMailbox(this.row);

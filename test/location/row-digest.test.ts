@@ -183,3 +183,31 @@ test('a digest from another modseq, or one that does not decode, is not used', a
     assert.equal(box.message(4)?.flags, Flag.Deleted, 'the change is found');
   });
 });
+
+test('a refresh whose index transaction fails leaves nothing trusted: the same handle finds the change again', async (t) => {
+  const { root, indexPath, withBox } = fixture(t, 30);
+  await withBox(async (box) => (await box.refresh(true), box.recordSummary()));
+  fs.renameSync(path.join(root, 'cur', '1004.M4P1.h:2,T'), path.join(root, 'cur', '1004.M4P1.h:2,S'));
+  await withBox(async (box) => {
+    const index = box.location.index;
+    const addChange = index.addChange.bind(index);
+    index.addChange = () => {
+      throw new Error('disk full (simulated)');
+    };
+    try {
+      await assert.rejects(box.refresh(), /disk full/);
+    } finally {
+      index.addChange = addChange;
+    }
+    await box.refresh();
+    assert.equal(box.message(4)?.flags, Flag.Seen, 'the flag change is in the index now');
+    box.recordSummary();
+  });
+  const changes = indexContent(indexPath).changes as { uid: number; kind: string; origin: string }[];
+  assert.deepEqual(
+    changes.map((c) => `${c.kind}:${c.uid}:${c.origin}`),
+    ['flags:4:'],
+    'journaled once, as a change made outside dsync',
+  );
+  assert.equal(checkDigests(indexPath), 1);
+});
