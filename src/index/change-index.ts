@@ -7,7 +7,10 @@ import { randomBytes } from '../util/builtin.js';
 import { existsSync, renameSync, statSync, unlinkSync } from 'node:fs';
 import { NO_STRINGS } from '../util/empty.js';
 
-const SCHEMA_VERSION = '1';
+// 2: the digests table. An index of version 2 is not opened by an older dsync (it rebuilds it
+// from the mail store instead): its changes would leave the digests stale, and one that came to
+// the same modseq again (a mailbox deleted and created anew) would be trusted.
+const SCHEMA_VERSION = '2';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -164,9 +167,13 @@ export class ChangeIndex {
       if (!cols.some((c) => c.name === column.split(' ')[0])) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column}`);
     }
     this.stmts = this.prepare();
-    if (this.getMeta('schema_version') === undefined) {
+    const version = this.getMeta('schema_version');
+    if (version === undefined) {
       this.setMeta('schema_version', SCHEMA_VERSION);
       this.setMeta('location_id', randomBytes(16).toString('hex'));
+    } else if (version === '1') {
+      // Version 1 lacks only what SCHEMA and the columns above just added.
+      this.setMeta('schema_version', SCHEMA_VERSION);
     }
   }
 

@@ -256,3 +256,34 @@ test('the change index is held exclusively while open: no shared-memory file, ot
     after.close();
   }
 });
+
+test('an index of schema version 1 (before digests) is upgraded in place; one of a later version is rebuilt', (t) => {
+  const file = path.join(tempDir(t), INDEX_FILE);
+  const first = ChangeIndex.open(file).index;
+  const id = first.locationId;
+  first.close();
+  const db = new Database(file);
+  db.prepare("UPDATE meta SET value = '1' WHERE key = 'schema_version'").run();
+  db.exec('DROP TABLE digests');
+  db.close();
+  const upgraded = ChangeIndex.open(file);
+  try {
+    assert.equal(upgraded.rebuiltReason, undefined, 'kept, not rebuilt');
+    assert.equal(upgraded.index.locationId, id);
+    assert.equal(upgraded.index.getMeta('schema_version'), '2');
+    assert.equal(upgraded.index.digestMadeAt('x'), undefined, 'the digests table exists');
+  } finally {
+    upgraded.index.close();
+  }
+  // What an older dsync does with this index, a newer one's does to ours: it starts over.
+  const db2 = new Database(file);
+  db2.prepare("UPDATE meta SET value = '3' WHERE key = 'schema_version'").run();
+  db2.close();
+  const later = ChangeIndex.open(file);
+  try {
+    assert.match(later.rebuiltReason ?? '', /unknown schema version 3/);
+    assert.notEqual(later.index.locationId, id);
+  } finally {
+    later.index.close();
+  }
+});
