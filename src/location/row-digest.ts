@@ -67,7 +67,7 @@ export class RowDigest {
     return new RowDigest(capacity, ['']);
   }
 
-  /** The digest of rows given in ascending UID order; null if they are not (or too varied). */
+  /** The digest of these rows; null when it cannot hold them (flags beyond its 8 bits, too many keyword sets). */
   static of(rows: Iterable<MessageRow>, count: number): RowDigest | null {
     const d = new RowDigest(Math.max(count, 16), ['']);
     for (const r of rows) if (!d.put(r)) return null;
