@@ -107,7 +107,8 @@ export class LocationMailbox {
     const rows = this.rowsState;
     const at = `${this.row.highestModseq}/${this.row.uidValidity}`;
     if (!rows || at === this.summarized) return;
-    // Only what the index holds: after a failed transaction, memory may be ahead of it.
+    // Only what the index holds. write() already puts memory back after a failed transaction;
+    // this also keeps out a mailbox row changed in the index other than through this handle.
     const stored = this.index.mailbox(this.row.guid);
     if (!stored || stored.highestModseq !== this.row.highestModseq || stored.uidValidity !== this.row.uidValidity) return;
     if (!rows.digest && rows.complete) {

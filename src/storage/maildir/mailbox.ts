@@ -638,8 +638,7 @@ export class MaildirMailbox implements StoreMailbox {
         for (const b of unlisted) {
           if (freshBases.has(b)) continue;
           if (fresh.nextUid > MAX_UID) throw new StorageError(`mailbox ${this.label}: UID space exhausted`, 'IO');
-          const guid = pending?.get(b);
-          const e: UidlistEntry = { uid: fresh.nextUid++, base: b, ext: guid !== undefined && guid !== b ? [['G', guid]] : [] };
+          const e = unlistedEntry(fresh.nextUid++, b, pending);
           added.push(e);
           fresh.entries.push(e);
         }
@@ -656,10 +655,7 @@ export class MaildirMailbox implements StoreMailbox {
       const withUnlisted = new Map(listed);
       let nextUid = (ul ?? emptyUidlist()).nextUid;
       const pending = readPendingGuids(this.pendingGuidsPath, warn);
-      for (const b of unlisted) {
-        const guid = pending?.get(b);
-        withUnlisted.set(b, { uid: nextUid++, base: b, ext: guid !== undefined && guid !== b ? [['G', guid]] : [] });
-      }
+      for (const b of unlisted) withUnlisted.set(b, unlistedEntry(nextUid++, b, pending));
       listed = withUnlisted;
     }
 
@@ -1391,6 +1387,12 @@ export class MaildirMailbox implements StoreMailbox {
     this.kwCache = null;
     this.scanned = false;
   }
+}
+
+/** The uidlist entry for a file it does not list yet: its GUID from the pending record if there is one, else its name. */
+function unlistedEntry(uid: number, base: string, pending: ReadonlyMap<string, string> | null): UidlistEntry {
+  const guid = pending?.get(base);
+  return { uid, base, ext: guid !== undefined && guid !== base ? [['G', guid]] : [] };
 }
 
 /** Base names a uidlist lists, built once per parsed uidlist and kept up to date by saves. */
