@@ -5,6 +5,7 @@ import { hostname } from 'node:os';
 import type { Channel } from '../transport/channel.js';
 import { ProtocolError, expectRecord, recvList } from '../transport/channel.js';
 import type { Location } from '../location/location.js';
+import type { MailboxRow } from '../index/change-index.js';
 import type { ExportMode, LocationMailbox } from '../location/mailbox.js';
 import { msSince, type Logger } from '../util/log.js';
 import { BodySourceError, type SaveRequest } from '../storage/types.js';
@@ -21,6 +22,7 @@ import { planMailbox, type MessageView, type SaveAction, type SideActions, type 
 import { planBackup } from './decide/backup-plan.js';
 import { nameKey } from './decide/name-hash.js';
 import { applyTreeActions } from './tree-apply.js';
+import { Lookahead } from './lookahead.js';
 import { forbiddenChars, makeNameNormalizer } from './names.js';
 import { traceMemory, trimHeap } from '../util/memory.js';
 import { NO_STRINGS, orShared } from '../util/empty.js';
@@ -63,6 +65,8 @@ interface Ctx {
   isSource: boolean;
   isDestination: boolean;
   open: Map<string, LocationMailbox>;
+  /** Mailboxes opened and checked for changes ahead of their turn. */
+  ahead: Lookahead<LocationMailbox> | null;
   /** Finished mailboxes kept open until the end of the run to record their change tokens (see settleTokens). */
   settling: LocationMailbox[];
   /** Messages held by settling handles whose store keeps its per-message data (see release). */
@@ -128,6 +132,7 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
     isSource: settings.backup === 'send',
     isDestination: settings.backup === 'recv',
     open: new Map(),
+    ahead: null,
     settling: [],
     settlingMessages: 0,
     unsyncable: new Set(),
@@ -151,12 +156,14 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
     t0 = performance.now();
     if (role === 'master') await masterMailboxes(ctx);
     else await slaveMailboxes(ctx);
+    await ctx.ahead?.stop();
     ctx.log.debug(`mailboxes synced in ${msSince(t0)}`);
     t0 = performance.now();
     const settled = await settleTokens(ctx);
     const again = settled.retried ? ` (${settled.retried} checked again after ${TOKEN_WAIT_MS} ms)` : '';
     ctx.log.debug(`change tokens of ${settled.mailboxes} mailboxes settled${again} in ${msSince(t0)}`);
   } finally {
+    await ctx.ahead?.stop();
     for (const box of ctx.open.values()) await box.close();
     for (const box of ctx.settling) await box.close();
   }
@@ -172,6 +179,8 @@ function wanted(ctx: Ctx, name: string[]): boolean {
 
 /** Messages whose mailbox handles the tree phase may keep open for the mailbox phase. */
 const KEEP_OPEN_MESSAGES = 10_000;
+/** Changed (scanned) mailboxes the lookahead may hold before their turn. */
+const LOOKAHEAD_SCANNED = 2;
 
 async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise<void> {
   const { loc, ch } = ctx;
@@ -260,16 +269,25 @@ async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise
 // ---------------------------------------------------------------- mailboxes
 
 async function getBox(ctx: Ctx, guid: string): Promise<LocationMailbox | undefined> {
-  let box = ctx.open.get(guid);
-  if (!box) {
-    box = await ctx.loc.openMailbox(guid);
-    if (!box) return undefined;
-    // Scans the mailbox if it changed since its last scan (with -f the tree phase scanned all).
-    const t0 = performance.now();
+  const open = ctx.open.get(guid);
+  if (open) return open;
+  const box = await (ctx.ahead ? ctx.ahead.take(guid) : openAndRefresh(ctx, guid));
+  if (box) ctx.open.set(guid, box);
+  return box;
+}
+
+async function openAndRefresh(ctx: Ctx, guid: string): Promise<LocationMailbox | undefined> {
+  const box = await ctx.loc.openMailbox(guid);
+  if (!box) return undefined;
+  // Scans the mailbox if it changed since its last scan (with -f the tree phase scanned all).
+  const t0 = performance.now();
+  try {
     await box.refresh();
-    ctx.log.debug(`mailbox ${ctx.show(box.name)}: checked for changes in ${msSince(t0)}`);
-    ctx.open.set(guid, box);
+  } catch (e) {
+    await box.close().catch(() => undefined);
+    throw e;
   }
+  ctx.log.debug(`mailbox ${ctx.show(box.name)}: checked for changes in ${msSince(t0)}`);
   return box;
 }
 
@@ -367,11 +385,27 @@ function lostRecord(guid: string): MailboxRecord {
   };
 }
 
-async function masterMailboxes(ctx: Ctx): Promise<void> {
-  const rows = ctx.loc
+/** Starts checking the mailboxes of rows for changes ahead of their turn (see Lookahead). */
+function startLookahead(ctx: Ctx, rows: MailboxRow[]): void {
+  ctx.ahead = new Lookahead<LocationMailbox>(
+    rows.map((r) => r.guid),
+    (guid) => openAndRefresh(ctx, guid),
+    { scanned: LOOKAHEAD_SCANNED, messages: KEEP_OPEN_MESSAGES },
+  );
+  ctx.ahead.pump();
+}
+
+/** The mailboxes to sync, in the order the master syncs them. */
+function mailboxOrder(ctx: Ctx): MailboxRow[] {
+  return ctx.loc
     .mailboxes()
     .filter((r) => wanted(ctx, r.name))
     .sort((a, b) => (nameKey(a.name) < nameKey(b.name) ? -1 : 1));
+}
+
+async function masterMailboxes(ctx: Ctx): Promise<void> {
+  const rows = mailboxOrder(ctx);
+  startLookahead(ctx, rows);
   for (const row of rows) {
     const box = await getBox(ctx, row.guid);
     if (!box) continue;
@@ -401,6 +435,9 @@ async function masterMailboxes(ctx: Ctx): Promise<void> {
 }
 
 async function slaveMailboxes(ctx: Ctx): Promise<void> {
+  // The master goes through the mailboxes in the order of its names, which the tree phase made
+  // ours too: the lookahead follows the same order.
+  startLookahead(ctx, mailboxOrder(ctx));
   for (;;) {
     const rec = await ctx.ch.recv();
     if (rec.type === 'end') break;

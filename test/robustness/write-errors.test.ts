@@ -169,3 +169,47 @@ test('an unreadable message file: every other mail is still copied, the run ends
   assertContainsOnce(sb, [[sha(bodies[0]!), 'INBOX'], [sha(bodies[2]!), 'INBOX']], 'B');
   assertNoDuplicates(sb, 'B');
 });
+
+// Mailboxes are checked for changes ahead of their turn (src/sync/lookahead.ts) while earlier
+// ones are synced. One that cannot be read must fail the run when its turn comes, with its own
+// error, after the mailboxes before it were synced, and not as a crash of the process.
+test('a mailbox that cannot be read, checked ahead of its turn: the mailboxes before it are synced, then a clear error', { timeout: 30_000 }, async (t) => {
+  if (!isRoot()) {
+    t.skip('needs root to run dsync -u as another user');
+    return;
+  }
+  const root = tempDir(t);
+  const a = path.join(root, 'a');
+  const b = path.join(root, 'b');
+  const folders = ['.Alpha', '.Beta', '.Gamma', '.Delta'];
+  folders.forEach((f, i) => putFile(path.join(a, f), 'cur', `170000000${i}.f${i}.robust:2,S`, `Subject: ${f}\n\nbody ${i}\n`));
+  fs.mkdirSync(b);
+  chownTree(a, 4242, 4242);
+  chownTree(b, 4242, 4242);
+  const conf = passwdFileConfig(root, { name: 'robust', uid: 4242, gid: 4242, home: root });
+  const args = mirrorArgs(`maildir:${a}`, `maildir:${b}`, ['-c', conf, '-u', 'robust']);
+  // One sync first, so that the mailboxes exist on both sides; then Gamma changes and its cur/
+  // becomes unreadable, and Alpha and Beta change too.
+  assert.equal(converge(args).at(-1)!.code, 0);
+  const locked = path.join(a, '.Gamma', 'cur');
+  const fresh = ['Subject: new in Alpha\n\nx\n', 'Subject: new in Beta\n\ny\n'];
+  putFile(path.join(a, '.Alpha'), 'new', '1700000010.n1.robust', fresh[0]!);
+  putFile(path.join(a, '.Beta'), 'new', '1700000011.n2.robust', fresh[1]!);
+  putFile(path.join(a, '.Gamma'), 'new', '1700000012.n3.robust', 'Subject: new in Gamma\n\nz\n');
+  chownTree(a, 4242, 4242);
+  fs.chmodSync(locked, 0o000);
+  try {
+    const r = dsync(args);
+    assert.equal(r.code, 75, r.stderr); // EX_TEMPFAIL
+    assert.doesNotMatch(r.stderr, /internal error|unhandled/i, r.stderr);
+    assert.match(r.stderr, new RegExp(`error: .*${locked.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}.*EACCES`), r.stderr);
+    // The mailboxes before it were synced.
+    const sb = await snap(`maildir:${b}`);
+    assertContainsOnce(sb, [[sha(fresh[0]!), 'Alpha'], [sha(fresh[1]!), 'Beta']], 'B');
+  } finally {
+    fs.chmodSync(locked, 0o755);
+  }
+  const runs = converge(args);
+  assert.equal(runs.at(-1)!.code, 0, runs.map((x) => x.stderr).join('\n'));
+  await assertSame(`maildir:${a}`, `maildir:${b}`);
+});
