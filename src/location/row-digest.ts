@@ -112,12 +112,21 @@ export class RowDigest {
     return (flags & FLAG_BITS) | (n << KW_SHIFT);
   }
 
+  /**
+   * GUIDs hasGuid found at each position, until the entry changes: a refresh asks hasGuid (the
+   * scan: is this file known?) and then matches (is its row unchanged?) for every message, and
+   * the second need not hash the GUID again.
+   */
+  private confirmed: (string | undefined)[] | null = null;
+
   /** True when the digest has a message at uid with this GUID. */
   hasGuid(uid: number, guid: string): boolean {
     const i = this.find(uid);
     if (i < 0 || this.states[i]! & REMOVED) return false;
     hashGuid(guid);
-    return this.lo[i] === hashLo && this.hi[i] === hashHi;
+    if (this.lo[i] !== hashLo || this.hi[i] !== hashHi) return false;
+    (this.confirmed ??= [])[i] = guid;
+    return true;
   }
 
   /** True when the digest has a message at uid with exactly this GUID, flags and keywords (sorted). */
@@ -128,6 +137,7 @@ export class RowDigest {
     if (st & REMOVED || (st & FLAG_BITS) !== flags) return false;
     const n = keywords.length === 0 ? 0 : this.setNumbers.get(keywordKey(keywords));
     if (n === undefined || st >>> KW_SHIFT !== n) return false;
+    if (this.confirmed !== null && this.confirmed[i] === guid) return true;
     hashGuid(guid);
     return this.lo[i] === hashLo && this.hi[i] === hashHi;
   }
@@ -156,6 +166,7 @@ export class RowDigest {
       this.live++;
     }
     hashGuid(row.guid);
+    if (this.confirmed !== null) this.confirmed[i] = undefined;
     this.states[i] = state;
     this.lo[i] = hashLo;
     this.hi[i] = hashHi;
@@ -186,6 +197,7 @@ export class RowDigest {
     this.states = permuted(this.states);
     this.lo = permuted(this.lo);
     this.hi = permuted(this.hi);
+    this.confirmed = null;
     this.sortedUpTo = this.used;
   }
 
@@ -205,18 +217,24 @@ export class RowDigest {
   /** The digest as stored in the index: 16 bytes per message and the keyword sets' texts. */
   encode(): { data: Buffer; keywordSets: string } {
     this.sort();
-    const data = Buffer.allocUnsafe(this.live * 16);
+    // Four little-endian 32-bit words per message, written as words (not byte by byte: this is
+    // done for every message of each changed mailbox, at the end of each run).
+    const words = new Uint32Array(this.live * 4);
     let o = 0;
     for (let i = 0; i < this.used; i++) {
       const st = this.states[i]!;
       if (st & REMOVED) continue;
-      data.writeUInt32LE(this.uids[i]!, o);
-      data.writeUInt32LE(st, o + 4);
-      data.writeUInt32LE(this.lo[i]!, o + 8);
-      data.writeUInt32LE(this.hi[i]!, o + 12);
-      o += 16;
+      words[o] = this.uids[i]!;
+      words[o + 1] = st;
+      words[o + 2] = this.lo[i]!;
+      words[o + 3] = this.hi[i]!;
+      o += 4;
     }
-    return { data, keywordSets: JSON.stringify(this.keywordSets) };
+    if (!LITTLE_ENDIAN) {
+      const view = new DataView(words.buffer);
+      for (let k = 0; k < words.length; k++) view.setUint32(k * 4, words[k]!, true);
+    }
+    return { data: Buffer.from(words.buffer, 0, words.byteLength), keywordSets: JSON.stringify(this.keywordSets) };
   }
 
   /** A stored digest (see encode); null when it is not one (then the rows are read instead). */
@@ -231,16 +249,16 @@ export class RowDigest {
     if (!Array.isArray(sets) || sets[0] !== '' || !sets.every((k) => typeof k === 'string')) return null;
     const n = data.length / 16;
     const d = new RowDigest(Math.max(n, 16), sets as string[]);
-    const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    const words = wordsOf(data);
     let last = 0;
-    for (let i = 0; i < n; i++) {
-      const uid = view.getUint32(i * 16, true);
-      const st = view.getUint32(i * 16 + 4, true);
+    for (let i = 0, k = 0; i < n; i++, k += 4) {
+      const uid = words[k]!;
+      const st = words[k + 1]!;
       if (uid <= last || st & REMOVED || st >>> KW_SHIFT >= sets.length) return null;
       d.uids[i] = uid;
       d.states[i] = st;
-      d.lo[i] = view.getUint32(i * 16 + 8, true);
-      d.hi[i] = view.getUint32(i * 16 + 12, true);
+      d.lo[i] = words[k + 2]!;
+      d.hi[i] = words[k + 3]!;
       last = uid;
     }
     d.used = n;
@@ -248,4 +266,20 @@ export class RowDigest {
     d.sortedUpTo = n;
     return d;
   }
+}
+
+/** True on little-endian machines, whose 32-bit words have the stored byte order. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/** The little-endian 32-bit words of data (a length divisible by 4), in this machine's order. */
+function wordsOf(data: Uint8Array): Uint32Array {
+  if (LITTLE_ENDIAN && data.byteOffset % 4 === 0) return new Uint32Array(data.buffer, data.byteOffset, data.byteLength / 4);
+  const copy = new Uint8Array(data.byteLength);
+  copy.set(data);
+  const words = new Uint32Array(copy.buffer);
+  if (!LITTLE_ENDIAN) {
+    const view = new DataView(copy.buffer);
+    for (let k = 0; k < words.length; k++) words[k] = view.getUint32(k * 4, true);
+  }
+  return words;
 }

@@ -7,7 +7,7 @@ import { ProtocolError, expectRecord, recvList } from '../transport/channel.js';
 import type { Location } from '../location/location.js';
 import type { MailboxRow } from '../index/change-index.js';
 import type { ExportMode, LocationMailbox } from '../location/mailbox.js';
-import { msSince, type Logger } from '../util/log.js';
+import { clockMs, msSince, type Logger } from '../util/log.js';
 import { BodySourceError, type SaveRequest } from '../storage/types.js';
 import type {
   HandshakeRecord,
@@ -150,15 +150,15 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
 
   const normalize = makeNameNormalizer(mine.nameForbidden + peer.nameForbidden, settings.altChar);
   try {
-    let t0 = performance.now();
+    let t0 = clockMs();
     await syncTree(ctx, normalize);
     ctx.log.debug(`mailbox tree synced in ${msSince(t0)}`);
-    t0 = performance.now();
+    t0 = clockMs();
     if (role === 'master') await masterMailboxes(ctx);
     else await slaveMailboxes(ctx);
     await ctx.ahead?.stop();
     ctx.log.debug(`mailboxes synced in ${msSince(t0)}`);
-    t0 = performance.now();
+    t0 = clockMs();
     const settled = await settleTokens(ctx);
     const again = settled.retried ? ` (${settled.retried} checked again after ${TOKEN_WAIT_MS} ms)` : '';
     ctx.log.debug(`change tokens of ${settled.mailboxes} mailboxes settled${again} in ${msSince(t0)}`);
@@ -280,7 +280,7 @@ async function openAndRefresh(ctx: Ctx, guid: string): Promise<LocationMailbox |
   const box = await ctx.loc.openMailbox(guid);
   if (!box) return undefined;
   // Scans the mailbox if it changed since its last scan (with -f the tree phase scanned all).
-  const t0 = performance.now();
+  const t0 = clockMs();
   try {
     await box.refresh();
   } catch (e) {
@@ -533,7 +533,7 @@ async function exchangeBodies(ctx: Ctx, box: LocationMailbox, saves: SaveAction[
 }
 
 async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxRecord, theirs: MailboxRecord): Promise<void> {
-  const t0 = performance.now();
+  const t0 = clockMs();
   const { ch } = ctx;
   let box = openBox;
   const backup = ctx.settings.backup !== 'none';

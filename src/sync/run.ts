@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { createHash, spawn } from '../util/builtin.js';
 import type { MailLocation } from '../storage/location.js';
 import { openStore } from '../storage/open.js';
-import { msSince, type Logger } from '../util/log.js';
+import { clockMs, msSince, type Logger } from '../util/log.js';
 import { Location } from '../location/location.js';
 import { acquireLock } from '../location/lock.js';
 import { createPipePair } from '../transport/pipe.js';
@@ -57,7 +57,7 @@ export async function openLocation(
   spec: MailLocation,
   o: { owner?: { uid: number; gid: number }; log: Logger; readOnly: boolean; lockTimeout?: number; hardLinks?: boolean },
 ): Promise<OpenedLocation> {
-  const t0 = performance.now();
+  const t0 = clockMs();
   const store = await openStore(spec, { owner: o.owner, readOnly: o.readOnly, warn: (m: string) => o.log.warn(m), hardLinks: o.hardLinks });
   let unlock: (() => void) | undefined;
   try {
@@ -92,7 +92,7 @@ export async function openLocation(
     return {
       location,
       release: async () => {
-        const t1 = performance.now();
+        const t1 = clockMs();
         try {
           await location.close();
           o.log.debug(`${spec.path}: change index and store closed in ${msSince(t1)}`);

@@ -83,7 +83,16 @@ export class Logger {
   }
 }
 
-/** Time since t0 (a performance.now()) for -D lines: where a run spends its time, phase by phase. */
+/**
+ * Milliseconds on a monotonic clock, for timings. process.hrtime, not performance.now(): the
+ * `performance` global loads node:perf_hooks and its parts on first use (~1 ms of every run).
+ */
+export function clockMs(): number {
+  const [s, ns] = process.hrtime();
+  return s * 1e3 + ns / 1e6;
+}
+
+/** Time since t0 (a clockMs()) for -D lines: where a run spends its time, phase by phase. */
 export function msSince(t0: number): string {
-  return `${(performance.now() - t0).toFixed(1)} ms`;
+  return `${(clockMs() - t0).toFixed(1)} ms`;
 }

@@ -47,6 +47,15 @@ test('RowDigest: tells GUID, flags and keywords apart per UID; survives encode a
   back.forEachUid((u) => uids.push(u));
   assert.deepEqual(uids, [1, 2, 5]);
   assert.ok(back.matches(5, 'g5', 9, ['$Junk', 'work']) && back.matches(2, 'g2b', 1, []) && back.matches(1, 'g1', 0, []));
+  // The stored form is little-endian words, 16 bytes per message, UID first.
+  assert.equal(data.length, 48);
+  assert.deepEqual([data.readUInt32LE(0), data.readUInt32LE(16), data.readUInt32LE(32)], [1, 2, 5]);
+  assert.equal(data.readUInt32LE(20), 1, 'the flags of UID 2 (no keyword set) follow its UID');
+  // A blob need not start at a multiple of 4 bytes in its memory (SQLite hands out slices).
+  const unaligned = Buffer.concat([Buffer.alloc(1), data]).subarray(1);
+  assert.notEqual(unaligned.byteOffset % 4, 0);
+  const fromUnaligned = RowDigest.decode(unaligned, keywordSets)!;
+  assert.ok(fromUnaligned.matches(5, 'g5', 9, ['$Junk', 'work']) && fromUnaligned.matches(1, 'g1', 0, []));
   assert.ok(!RowDigest.of([row(1, 'g', 0x100)], 1), 'flags it cannot hold: no digest');
 });
 
@@ -210,4 +219,22 @@ test('a refresh whose index transaction fails leaves nothing trusted: the same h
     'journaled once, as a change made outside dsync',
   );
   assert.equal(checkDigests(indexPath), 1);
+});
+
+test('RowDigest: a GUID confirmed by hasGuid is not trusted once its entry changes or moves', () => {
+  const d = RowDigest.of([row(100, 'a'), row(200, 'b')], 2)!;
+  assert.ok(d.hasGuid(200, 'b'));
+  assert.ok(d.matches(200, 'b', 0, []));
+  assert.ok(d.put(row(200, 'b2')));
+  assert.ok(!d.matches(200, 'b', 0, []), 'the GUID before the put');
+  assert.ok(d.matches(200, 'b2', 0, []));
+  // Confirmed at position 1; then 65 UIDs below all others make the digest sort itself, and
+  // position 1 holds another message.
+  assert.ok(d.hasGuid(200, 'b2'));
+  for (let u = 1; u <= 65; u++) assert.ok(d.put(row(u, `g${u}`)));
+  assert.ok(!d.matches(2, 'b2', 0, []), 'a confirmation follows its message, not its position');
+  assert.ok(d.matches(2, 'g2', 0, []) && d.matches(200, 'b2', 0, []));
+  assert.ok(d.hasGuid(100, 'a'));
+  d.remove(100);
+  assert.ok(!d.matches(100, 'a', 0, []), 'removed');
 });
