@@ -8,6 +8,7 @@ import type * as Crypto from 'node:crypto';
 import type * as ChildProcess from 'node:child_process';
 import type * as Stream from 'node:stream';
 import type * as V8 from 'node:v8';
+import type * as FsPromises from 'node:fs/promises';
 
 // Built-in modules resolve the same from anywhere: any absolute path will do.
 const load = createRequire('/');
@@ -15,6 +16,7 @@ let crypto: typeof Crypto | undefined;
 let childProcess: typeof ChildProcess | undefined;
 let stream: typeof Stream | undefined;
 let v8: typeof V8 | undefined;
+let fsPromises: typeof FsPromises | undefined;
 
 export function createHash(algorithm: string): Crypto.Hash {
   return (crypto ??= load('node:crypto') as typeof Crypto).createHash(algorithm);
@@ -36,3 +38,12 @@ export function readableFrom(source: Iterable<unknown> | AsyncIterable<unknown>,
 export function setV8Flags(flags: string): void {
   (v8 ??= load('node:v8') as typeof V8).setFlagsFromString(flags);
 }
+
+/**
+ * node:fs/promises, loaded when first used: it loads readline, streams and six more modules
+ * (~1.7 ms), which a Maildir run that changes nothing does not need. Property reads go through a
+ * Proxy, a cost far below that of the calls made through it.
+ */
+export const fsp: typeof FsPromises = new Proxy({} as typeof FsPromises, {
+  get: (_target, name) => (fsPromises ??= load('node:fs/promises') as typeof FsPromises)[name as keyof typeof FsPromises],
+});

@@ -1,7 +1,6 @@
 // Small filesystem helpers shared by the maildir modules: OS error -> StorageError, ownership,
 // directory creation, fsync and atomic file replacement.
 import * as fs from 'node:fs';
-import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes } from '../../util/builtin.js';
 import { StorageError } from '../types.js';
@@ -234,7 +233,7 @@ export async function readFileOrNull(p: string): Promise<string | null> {
 
 export async function exists(p: string): Promise<boolean> {
   try {
-    await fsp.lstat(p);
+    fs.lstatSync(p);
     return true;
   } catch (e) {
     if (isNotFound(e)) return false;
@@ -244,7 +243,7 @@ export async function exists(p: string): Promise<boolean> {
 
 export async function isDir(p: string): Promise<boolean> {
   try {
-    return (await fsp.stat(p)).isDirectory();
+    return fs.statSync(p).isDirectory();
   } catch (e) {
     if (isNotFound(e)) return false;
     throw toStorageError(e, 'stat', p);

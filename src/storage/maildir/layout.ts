@@ -2,7 +2,6 @@
 // separator) or LAYOUT=fs (nested "A/B" directories, '/' as separator). Names in the interface are
 // UTF-8 components; on disk each component is modified UTF-7 unless the location has UTF-8.
 import * as fs from 'node:fs';
-import * as fsp from 'node:fs/promises';
 import type { Dirent } from 'node:fs';
 import * as path from 'node:path';
 import type { MailboxName } from '../types.js';
@@ -248,7 +247,7 @@ export class MaildirLayout {
 
 async function readDirOrEmpty(dir: string): Promise<Dirent[]> {
   try {
-    return await fsp.readdir(dir, { withFileTypes: true });
+    return fs.readdirSync(dir, { withFileTypes: true });
   } catch (e) {
     if (isNotFound(e)) return [];
     throw toStorageError(e, 'readdir', dir);
@@ -259,7 +258,7 @@ async function isDirEntry(d: Dirent, full: string): Promise<boolean> {
   if (d.isDirectory()) return true;
   if (d.isSymbolicLink() || (!d.isFile() && !d.isDirectory())) {
     try {
-      return (await fsp.stat(full)).isDirectory();
+      return fs.statSync(full).isDirectory();
     } catch {
       return false;
     }

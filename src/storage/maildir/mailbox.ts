@@ -1,10 +1,9 @@
 // One maildir mailbox: scanning cur/ + new/ against dovecot-uidlist, saving, flag changes, expunges.
 import * as fs from 'node:fs';
-import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Dirent, Stats } from 'node:fs';
 import type { Readable } from 'node:stream';
-import { createHash } from '../../util/builtin.js';
+import { createHash, fsp } from '../../util/builtin.js';
 import {
   BodySourceError,
   StorageError,

@@ -1,7 +1,6 @@
 // The maildir MailStore: mailbox tree (Maildir++ or LAYOUT=fs), subscriptions, UIDVALIDITY
 // allocation, mailbox create/delete/rename.
 import * as fs from 'node:fs';
-import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import {
   StorageError,
@@ -35,6 +34,7 @@ import { KEYWORDS_NAME } from './keywords.js';
 import { PENDING_GUIDS_NAME } from './pending-guids.js';
 import { readSubscriptionsFile, SUBSCRIPTIONS_NAME, writeSubscriptionsFile, type SubscriptionCodec } from './subscriptions.js';
 import { allocateUidValidity } from './uidvalidity.js';
+import { fsp } from '../../util/builtin.js';
 
 export interface MaildirStoreOptions {
   owner?: { uid: number; gid: number };
@@ -62,11 +62,11 @@ function isMailboxControlFile(n: string): boolean {
   );
 }
 
-async function nearestExisting(p: string): Promise<{ path: string; uid: number; gid: number; mode: number } | null> {
+function nearestExisting(p: string): { path: string; uid: number; gid: number; mode: number } | null {
   let cur = path.resolve(p);
   for (;;) {
     try {
-      const st = await fsp.stat(cur);
+      const st = fs.statSync(cur);
       return { path: cur, uid: st.uid, gid: st.gid, mode: st.mode };
     } catch (e) {
       if (!isNotFound(e)) throw toStorageError(e, 'stat', cur);
@@ -125,7 +125,7 @@ export class MaildirStore implements MailStore {
     const createIfMissing = opts.createIfMissing ?? true;
     const warn: Warn = opts.warn ?? ((m) => console.error(`dsync: ${m}`));
     const root = loc.path;
-    const anchor = await nearestExisting(root);
+    const anchor = nearestExisting(root);
     const rootExists = anchor?.path === path.resolve(root);
     if (anchor && rootExists && !(await isDir(root))) {
       throw new StorageError(`mail root ${root} exists but is not a directory`, 'IO');

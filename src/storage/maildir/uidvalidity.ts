@@ -3,10 +3,10 @@
 // empty read-only companion file "dovecot-uidvalidity.<8 hex>" names the same value. Allocating
 // renames the companion to the next value; rename is atomic, so two allocators never get the same
 // value (the loser sees ENOENT and retries). The first value is the current unix time.
-import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { StorageError } from '../types.js';
 import { assertWritable, chownIfNeededSync, errCode, isNotFound, toStorageError, writeFileAtomic, type FsContext } from './io.js';
+import { fsp } from '../../util/builtin.js';
 
 export const UIDVALIDITY_NAME = 'dovecot-uidvalidity';
 const COMPANION_RE = /^dovecot-uidvalidity\.([0-9a-f]{8})$/;
