@@ -28,7 +28,9 @@ export interface AheadLimits {
 export class Lookahead<H extends AheadHandle> {
   private readonly ready = new Map<string, Promise<H | undefined>>();
   private readonly requested = new Set<string>();
-  private held = { scanned: 0, messages: 0 };
+  /** Handles opened ahead that hold messages and were not taken yet, with their message counts. */
+  private readonly holding = new Map<H, number>();
+  private heldMessages = 0;
   private next = 0;
   private running: Promise<void> | null = null;
   private stopped = false;
@@ -49,8 +51,7 @@ export class Lookahead<H extends AheadHandle> {
     const counted = handle ? this.holding.get(handle) : undefined;
     if (handle && counted !== undefined) {
       this.holding.delete(handle);
-      this.held.scanned--;
-      this.held.messages -= counted;
+      this.heldMessages -= counted;
     }
     this.pump();
     return handle;
@@ -64,12 +65,9 @@ export class Lookahead<H extends AheadHandle> {
     });
   }
 
-  /** Handles counted in `held`, with the messages they were counted with. */
-  private readonly holding = new Map<H, number>();
-
   private async run(): Promise<void> {
     const { order, limits } = this;
-    while (!this.stopped && this.next < order.length && this.held.scanned < limits.scanned && this.held.messages < limits.messages) {
+    while (!this.stopped && this.next < order.length && this.holding.size < limits.scanned && this.heldMessages < limits.messages) {
       const id = order[this.next++]!;
       if (this.requested.has(id) || this.ready.has(id)) continue;
       const pending = this.open(id);
@@ -83,8 +81,7 @@ export class Lookahead<H extends AheadHandle> {
       // Not yet taken: it counts against the limits until it is.
       if (handle && handle.heldCount > 0 && this.ready.get(id) === pending) {
         this.holding.set(handle, handle.heldCount);
-        this.held.scanned++;
-        this.held.messages += handle.heldCount;
+        this.heldMessages += handle.heldCount;
       }
     }
   }
@@ -95,6 +92,7 @@ export class Lookahead<H extends AheadHandle> {
     const left = [...this.ready.values()];
     this.ready.clear();
     this.holding.clear();
+    this.heldMessages = 0;
     for (const pending of left) await (await pending.catch(() => undefined))?.close();
   }
 }
