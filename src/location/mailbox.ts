@@ -120,8 +120,8 @@ export class LocationMailbox {
     this.index.transaction(() => {
       if (count !== null) this.index.recordMessageCount(this.row, count);
       if (!digest) return;
-      const at = this.index.digestMadeAt(this.row.guid);
-      if (at && at.modseq === this.row.highestModseq && at.uidValidity === this.row.uidValidity) return;
+      const made = this.index.digestMadeAt(this.row.guid);
+      if (made && made.modseq === this.row.highestModseq && made.uidValidity === this.row.uidValidity) return;
       const { data, keywordSets } = digest.encode();
       this.index.putDigest(this.row.guid, this.row.highestModseq, this.row.uidValidity, data, keywordSets);
     });

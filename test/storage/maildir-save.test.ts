@@ -305,3 +305,36 @@ test('readBody: a known mail whole; null above the limit, for an unknown UID and
   assert.equal(await box.readBody!(3, 4096), null, 'removed after the scan: the caller falls back to openBody');
   await store.close();
 });
+
+// The uidlist a renumber rewrites may be one just parsed (not the handle's cached copy), whose
+// entries-by-name map was made by the parse: moving entries in place must not leave that map
+// naming the old UIDs for the next scan.
+test('renumber on a fresh handle, then scan: the scan sees the new UIDs', async (t) => {
+  const root = tempDir(t);
+  const first = await openMaildir(`maildir:${root}`);
+  const box1 = await first.openMailbox(['INBOX']);
+  await box1.save([req(1, 'a', 'aa'), req(2, 'b', 'bb'), req(3, 'c', 'cc')]);
+  await box1.close();
+  await first.close();
+  const store = await openMaildir(`maildir:${root}`);
+  const box = await store.openMailbox(['INBOX']);
+  await box.renumber!([{ from: 1, to: 10 }]);
+  assert.deepEqual((await box.scan()).map((m) => [m.uid, m.guid]), [[2, 'b'], [3, 'c'], [10, 'a']]);
+  await box.close();
+  await store.close();
+});
+
+test('saveAndRenumber with moves only, on a fresh handle, then scan: the scan sees the new UIDs', async (t) => {
+  const root = tempDir(t);
+  const first = await openMaildir(`maildir:${root}`);
+  const box1 = await first.openMailbox(['INBOX']);
+  await box1.save([req(1, 'a', 'aa'), req(2, 'b', 'bb'), req(3, 'c', 'cc')]);
+  await box1.close();
+  await first.close();
+  const store = await openMaildir(`maildir:${root}`);
+  const box = await store.openMailbox(['INBOX']);
+  await box.saveAndRenumber!([], [{ from: 1, to: 10 }]);
+  assert.deepEqual((await box.scan()).map((m) => [m.uid, m.guid]), [[2, 'b'], [3, 'c'], [10, 'a']]);
+  await box.close();
+  await store.close();
+});

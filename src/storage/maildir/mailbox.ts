@@ -1094,11 +1094,13 @@ export class MaildirMailbox implements StoreMailbox {
           }
           if (placed.length > 0) await fsyncDir(curDir);
           if (moves.length > 0) {
-            const at = new Map(ul.entries.map((e, i) => [e.uid, i]));
-            for (const m of moves) {
-              const i = at.get(m.from);
-              if (i !== undefined) ul.entries[i] = { ...ul.entries[i]!, uid: m.to };
-            }
+            // A new array of new entries: the old ones may be shared with the cached uidlist a
+            // scan is reading, and entriesByBase's map of this one is kept per array.
+            const to = new Map(moves.map((m) => [m.from, m.to]));
+            ul.entries = ul.entries.map((e) => {
+              const uid = to.get(e.uid);
+              return uid === undefined ? e : { ...e, uid };
+            });
           }
           for (const e of added) {
             ul.entries.push(e);

@@ -222,7 +222,8 @@ const entryMaps = new WeakMap<Uidlist, { entries: UidlistEntry[]; length: number
 /**
  * A uidlist's entries by base name, kept per uidlist object (a parse makes it on the way). Valid
  * while its entries array is the same one with the same length: uidlists read for scanning are
- * never changed, and the ones changed under the lock get new arrays or grow.
+ * never changed, and the ones changed under the lock get new arrays or only grow (an entry must
+ * never be replaced in place: the map would keep the old one).
  */
 export function entriesByBase(ul: Uidlist): ReadonlyMap<string, UidlistEntry> {
   const c = entryMaps.get(ul);
