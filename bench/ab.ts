@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureCorpus, corpusRoot, MAIL_GID, MAIL_UID, DEFAULT_SEED, SIZES, type SizeName } from './corpus.js';
-import { copyTree, freezeBuild, resetAtimes, rmrf, syncDisks, timed, type RunResult } from './lib/exec.js';
+import { copyTree, freezeBuild, Graveyard, resetAtimes, rmrf, syncDisks, timed, type RunResult } from './lib/exec.js';
 import { diffExpected, diffTrees, expectedOf, readTree, type Expected } from './lib/snapshot.js';
 import { applyPlan, expectedAfter, planConflicts, planIncremental, type MutationPlan } from './lib/mutate.js';
 import { median } from './lib/report.js';
@@ -106,6 +106,8 @@ async function main(): Promise<void> {
   const a = path.join(run, 'a');
   const b = path.join(run, 'b');
   const golden = path.join(work, 'golden');
+  // Copies done with are deleted at the end, not before the next timed run (see Graveyard).
+  const graveyard = new Graveyard(path.join(work, 'graveyard'));
   const dsync = (bin: string, full: boolean): string[] => [
     'nice', '-n', '-10', 'setpriv', `--reuid=${MAIL_UID}`, `--regid=${MAIL_GID}`, '--clear-groups',
     bin, ...(full ? ['-f'] : []), '-o', `mail_location=maildir:${a}`, 'mirror', `maildir:${b}`,
@@ -141,7 +143,7 @@ async function main(): Promise<void> {
   if (o.prepare) {
     // Prepared as for a timed run, at the same paths (our index remembers them; a copy of a
     // prepared pair would not do: our change tokens include the uidlist's inode).
-    rmrf(run);
+    graveyard.bury(run);
     copyTree(golden, run);
     await untimed(bins[0]!, 'settling run on the copy');
     if (plan && snaps) applyPlan(plan, { a, b }, snaps);
@@ -160,7 +162,7 @@ async function main(): Promise<void> {
   for (let rep = 0; rep < o.reps; rep++) {
     for (let k = 0; k < bins.length; k++) {
       const i = (rep + k) % bins.length;
-      rmrf(run);
+      graveyard.bury(run);
       copyTree(golden, run);
       // A copy is not the steady state (our change tokens include the uidlist's inode): one
       // untimed run of the build under test settles it, as in run.ts.

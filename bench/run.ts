@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureCorpus, chownR, corpusRoot, MAIL_GID, MAIL_UID, SIZES, DEFAULT_SEED, type Corpus, type SizeName } from './corpus.js';
-import { copyTree, freezeBuild, resetAtimes, rmrf, sh, syncDisks, timed, GNU_TIME, type CopyMode, type RunResult, type Sample } from './lib/exec.js';
+import { copyTree, freezeBuild, Graveyard, resetAtimes, rmrf, sh, syncDisks, timed, GNU_TIME, type CopyMode, type RunResult, type Sample } from './lib/exec.js';
 import { doveadmCmd, doveadmSyncCmd, dovecotVersion, primeWithDovecot, writeDoveadmConfig, type DoveadmEnv } from './lib/dovecot.js';
 import { diffExpected, diffTrees, expectedOf, hasNoUids, messageCount, readTree, type BodyKey, type Expected, type TreeState } from './lib/snapshot.js';
 import { mboxLocation, readMboxTree } from './lib/mbox.js';
@@ -208,6 +208,8 @@ const fmtS = (x: number) => (x < 1 ? `${(x * 1000).toFixed(0)} ms` : `${x.toFixe
 
 class SizeBench {
   readonly work: string;
+  /** Copies done with: deleted at the end, not between timed runs (see Graveyard). */
+  readonly graveyard: Graveyard;
   readonly dove: DoveadmEnv;
   /** Dovecot's config for the convert scenario: the same plus a namespace with separator '/'. */
   readonly doveConvert: DoveadmEnv;
@@ -232,6 +234,7 @@ class SizeBench {
     fs.mkdirSync(corpusRoot(), { recursive: true, mode: 0o755 });
     this.work = fs.mkdtempSync(path.join(corpusRoot(), `work-${size}-`));
     fs.chmodSync(this.work, 0o755);
+    this.graveyard = new Graveyard(path.join(this.work, 'graveyard'));
     try {
       this.dove = writeDoveadmConfig(path.join(this.work, 'dovecot-conf'));
       this.doveConvert = writeDoveadmConfig(path.join(this.work, 'dovecot-conf-convert'), { separator: '/' });
@@ -307,7 +310,7 @@ class SizeBench {
   /** A fresh pair: A = cp -a of `source`, B absent. */
   freshPair(t: Tool, source: string): { a: string; b: string } {
     const p = this.pair(t);
-    rmrf(p.dir);
+    this.graveyard.bury(p.dir);
     fs.mkdirSync(p.dir);
     fs.chownSync(p.dir, MAIL_UID, MAIL_GID);
     copyTree(source, p.a, this.o.copy);
@@ -319,7 +322,7 @@ class SizeBench {
     const g = this.golden.get(t.id);
     if (!g) throw new Error(`internal: no golden pair for ${t.id}`);
     const p = this.pair(t);
-    rmrf(p.dir);
+    this.graveyard.bury(p.dir);
     copyTree(g.dir, p.dir, this.o.copy);
     return p;
   }
@@ -475,7 +478,7 @@ class SizeBench {
     await this.untimed(t, p.a, p.b, 'settling re-run');
     const snaps = this.check(t, 'settling re-run', p.a, p.b, this.corpusExpected);
     const gdir = path.join(this.toolDir(t), 'golden');
-    rmrf(gdir);
+    this.graveyard.bury(gdir);
     fs.renameSync(p.dir, gdir);
     // Snapshot paths are relative to the folder; the pair is always copied back to p.dir.
     this.golden.set(t.id, { dir: gdir, a: snaps.a, b: snaps.b });
@@ -576,9 +579,9 @@ class SizeBench {
       }
       const snaps = this.check(t, 'convert: settled source (untimed)', p.a, p.b, src.expected);
       const gdir = path.join(this.toolDir(t), 'convert-golden');
-      rmrf(gdir);
+      this.graveyard.bury(gdir);
       fs.renameSync(p.a, gdir);
-      rmrf(this.pair(t).dir);
+      this.graveyard.bury(this.pair(t).dir);
       this.convertGolden.set(t.id, { dir: gdir, snap: snaps.a });
     }
   }
@@ -613,7 +616,7 @@ class SizeBench {
         if (!Array.isArray(toMbox[t.id])) continue; // failed in an earlier repetition
         const g = this.convertGolden.get(t.id)!;
         const dir = this.pair(t).dir;
-        rmrf(dir);
+        this.graveyard.bury(dir);
         fs.mkdirSync(dir);
         fs.chownSync(dir, MAIL_UID, MAIL_GID);
         const a = path.join(dir, 'a');
@@ -688,7 +691,7 @@ class SizeBench {
     for (const f of floors) {
       const samples: Sample[] = [];
       for (let rep = 1; rep <= this.o.reps; rep++) {
-        rmrf(dst);
+        this.graveyard.bury(dst);
         syncDisks();
         const r = await timed(this.niced(f.cmd), { quiet: this.o.maxWait > 0 ? { maxWaitS: this.o.maxWait } : false });
         if (r.exitCode !== 0) throw new Error(`${f.title}: exit ${r.exitCode}: ${r.stderr}`);
@@ -697,7 +700,7 @@ class SizeBench {
       }
       this.floors.push({ id: f.id, title: f.title, samples });
     }
-    rmrf(dst);
+    this.graveyard.bury(dst);
   }
 
   async runAll(): Promise<void> {
@@ -749,6 +752,22 @@ async function main(): Promise<number> {
   for (const c of ['doveadm', 'setpriv']) sh('sh', ['-c', `command -v ${c}`]);
   fs.mkdirSync(RESULTS_DIR, { recursive: true });
   const dv = dovecotVersion();
+  // Work directories are deleted after the last size, not between sizes: the mass deletion would
+  // slow the next size's first runs (see Graveyard).
+  const finished: SizeBench[] = [];
+  try {
+    await benchSizes(o, dv, finished);
+  } finally {
+    for (const b of finished) b.cleanup();
+  }
+  if (o.md) {
+    writeBenchmarksMd(MD_PATH, RESULTS_DIR);
+    log(`wrote ${path.relative(process.cwd(), MD_PATH) || MD_PATH} and bench/results/*.json`);
+  }
+  return 0;
+}
+
+async function benchSizes(o: Options, dv: string, finished: SizeBench[]): Promise<void> {
   for (const size of o.sizes) {
     const t0 = performance.now();
     const b = new SizeBench(size, o);
@@ -777,15 +796,10 @@ async function main(): Promise<number> {
       console.log(`\n${renderSize(res)}`);
       ok = true;
     } finally {
-      if (ok) b.cleanup();
+      if (ok) finished.push(b);
       else log(`work directory kept for inspection: ${b.work}`);
     }
   }
-  if (o.md) {
-    writeBenchmarksMd(MD_PATH, RESULTS_DIR);
-    log(`wrote ${path.relative(process.cwd(), MD_PATH) || MD_PATH} and bench/results/*.json`);
-  }
-  return 0;
 }
 
 main().then(

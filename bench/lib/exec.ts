@@ -205,6 +205,38 @@ export function rmrf(p: string): void {
   sh('rm', ['-rf', '--', p]);
 }
 
+/**
+ * Where a benchmark puts the copies it is done with, instead of deleting them between runs. On a
+ * file system like this machine's (ext4 without a journal), the inode allocator reads and skips
+ * every inode freed in about the last minute (`recently_deleted` in ext4's ialloc.c), so deleting
+ * a copy right before a timed run made each file the run created slower, for both tools and by a
+ * varying amount (BENCHMARKS.md, Caveats). Renaming a tree frees no inode. Emptied at the end, or
+ * earlier when the file system runs short of space (a rare case that brings the noise back).
+ */
+export class Graveyard {
+  private buried = 0;
+
+  constructor(
+    readonly dir: string,
+    private readonly minFreeBytes = 8e9,
+  ) {}
+
+  /** Moves p (if it exists) out of the way; it is deleted by clear(). */
+  bury(p: string): void {
+    if (!fs.existsSync(p)) return;
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    const st = fs.statfsSync(this.dir);
+    if (st.bavail * st.bsize < this.minFreeBytes) this.clear();
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    // Unique across processes: an earlier run may have left its own there (ab.js --prepare --work).
+    fs.renameSync(p, path.join(this.dir, `${process.pid}-${Date.now()}-${++this.buried}`));
+  }
+
+  clear(): void {
+    rmrf(this.dir);
+  }
+}
+
 export type CopyMode = 'link' | 'cp';
 
 /**
