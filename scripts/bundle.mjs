@@ -5,8 +5,8 @@
 // (15 runs each): the ~50 ES modules 161 ms, one ES module 140 ms (module resolution and
 // loading), one CommonJS file 133 ms (importing a built-in module from ESM loads all of its lazy
 // parts: all of crypto for one hash), with the code cache 125 ms (no compiling).
-// Run after `tsc` (npm run build does both). better-sqlite3 stays external: it loads a native
-// addon from its own directory.
+// Run after `tsc` (npm run build does both). better-sqlite3's JavaScript is bundled; its native
+// addon stays in node_modules (see below).
 import { build } from 'esbuild';
 import { fileURLToPath } from 'node:url';
 import { spawnSync } from 'node:child_process';
@@ -22,7 +22,12 @@ await build({
   platform: 'node',
   format: 'cjs',
   target: 'node20',
-  external: ['better-sqlite3'],
+  // better-sqlite3's JavaScript is bundled (so it is in the code cache too); its native addon is
+  // loaded by path (src/index/change-index.ts), so the \`bindings\` package it would use is never called.
+  external: ['bindings'],
+  // The bundle is CommonJS: import.meta.url (used to find the addon) becomes the bundle's path,
+  // which bin/dsync passes in as __filename; createRequire takes a path as well as a URL.
+  define: { 'import.meta.url': '__filename' },
   logLevel: 'warning',
 });
 

@@ -1,6 +1,6 @@
 // Engine entry points: wires locations, locks, transports and the two brains together.
 import { join } from 'node:path';
-import { realpathSync, mkdirSync, statSync, openSync, closeSync, fchownSync, existsSync, constants } from 'node:fs';
+import { realpathSync, mkdirSync, statSync, openSync, closeSync, fchownSync, existsSync, linkSync, unlinkSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createHash, spawn } from '../util/builtin.js';
 import type { MailLocation } from '../storage/location.js';
@@ -121,18 +121,31 @@ function ownerOf(dir: string): { uid: number; gid: number } | undefined {
   }
 }
 
-/** Creates p (empty) owned by owner unless it exists. */
+/**
+ * Creates p (empty) owned by owner unless it exists. Made under a private name, given its owner,
+ * then linked into place (link() does not replace an existing p): p never exists owned by root,
+ * not even for a moment, nor after a run killed in between (which would leave the owner's own
+ * dsync unable to write its index).
+ */
 function createOwned(p: string, owner: { uid: number; gid: number }): void {
-  let fd: number;
+  if (existsSync(p)) return;
+  const temp = `${p}.${process.pid}.tmp`;
+  const fd = openSync(temp, constants.O_CREAT | constants.O_TRUNC | constants.O_WRONLY, 0o600);
   try {
-    fd = openSync(p, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600);
-  } catch {
-    return; // exists already
-  }
-  try {
-    fchownSync(fd, owner.uid, owner.gid);
+    try {
+      fchownSync(fd, owner.uid, owner.gid);
+    } finally {
+      closeSync(fd);
+    }
+    linkSync(temp, p);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
   } finally {
-    closeSync(fd);
+    try {
+      unlinkSync(temp);
+    } catch {
+      /* gone already */
+    }
   }
 }
 
