@@ -224,8 +224,7 @@ export class Graveyard {
   /** Moves p (if it exists) out of the way; it is deleted by clear(). */
   bury(p: string): void {
     if (!fs.existsSync(p)) return;
-    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    const st = fs.statfsSync(this.dir);
+    const st = fs.statfsSync(path.dirname(this.dir));
     if (st.bavail * st.bsize < this.minFreeBytes) this.clear();
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     // Unique across processes: an earlier run may have left its own there (ab.js --prepare --work).

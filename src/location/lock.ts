@@ -1,5 +1,5 @@
 // Per-location lock so two dsync runs never work on the same mail store at once. A lock file
-// created with O_EXCL holds "pid hostname"; a lock whose process is gone (same host) is stale.
+// linked into place complete (createInPlace) holds "pid hostname"; a lock whose process is gone (same host) is stale.
 import { openSync, closeSync, writeSync, readFileSync, unlinkSync, linkSync, fchownSync, constants } from 'node:fs';
 import { hostname } from 'node:os';
 
@@ -23,47 +23,53 @@ function holderAlive(content: string): boolean {
   }
 }
 
+/**
+ * Creates `path` holding `content`, owned by `owner` (when given) from its first moment: written
+ * under a private name, then linked into place, so it never exists half-written or with another
+ * owner, not even after a kill in between. link() does not replace: throws EEXIST when `path`
+ * exists. A failure to write is thrown as "cannot write <what> <private name>: ...".
+ */
+export function createInPlace(path: string, content: string, owner: { uid: number; gid: number } | undefined, what: string): void {
+  const temp = `${path}.${process.pid}.tmp`;
+  // One left by a killed run of the same pid goes first: a new file gets our mode, not its own.
+  unlinkQuietly(temp);
+  try {
+    const fd = openSync(temp, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600);
+    try {
+      if (owner) fchownSync(fd, owner.uid, owner.gid);
+      if (content) writeSync(fd, content);
+    } catch (err) {
+      throw new Error(`cannot write ${what} ${temp}: ${(err as Error).message}`, { cause: err });
+    } finally {
+      closeSync(fd);
+    }
+    linkSync(temp, path);
+  } finally {
+    unlinkQuietly(temp);
+  }
+}
+
+function unlinkQuietly(p: string): void {
+  try {
+    unlinkSync(p);
+  } catch {
+    /* never made, or gone already */
+  }
+}
+
 /** Takes the lock; with `owner` the lock file belongs to that user from its first moment. */
 export async function acquireLock(path: string, timeoutSeconds: number, owner?: { uid: number; gid: number }): Promise<() => void> {
   const deadline = Date.now() + timeoutSeconds * 1000;
   let holder = '';
   for (;;) {
     try {
-      // Written complete under a private name, then linked into place: the lock appears at once
-      // with its holder's name and owner, and link() fails if someone else holds it.
-      const temp = `${path}.${process.pid}.tmp`;
-      const fd = openSync(temp, constants.O_CREAT | constants.O_TRUNC | constants.O_WRONLY, 0o600);
-      try {
-        if (owner) fchownSync(fd, owner.uid, owner.gid);
-        writeSync(fd, `${process.pid} ${hostname()}\n`);
-      } catch (err) {
-        closeSync(fd);
-        try {
-          unlinkSync(temp);
-        } catch {
-          /* nothing to clean */
-        }
-        throw new Error(`cannot write lock file ${temp}: ${(err as Error).message}`, { cause: err });
-      }
-      closeSync(fd);
-      try {
-        linkSync(temp, path);
-      } finally {
-        try {
-          unlinkSync(temp);
-        } catch {
-          /* gone */
-        }
-      }
+      // Appears at once with its holder's name and owner; fails with EEXIST if someone holds it.
+      createInPlace(path, `${process.pid} ${hostname()}\n`, owner, 'lock file');
       let released = false;
       return () => {
         if (released) return;
         released = true;
-        try {
-          unlinkSync(path);
-        } catch {
-          /* already gone */
-        }
+        unlinkQuietly(path);
       };
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
@@ -78,11 +84,7 @@ export async function acquireLock(path: string, timeoutSeconds: number, owner?: 
       continue; // released between our attempts
     }
     if (!holderAlive(holder)) {
-      try {
-        unlinkSync(path);
-      } catch {
-        /* someone else removed it */
-      }
+      unlinkQuietly(path); // (unless someone else removed it first)
       continue;
     }
     if (Date.now() >= deadline) throw new LockTimeoutError(path, holder, timeoutSeconds);

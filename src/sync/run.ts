@@ -1,13 +1,13 @@
 // Engine entry points: wires locations, locks, transports and the two brains together.
 import { join } from 'node:path';
-import { realpathSync, mkdirSync, statSync, openSync, closeSync, fchownSync, existsSync, linkSync, unlinkSync, constants } from 'node:fs';
+import { realpathSync, mkdirSync, statSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createHash, spawn } from '../util/builtin.js';
 import type { MailLocation } from '../storage/location.js';
 import { openStore } from '../storage/open.js';
 import { clockMs, msSince, type Logger } from '../util/log.js';
 import { Location } from '../location/location.js';
-import { acquireLock } from '../location/lock.js';
+import { acquireLock, createInPlace } from '../location/lock.js';
 import { createPipePair } from '../transport/pipe.js';
 import type { StreamChannel } from '../transport/stream.js';
 import type { Readable, Writable } from 'node:stream';
@@ -121,31 +121,13 @@ function ownerOf(dir: string): { uid: number; gid: number } | undefined {
   }
 }
 
-/**
- * Creates p (empty) owned by owner unless it exists. Made under a private name, given its owner,
- * then linked into place (link() does not replace an existing p): p never exists owned by root,
- * not even for a moment, nor after a run killed in between (which would leave the owner's own
- * dsync unable to write its index).
- */
+/** Creates p (empty) owned by owner unless it exists; never root-owned, even for a moment. */
 function createOwned(p: string, owner: { uid: number; gid: number }): void {
   if (existsSync(p)) return;
-  const temp = `${p}.${process.pid}.tmp`;
-  const fd = openSync(temp, constants.O_CREAT | constants.O_TRUNC | constants.O_WRONLY, 0o600);
   try {
-    try {
-      fchownSync(fd, owner.uid, owner.gid);
-    } finally {
-      closeSync(fd);
-    }
-    linkSync(temp, p);
+    createInPlace(p, '', owner, 'index file');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-  } finally {
-    try {
-      unlinkSync(temp);
-    } catch {
-      /* gone already */
-    }
   }
 }
 
