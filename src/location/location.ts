@@ -319,8 +319,11 @@ export class Location {
   }
 
   async close(): Promise<void> {
-    this.index.close();
-    await this.store.close();
+    try {
+      await this.index.close();
+    } finally {
+      await this.store.close();
+    }
   }
 }
 

@@ -178,8 +178,9 @@ export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
     const summary = [...ra.summary.map((l) => `${o.local.path}: ${l}`), ...rb.summary.map((l) => `${remote.path}: ${l}`)];
     return { exitCode: ra.leftOut || rb.leftOut ? EXIT_LEFT_OUT : ra.changesDuringSync || rb.changesDuringSync ? 2 : 0, summary };
   } finally {
-    await b?.release();
-    await a?.release();
+    // Both at once: each waits for its index's fsyncs (ChangeIndex.close).
+    const released = await Promise.allSettled([b?.release(), a?.release()]);
+    for (const r of released) if (r.status === 'rejected') throw r.reason;
   }
 }
 

@@ -18,6 +18,6 @@ export async function withFirstMailbox<T>(root: string, indexPath: string, fn: (
       await box.close();
     }
   } finally {
-    loc.close();
+    await loc.close();
   }
 }

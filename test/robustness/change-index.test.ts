@@ -234,7 +234,7 @@ test('the index of a run that was killed is checked at the next open; a damaged 
   assertNoDuplicates(await assertSame(la, lb), 'after the rebuild');
 });
 
-test('the change index is held exclusively while open: no shared-memory file, other connections are kept out', (t) => {
+test('the change index is held exclusively while open: no shared-memory file, other connections are kept out', async (t) => {
   const file = path.join(tempDir(t), INDEX_FILE);
   const { index } = ChangeIndex.open(file);
   try {
@@ -247,7 +247,7 @@ test('the change index is held exclusively while open: no shared-memory file, ot
       other.close();
     }
   } finally {
-    index.close();
+    await index.close();
   }
   const after = new Database(file, { readonly: true });
   try {
@@ -257,11 +257,11 @@ test('the change index is held exclusively while open: no shared-memory file, ot
   }
 });
 
-test('an index of schema version 1 (before digests) is upgraded in place; one of a later version is rebuilt', (t) => {
+test('an index of schema version 1 (before digests) is upgraded in place; one of a later version is rebuilt', async (t) => {
   const file = path.join(tempDir(t), INDEX_FILE);
   const first = ChangeIndex.open(file).index;
   const id = first.locationId;
-  first.close();
+  await first.close();
   const db = new Database(file);
   db.prepare("UPDATE meta SET value = '1' WHERE key = 'schema_version'").run();
   db.exec('DROP TABLE digests');
@@ -273,7 +273,7 @@ test('an index of schema version 1 (before digests) is upgraded in place; one of
     assert.equal(upgraded.index.getMeta('schema_version'), '2');
     assert.equal(upgraded.index.digestMadeAt('x'), undefined, 'the digests table exists');
   } finally {
-    upgraded.index.close();
+    await upgraded.index.close();
   }
   // What an older dsync does with this index, a newer one's does to ours: it starts over.
   const db2 = new Database(file);
@@ -284,6 +284,6 @@ test('an index of schema version 1 (before digests) is upgraded in place; one of
     assert.match(later.rebuiltReason ?? '', /unknown schema version 3/);
     assert.notEqual(later.index.locationId, id);
   } finally {
-    later.index.close();
+    await later.index.close();
   }
 });

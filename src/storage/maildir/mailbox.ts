@@ -1,7 +1,7 @@
 // One maildir mailbox: scanning cur/ + new/ against dovecot-uidlist, saving, flag changes, expunges.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Dirent, Stats } from 'node:fs';
+import type { Stats } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { createHash, fsp } from '../../util/builtin.js';
 import {
@@ -259,10 +259,21 @@ export class MaildirMailbox implements StoreMailbox {
     throw new StorageError(`mailbox ${this.label} does not exist (no ${path.join(this.mailDir, 'cur')})`, 'NOTFOUND');
   }
 
-  private async readDir(sub: Sub): Promise<Dirent[]> {
+  /**
+   * The names in cur/ or new/. In cur/ names only: a type would cost an object per file, and only
+   * the files a scan does not know yet need one (they are statted; a directory among them is
+   * ignored then). new/ is small, and its files are moved to cur/: a directory there is left out.
+   */
+  private async readDir(sub: Sub): Promise<string[]> {
     const dir = path.join(this.mailDir, sub);
     try {
-      return fs.readdirSync(dir, { withFileTypes: true });
+      if (sub === 'cur') return fs.readdirSync(dir);
+      const names: string[] = [];
+      for (const d of fs.readdirSync(dir, { withFileTypes: true })) {
+        if (d.isDirectory()) this.warnOnce(`mailbox ${this.label}: ignoring directory ${sub}/${d.name}`);
+        else names.push(d.name);
+      }
+      return names;
     } catch (e) {
       if (isNotFound(e) && sub === 'new') return [];
       if (isNotFound(e)) throw new StorageError(`mailbox ${this.label} does not exist (no ${dir})`, 'NOTFOUND');
@@ -455,7 +466,7 @@ export class MaildirMailbox implements StoreMailbox {
     if (this.bases) return this.bases;
     const set = new Set<string>();
     for (const sub of ['cur', 'new'] as const) {
-      for (const d of await this.readDir(sub)) if (!d.name.startsWith('.')) set.add(parseFileName(d.name).base);
+      for (const name of await this.readDir(sub)) if (!name.startsWith('.')) set.add(parseFileName(name).base);
     }
     this.bases = set;
     return set;
@@ -505,52 +516,48 @@ export class MaildirMailbox implements StoreMailbox {
     let inNew: Set<string> | null = null;
     const subOf = (base: string): Sub => (inNew !== null && inNew.has(base) ? 'new' : 'cur');
     const dupes: { sub: Sub; name: string; base: string }[] = [];
-    const consider = (sub: Sub, d: Dirent): string | null => {
-      if (d.name.startsWith('.')) {
-        this.warnOnce(`mailbox ${this.label}: ignoring stray dot-file ${sub}/${d.name}`);
+    const consider = (sub: Sub, name: string): string | null => {
+      if (name.startsWith('.')) {
+        this.warnOnce(`mailbox ${this.label}: ignoring stray dot-file ${sub}/${name}`);
         return null;
       }
-      if (d.isDirectory()) {
-        this.warnOnce(`mailbox ${this.label}: ignoring directory ${sub}/${d.name}`);
-        return null;
-      }
-      const colon = d.name.indexOf(':');
-      const base = colon < 0 ? d.name : d.name.slice(0, colon);
+      const colon = name.indexOf(':');
+      const base = colon < 0 ? name : name.slice(0, colon);
       if (base === '') {
-        this.warnOnce(`mailbox ${this.label}: ignoring file with an empty base name ${sub}/${d.name}`);
+        this.warnOnce(`mailbox ${this.label}: ignoring file with an empty base name ${sub}/${name}`);
         return null;
       }
       if (found.has(base)) {
-        dupes.push({ sub, name: d.name, base });
+        dupes.push({ sub, name, base });
         return null;
       }
       return base;
     };
     for (let i = 0; i < curEnts.length; i++) {
-      const d = curEnts[i]!;
-      const base = consider('cur', d);
-      if (base !== null) found.set(base, d.name);
+      const name = curEnts[i]!;
+      const base = consider('cur', name);
+      if (base !== null) found.set(base, name);
     }
     let raced = false;
     for (let i = 0; i < newEnts.length; i++) {
-      const d = newEnts[i]!;
-      const base = consider('new', d);
+      const name = newEnts[i]!;
+      const base = consider('new', name);
       if (base === null) continue;
       if (ctx.readOnly) {
-        found.set(base, d.name);
+        found.set(base, name);
         (inNew ??= new Set()).add(base);
         continue;
       }
-      const target = d.name.includes(':') ? d.name : `${d.name}:2,`;
+      const target = name.includes(':') ? name : `${name}:2,`;
       try {
-        fs.renameSync(path.join(this.mailDir, 'new', d.name), path.join(this.mailDir, 'cur', target));
+        fs.renameSync(path.join(this.mailDir, 'new', name), path.join(this.mailDir, 'cur', target));
         found.set(base, target);
       } catch (e) {
         if (isNotFound(e)) {
           raced = true; // someone else moved or expunged it
           continue;
         }
-        throw toStorageError(e, 'rename', path.join(this.mailDir, 'new', d.name));
+        throw toStorageError(e, 'rename', path.join(this.mailDir, 'new', name));
       }
     }
     if (raced && !final) return null;
@@ -615,7 +622,7 @@ export class MaildirMailbox implements StoreMailbox {
         continue;
       }
       if (!st.isFile()) {
-        this.warnOnce(`mailbox ${this.label}: ignoring non-regular file ${subOf(base)}/${found.get(base)}`);
+        this.warnOnce(`mailbox ${this.label}: ignoring ${st.isDirectory() ? 'directory' : 'non-regular file'} ${subOf(base)}/${found.get(base)}`);
         found.delete(base);
         continue;
       }
