@@ -18,8 +18,10 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 const RESULTS_DIR = path.join(REPO, 'bench', 'results');
 const MD_PATH = path.join(REPO, 'BENCHMARKS.md');
 
-const SCENARIOS = ['initial', 'rerun1', 'indexed', 'backup', 'links', 'nochange', 'nochange-full', 'incremental', 'conflicts', 'convert', 'floors'] as const;
+const SCENARIOS = ['initial', 'rerun1', 'indexed', 'backup', 'links', 'nochange', 'nochange-full', 'incremental', 'incremental-next', 'conflicts', 'convert', 'floors'] as const;
 type ScenarioId = (typeof SCENARIOS)[number];
+/** How long after the end of (d) its next run (d′) starts. */
+const NEXT_RUN_AFTER_MS = 2000;
 
 interface Options {
   sizes: SizeName[];
@@ -495,11 +497,17 @@ class SizeBench {
     }
   }
 
-  /** (c) / (d) / (e): a mirror run on a copy of the synced pair, after `plan` changed it. */
-  async fromGolden(id: ScenarioId, title: string, plan: MutationPlan | null, full: boolean): Promise<void> {
+  /**
+   * (c) / (d) / (e): a mirror run on a copy of the synced pair, after `plan` changed it. With
+   * `next`, each run is followed by another on the same pair, timed on its own: what the first
+   * left for the next run to do (a tool may verify its own changes at once, or leave that to the
+   * next run).
+   */
+  async fromGolden(id: ScenarioId, title: string, plan: MutationPlan | null, full: boolean, next?: { id: ScenarioId; title: string }): Promise<void> {
     await this.ensureGoldens();
     const expected = plan ? expectedAfter(this.corpusExpected, plan) : this.corpusExpected;
     const res: ScenarioResult = { id, title, ours: [], dovecot: [], notes: [] };
+    const after: ScenarioResult | null = next ? { id: next.id, title: next.title, ours: [], dovecot: [], notes: [] } : null;
     const notes = new Set<string>();
     log(`[${this.size}] ${title}`);
     for (let rep = 1; rep <= this.o.reps; rep++) {
@@ -514,11 +522,22 @@ class SizeBench {
           applyPlan(plan, { a: p.a, b: p.b }, { a: g.a, b: g.b });
         }
         const r = await this.run(t, 'mirror', p.a, p.b, full);
+        const ended = Date.now();
         if (r.exitCode !== 0) this.fail(t, title, r);
         this.noteStderr(notes, t, r);
         this.check(t, `${title} #${rep}`, p.a, p.b, expected);
         (res[t.id] as Sample[]).push(this.sample(r));
         this.logSample(id, t, rep, r);
+        if (after) {
+          // Not at once: a tool may distrust directory times within a second or two of a change
+          // (Dovecot's Maildir does), and runs from cron are minutes apart.
+          await new Promise((resolve) => setTimeout(resolve, Math.max(0, NEXT_RUN_AFTER_MS - (Date.now() - ended))));
+          const r2 = await this.run(t, 'mirror', p.a, p.b, full);
+          if (r2.exitCode !== 0) this.fail(t, after.title, r2);
+          this.check(t, `${after.title} #${rep}`, p.a, p.b, expected);
+          (after[t.id] as Sample[]).push(this.sample(r2));
+          this.logSample(after.id, t, rep, r2);
+        }
       }
     }
     for (const t of this.tools) {
@@ -527,6 +546,10 @@ class SizeBench {
     }
     res.notes.push(...contaminationNotes(res), ...[...notes].slice(0, 4));
     this.scenarios.push(res);
+    if (after) {
+      after.notes.push(...contaminationNotes(after));
+      this.scenarios.push(after);
+    }
     this.savePartial();
   }
 
@@ -712,10 +735,11 @@ class SizeBench {
     if (only.has('links')) await this.initial('links', initialReps);
     if (only.has('nochange')) await this.fromGolden('nochange', '(c) no-change re-run (steady state)', null, false);
     if (only.has('nochange-full')) await this.fromGolden('nochange-full', '(c) no-change re-run with `-f` (full)', null, true);
-    if (only.has('incremental')) {
+    if (only.has('incremental') || only.has('incremental-next')) {
       const plan = planIncremental(this.corpusExpected, this.corpus.maildir, this.o.seed);
       const title = `(d) incremental: ${plan.reflag.length} re-flagged + ${plan.deliver.length} new on A, ${plan.expunge.length} expunged on B`;
-      await this.fromGolden('incremental', title, plan, false);
+      const next = only.has('incremental-next') ? { id: 'incremental-next' as const, title: `(d′) the next run after (d), ${NEXT_RUN_AFTER_MS / 1000} s later, nothing changed since` } : undefined;
+      await this.fromGolden('incremental', title, plan, false, next);
     }
     if (only.has('conflicts')) {
       const plan = planConflicts(this.corpusExpected, this.o.seed);
