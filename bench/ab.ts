@@ -27,6 +27,8 @@ const USAGE = `usage: node dist/bench/ab.js [options] BUILD...
   --scenario S      ${SCENARIOS.join(', ')} (default incremental)
   --reps N          runs per build (default 7)
   --no-check        skip the correctness check after each run (it re-hashes both sides)
+  --keep            keep the work directory (deleting it makes creating files slower for minutes
+                    on some file systems, see bench/README.md, "Method"; delete it later)
   --freeze DIR      only freeze this checkout's dist/ into DIR (then pass DIR as a BUILD)
   --prepare         only prepare one pair for the scenario (settled by the first build, plan
                     applied), keep it and print how to run it by hand (strace, perf...)
@@ -39,13 +41,14 @@ interface Options {
   scenario: Scenario;
   reps: number;
   check: boolean;
+  keep: boolean;
   prepare: boolean;
   work?: string;
   builds: string[];
 }
 
 function parse(argv: string[]): Options | null {
-  const o: Options = { size: '10k', scenario: 'incremental', reps: 7, check: true, prepare: false, builds: [] };
+  const o: Options = { size: '10k', scenario: 'incremental', reps: 7, check: true, keep: false, prepare: false, builds: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const value = (): string => {
@@ -63,6 +66,7 @@ function parse(argv: string[]): Options | null {
       o.scenario = v as Scenario;
     } else if (a === '--reps') o.reps = Math.max(1, Number(value()) | 0);
     else if (a === '--no-check') o.check = false;
+    else if (a === '--keep') o.keep = true;
     else if (a === '--prepare') o.prepare = true;
     else if (a === '--work') o.work = path.resolve(value());
     else if (a === '--freeze') {
@@ -197,7 +201,8 @@ async function main(): Promise<void> {
         `${i === 0 ? '' : `${ratio.toFixed(2)}× build 0  `}${bin}`,
     );
   });
-  rmrf(work);
+  if (o.keep) console.log(`kept ${work}: remove it when done`);
+  else rmrf(work);
 }
 
 main().catch((e) => {
