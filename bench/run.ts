@@ -12,7 +12,7 @@ import { doveadmCmd, doveadmSyncCmd, dovecotVersion, primeWithDovecot, writeDove
 import { diffExpected, diffTrees, expectedOf, hasNoUids, messageCount, readTree, type BodyKey, type Expected, type TreeState } from './lib/snapshot.js';
 import { mboxLocation, readMboxTree } from './lib/mbox.js';
 import { applyPlan, expectedAfter, planConflicts, planIncremental, type MutationPlan } from './lib/mutate.js';
-import { describeMachine, renderSize, writeBenchmarksMd, type FloorResult, type ScenarioResult, type SizeResults, type ToolId } from './lib/report.js';
+import { buildLabel, describeMachine, renderSize, writeBenchmarksMd, type FloorResult, type ScenarioResult, type SizeResults, type ToolId } from './lib/report.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const RESULTS_DIR = path.join(REPO, 'bench', 'results');
@@ -776,11 +776,13 @@ async function main(): Promise<number> {
   for (const c of ['doveadm', 'setpriv']) sh('sh', ['-c', `command -v ${c}`]);
   fs.mkdirSync(RESULTS_DIR, { recursive: true });
   const dv = dovecotVersion();
+  // Now, not per size: `npm run bench` has just built dist/ from this checkout.
+  const build = buildLabel(REPO);
   // Work directories are deleted after the last size, not between sizes: the mass deletion would
   // slow the next size's first runs (see Graveyard).
   const finished: SizeBench[] = [];
   try {
-    await benchSizes(o, dv, finished);
+    await benchSizes(o, dv, build, finished);
   } finally {
     for (const b of finished) b.cleanup();
   }
@@ -791,14 +793,14 @@ async function main(): Promise<number> {
   return 0;
 }
 
-async function benchSizes(o: Options, dv: string, finished: SizeBench[]): Promise<void> {
+async function benchSizes(o: Options, dv: string, build: string, finished: SizeBench[]): Promise<void> {
   for (const size of o.sizes) {
     const t0 = performance.now();
     const b = new SizeBench(size, o);
     let ok = false;
     try {
       b.prepare();
-      const machine = describeMachine(b.work, dv, REPO);
+      const machine = describeMachine(b.work, dv, build);
       await b.runAll();
       const res: SizeResults = {
         size,

@@ -87,7 +87,14 @@ export function fsyncLatencyMs(dir: string, n = 40): number {
   return median(xs);
 }
 
-export function describeMachine(workDir: string, dovecot: string, repoDir: string): Machine {
+/** The commit of the checkout, marked when src/ differs from it. Taken when the build is made: a later edit is not in the build measured. */
+export function buildLabel(repoDir: string): string {
+  const head = firstLine('git', ['-C', repoDir, 'rev-parse', '--short', 'HEAD']);
+  const dirty = spawnSync('git', ['-C', repoDir, 'status', '--porcelain', '--', 'src'], { encoding: 'utf8' }).stdout.trim() !== '';
+  return head ? `${head}${dirty ? ' (+ uncommitted changes in src/)' : ''}` : 'unknown';
+}
+
+export function describeMachine(workDir: string, dovecot: string, build: string): Machine {
   let cpuModel = 'unknown';
   try {
     const m = /^model name\s*:\s*(.+)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
@@ -102,8 +109,6 @@ export function describeMachine(workDir: string, dovecot: string, repoDir: strin
   } catch {
     // ignore
   }
-  const head = firstLine('git', ['-C', repoDir, 'rev-parse', '--short', 'HEAD']);
-  const dirty = spawnSync('git', ['-C', repoDir, 'status', '--porcelain', '--', 'src'], { encoding: 'utf8' }).stdout.trim() !== '';
   return {
     nproc: Number(firstLine('nproc', [])) || os.cpus().length,
     cpuModel,
@@ -113,7 +118,7 @@ export function describeMachine(workDir: string, dovecot: string, repoDir: strin
     dovecot,
     filesystem,
     fsyncMs: Math.round(fsyncLatencyMs(workDir) * 100) / 100,
-    commit: head ? `${head}${dirty ? ' (+ uncommitted changes in src/)' : ''}` : 'unknown',
+    commit: build,
   };
 }
 

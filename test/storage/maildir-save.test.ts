@@ -328,3 +328,29 @@ for (const [how, move] of [
     await store.close();
   });
 }
+
+test('save: a mail whose GUID names a file delivered to new/ since the scan gets a name of its own', async (t) => {
+  const root = tempDir(t);
+  const store = await openMaildir(`maildir:${root}`);
+  const box = await store.openMailbox(['INBOX']);
+  await box.scan();
+  // Delivered after the scan, under the very name the save would give its mail.
+  const guid = '1704103200.M100001P4242Q1.corpus';
+  fs.writeFileSync(path.join(root, 'new', guid), msg(7));
+  await box.save([req(1, guid, msg(1))]);
+  const cur = fs.readdirSync(path.join(root, 'cur'));
+  assert.equal(cur.length, 1);
+  assert.ok(!cur[0]!.startsWith(guid), `saved under another name: ${cur[0]}`);
+  // Two files, two mails: the saved one under its UID (its GUID kept in the uidlist), the
+  // delivered one with the next UID (its name is its GUID).
+  const msgs = await box.scan();
+  assert.deepEqual(
+    msgs.map((m) => [m.uid, m.guid]),
+    [
+      [1, guid],
+      [2, guid],
+    ],
+  );
+  await box.close();
+  await store.close();
+});

@@ -1053,7 +1053,12 @@ export class MaildirMailbox implements StoreMailbox {
         const present = await this.knownBases();
         const listed = listedBases(ul);
         const taken = new Set<string>();
-        const isTaken = (b: string) => taken.has(b) || present.has(b) || listed.has(b);
+        // What was delivered to new/ since the scan (usually nothing): one readdir for the batch
+        // instead of a stat per mail. A mail saved under the name of a file in new/ would make
+        // two files of one base name.
+        const delivered = new Set<string>();
+        for (const name of await this.readDir('new')) delivered.add(parseFileName(name).base);
+        const isTaken = (b: string) => taken.has(b) || present.has(b) || listed.has(b) || delivered.has(b);
         const added: UidlistEntry[] = [];
         const placed: MsgFile[] = [];
         const curDir = path.join(this.mailDir, 'cur');
@@ -1066,8 +1071,7 @@ export class MaildirMailbox implements StoreMailbox {
             if (isUsableBaseName(req.guid) && !isTaken(req.guid)) {
               const hints = sizeHints(req.guid);
               const sizesOk = (hints.size === undefined || hints.size === p.size) && (hints.vsize === undefined || hints.vsize === p.vsize);
-              const inNew = fs.existsSync(path.join(this.mailDir, 'new', req.guid));
-              if (sizesOk && !inNew) candidate = req.guid;
+              if (sizesOk) candidate = req.guid;
             }
             let base = candidate ?? `${p.tmpBase},S=${p.size},W=${p.vsize}`;
             // Under another name the GUID lives only in the uidlist entry written below: killed
