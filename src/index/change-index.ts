@@ -455,8 +455,9 @@ export class ChangeIndex {
   async close(): Promise<void> {
     const db = this.db;
     const log = `${this.path}-wal`;
-    // A run that wrote nothing has nothing to fold back (and makes nothing durable).
-    if (this.path !== ':memory:' && fileSize(log) > 0) {
+    try {
+      // A run that wrote nothing has nothing to fold back (and makes nothing durable).
+      if (this.path === ':memory:' || fileSize(log) === 0) return;
       // With synchronous = OFF the checkpoints below sync nothing themselves.
       db.pragma('synchronous = OFF');
       try {
@@ -472,8 +473,10 @@ export class ChangeIndex {
       } finally {
         db.pragma('synchronous = NORMAL');
       }
+    } finally {
+      // Also after a failed fsync: closing folds what is left the way SQLite does.
+      db.close();
     }
-    db.close();
   }
 }
 
