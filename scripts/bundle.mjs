@@ -32,10 +32,8 @@ await build({
 });
 
 // V8 accepts a code cache only from a process with the same V8 flags: the cache is made by a
-// Node started with the flags of bin/dsync's #! line. It is made after training runs
-// (scripts/train-cache.cjs), so that it holds what such runs compile. Should they fail, every
-// function is compiled up front (--no-lazy) instead, so that the cache holds them all, then the
-// flag is set back, as V8 checks it too.
+// Node started with the flags of bin/dsync's #! line. Every function is compiled up front
+// (--no-lazy) so that the cache holds them all, then the flag is set back, as V8 checks it too.
 const shebang = readFileSync(path.join(root, 'bin', 'dsync'), 'utf8').split('\n', 1)[0];
 const words = shebang.split(/\s+/);
 const nodeFlags = words.slice(words.indexOf('node') + 1);
@@ -48,9 +46,5 @@ v8.setFlagsFromString('--lazy');
 fs.writeFileSync(cache, script.createCachedData());
 `;
 rmSync(path.join(root, 'dist', 'dsync.mjs'), { force: true }); // the ES module bundle of earlier builds
-const trained = spawnSync(process.execPath, [...nodeFlags, path.join(root, 'scripts', 'train-cache.cjs'), bundle, `${bundle}.cache`], { stdio: 'inherit' });
-if (trained.status !== 0) {
-  process.stderr.write('bundle: making the code cache of every function instead\n');
-  const r = spawnSync(process.execPath, [...nodeFlags, '-e', makeCache, bundle, `${bundle}.cache`], { stdio: 'inherit' });
-  if (r.status !== 0) throw new Error(`making the code cache failed (exit ${r.status})`);
-}
+const r = spawnSync(process.execPath, [...nodeFlags, '-e', makeCache, bundle, `${bundle}.cache`], { stdio: 'inherit' });
+if (r.status !== 0) throw new Error(`making the code cache failed (exit ${r.status})`);
