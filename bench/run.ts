@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureCorpus, chownR, corpusRoot, MAIL_GID, MAIL_UID, SIZES, DEFAULT_SEED, type Corpus, type SizeName } from './corpus.js';
 import { copyTree, freezeBuild, Graveyard, resetAtimes, rmrf, sh, syncDisks, timed, GNU_TIME, type CopyMode, type RunResult, type Sample } from './lib/exec.js';
-import { doveadmCmd, doveadmSyncCmd, dovecotVersion, primeWithDovecot, writeDoveadmConfig, type DoveadmEnv } from './lib/dovecot.js';
+import { doveadmCmd, doveadmRemoteCmd, doveadmSyncCmd, dovecotVersion, primeWithDovecot, writeDoveadmConfig, type DoveadmEnv } from './lib/dovecot.js';
 import { diffExpected, diffTrees, expectedOf, hasNoUids, messageCount, readTree, type BodyKey, type Expected, type TreeState } from './lib/snapshot.js';
 import { mboxLocation, readMboxTree } from './lib/mbox.js';
 import { applyPlan, expectedAfter, planConflicts, planIncremental, type MutationPlan } from './lib/mutate.js';
@@ -18,7 +18,7 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 const RESULTS_DIR = path.join(REPO, 'bench', 'results');
 const MD_PATH = path.join(REPO, 'BENCHMARKS.md');
 
-const SCENARIOS = ['initial', 'rerun1', 'indexed', 'backup', 'links', 'nochange', 'nochange-full', 'incremental', 'incremental-next', 'conflicts', 'convert', 'floors'] as const;
+const SCENARIOS = ['initial', 'rerun1', 'indexed', 'backup', 'links', 'remote', 'nochange', 'nochange-full', 'incremental', 'incremental-next', 'remote-incremental', 'conflicts', 'convert', 'floors'] as const;
 type ScenarioId = (typeof SCENARIOS)[number];
 /** How long after the end of (d) its next run (d′) starts. */
 const NEXT_RUN_AFTER_MS = 2000;
@@ -44,7 +44,7 @@ interface Options {
 const USAGE = `usage: npm run bench -- [options]
   --size LIST       corpus sizes, comma-separated: ${Object.keys(SIZES).join(', ')} (default 10k)
   --reps N          repetitions per cell (default 3)
-  --initial-reps N  repetitions of the initial-sync scenarios (a), (a″) and (b) (default: --reps); on a
+  --initial-reps N  repetitions of the initial-sync scenarios (a), (a″), (b) and (h) (default: --reps); on a
                     slow-fsync disk Dovecot's initial sync of 10k mails takes minutes
   --indexed-reps N  repetitions of (a'), the initial mirror from a Dovecot-indexed source (default 1)
   --seed N          corpus seed (default ${DEFAULT_SEED})
@@ -154,6 +154,12 @@ interface Tool {
    * Dovecot with the config whose namespace names the separator (see writeDoveadmConfig).
    */
   locCmd(mode: 'mirror' | 'backup', local: string, remote: string): string[];
+  /**
+   * Like cmd, with B served by a second process of the tool that it starts as a command and
+   * talks to over a pipe, as it would over ssh (ours `dsync server`, Dovecot's `doveadm
+   * dsync-server`): the remote protocol, without ssh's encryption.
+   */
+  remoteCmd(mode: 'mirror' | 'backup', a: string, b: string): string[];
   env: NodeJS.ProcessEnv;
 }
 
@@ -260,6 +266,7 @@ class SizeBench {
         env: oursEnv,
         cmd: (mode, a, b, full, extra = []) => ours([...extra, ...(full ? ['-f'] : []), '-o', `mail_location=maildir:${a}`, mode, `maildir:${b}`]),
         locCmd: (mode, local, remote) => ours(['-o', `mail_location=${local}`, mode, remote]),
+        remoteCmd: (mode, a, b) => ours(['-o', `mail_location=maildir:${a}`, mode, this.bin, '-o', `mail_location=maildir:${b}`, 'server']),
       },
       {
         id: 'dovecot',
@@ -268,6 +275,7 @@ class SizeBench {
         env: this.dove.env,
         cmd: (mode, a, b, full) => doveadmSyncCmd(this.dove, mode, a, b, full),
         locCmd: (mode, local, remote) => doveadmCmd(this.doveConvert, mode, local, remote),
+        remoteCmd: (mode, a, b) => doveadmRemoteCmd(this.dove, mode, a, b),
       },
     ];
     this.tools = this.tools.filter((t) => o.tools.has(t.id));
@@ -403,7 +411,7 @@ class SizeBench {
   // -------------------------------------------------------------- scenarios
 
   /** (a) / (a') / (b): initial sync from an MDA-delivered (or Dovecot-indexed) tree into nothing. */
-  async initial(id: 'initial' | 'indexed' | 'backup' | 'links', reps: number): Promise<void> {
+  async initial(id: 'initial' | 'indexed' | 'backup' | 'links' | 'remote', reps: number): Promise<void> {
     const mode = id === 'backup' ? 'backup' : 'mirror';
     const source = id === 'indexed' ? this.corpus.primed! : this.corpus.maildir;
     const title = {
@@ -411,6 +419,7 @@ class SizeBench {
       indexed: '(a′) initial mirror, source already indexed by Dovecot',
       backup: '(b) initial backup → empty',
       links: '(a″) initial mirror → empty with `-o dsync_hardlinks=yes` (ours only; compare with `cp -al`)',
+      remote: '(h) initial mirror → empty, B behind a pipe (a server process, as over ssh)',
     }[id];
     // Dovecot has no such option: its cell stays empty.
     const extra = id === 'links' ? ['-o', 'dsync_hardlinks=yes'] : [];
@@ -424,7 +433,7 @@ class SizeBench {
         const cellSamples = res[t.id];
         if (!Array.isArray(cellSamples)) continue;
         const p = this.freshPair(t, source);
-        const r = await this.run(t, mode, p.a, p.b, false, extra);
+        const r = id === 'remote' ? await this.timedCmd(t, t.remoteCmd(mode, p.a, p.b), [p.a, p.b]) : await this.run(t, mode, p.a, p.b, false, extra);
         if (r.exitCode !== 0 && t.id === 'ours' && /not (yet )?(supported|implemented)/i.test(r.stderr)) {
           res[t.id] = { unsupported: 'not supported yet' };
           log(`  ${t.label}: ${mode} not supported yet (${r.stderr.trim().split('\n').pop()})`);
@@ -503,7 +512,14 @@ class SizeBench {
    * left for the next run to do (a tool may verify its own changes at once, or leave that to the
    * next run).
    */
-  async fromGolden(id: ScenarioId, title: string, plan: MutationPlan | null, full: boolean, next?: { id: ScenarioId; title: string }): Promise<void> {
+  async fromGolden(
+    id: ScenarioId,
+    title: string,
+    plan: MutationPlan | null,
+    full: boolean,
+    next?: { id: ScenarioId; title: string },
+    o: { remote?: boolean } = {},
+  ): Promise<void> {
     await this.ensureGoldens();
     const expected = plan ? expectedAfter(this.corpusExpected, plan) : this.corpusExpected;
     const res: ScenarioResult = { id, title, ours: [], dovecot: [], notes: [] };
@@ -521,7 +537,7 @@ class SizeBench {
           const g = this.golden.get(t.id)!;
           applyPlan(plan, { a: p.a, b: p.b }, { a: g.a, b: g.b });
         }
-        const r = await this.run(t, 'mirror', p.a, p.b, full);
+        const r = o.remote ? await this.timedCmd(t, t.remoteCmd('mirror', p.a, p.b), [p.a, p.b]) : await this.run(t, 'mirror', p.a, p.b, full);
         const ended = Date.now();
         if (r.exitCode !== 0) this.fail(t, title, r);
         this.noteStderr(notes, t, r);
@@ -733,6 +749,7 @@ class SizeBench {
     if (only.has('indexed')) await this.initial('indexed', this.o.indexedReps);
     if (only.has('backup')) await this.initial('backup', initialReps);
     if (only.has('links')) await this.initial('links', initialReps);
+    if (only.has('remote')) await this.initial('remote', initialReps);
     if (only.has('nochange')) await this.fromGolden('nochange', '(c) no-change re-run (steady state)', null, false);
     if (only.has('nochange-full')) await this.fromGolden('nochange-full', '(c) no-change re-run with `-f` (full)', null, true);
     if (only.has('incremental') || only.has('incremental-next')) {
@@ -740,6 +757,10 @@ class SizeBench {
       const title = `(d) incremental: ${plan.reflag.length} re-flagged + ${plan.deliver.length} new on A, ${plan.expunge.length} expunged on B`;
       const next = only.has('incremental-next') ? { id: 'incremental-next' as const, title: `(d′) the next run after (d), ${NEXT_RUN_AFTER_MS / 1000} s later, nothing changed since` } : undefined;
       await this.fromGolden('incremental', title, plan, false, next);
+    }
+    if (only.has('remote-incremental')) {
+      const plan = planIncremental(this.corpusExpected, this.corpus.maildir, this.o.seed);
+      await this.fromGolden('remote-incremental', '(h′) incremental as (d), B behind a pipe (a server process, as over ssh)', plan, false, undefined, { remote: true });
     }
     if (only.has('conflicts')) {
       const plan = planConflicts(this.corpusExpected, this.o.seed);

@@ -55,6 +55,15 @@ export function doveadmCmd(d: DoveadmEnv, mode: 'mirror' | 'backup', local: stri
   return ['doveadm', '-c', d.configPath, '-o', `mail_location=${local}`, mode === 'mirror' ? 'sync' : 'backup', ...(full ? ['-f'] : []), remote];
 }
 
+/**
+ * A sync with B served by `doveadm dsync-server`, started by doveadm itself as the command its
+ * destination names (what it runs through ssh for `remote:host`).
+ */
+export function doveadmRemoteCmd(d: DoveadmEnv, mode: 'mirror' | 'backup', a: string, b: string): string[] {
+  const server = `doveadm -c ${d.configPath} -o mail_location=maildir:${b} dsync-server`;
+  return ['doveadm', '-c', d.configPath, '-o', `mail_location=maildir:${a}`, mode === 'mirror' ? 'sync' : 'backup', server];
+}
+
 /** Opens every mailbox once (`doveadm index '*'`): uidlists and dovecot.index* as Dovecot leaves them. */
 export function primeWithDovecot(d: DoveadmEnv, maildir: string): void {
   const r = spawnSync('doveadm', ['-c', d.configPath, '-o', `mail_location=maildir:${maildir}`, 'index', '*'], { encoding: 'utf8', env: d.env });

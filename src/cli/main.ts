@@ -109,6 +109,7 @@ async function run(args: ParsedArgs, io: MainIO, log: Logger, stdout: () => LogS
       log,
       input: io.stdin ?? process.stdin,
       output,
+      tempDir: rs.mailTempDir,
     };
     if (owner) o.owner = owner;
     return await runServer(o);
@@ -123,6 +124,7 @@ async function run(args: ParsedArgs, io: MainIO, log: Logger, stdout: () => LogS
     local: rs.local,
     remote,
     log,
+    tempDir: rs.mailTempDir,
   };
   if (args.mailbox !== undefined) o.mailbox = args.mailbox;
   if (owner) o.owner = owner;

@@ -12,12 +12,12 @@ import { BodySourceError, type SaveRequest } from '../storage/types.js';
 import type {
   HandshakeRecord,
   MailChangeRecord,
-  MailRecord,
   MailboxRecord,
   MailboxTreeNodeRecord,
   SyncType,
 } from './records.js';
 import { planTree, type TreeMode } from './decide/tree-plan.js';
+import { MailFeed } from './mail-feed.js';
 import { planMailbox, type MessageView, type SaveAction, type SideActions, type SideView } from './decide/mailbox-plan.js';
 import { planBackup } from './decide/backup-plan.js';
 import { nameKey } from './decide/name-hash.js';
@@ -515,11 +515,19 @@ async function exchangeChanges(ctx: Ctx, box: LocationMailbox, mode: ExportMode,
     : mirrorPlan(ctx, exported.view, peerView, mode.lastCommonUid, box.identity === 'guid');
 }
 
-/** Asks the peer for the bodies of the mails to copy from it, and answers its requests. */
-async function exchangeBodies(ctx: Ctx, box: LocationMailbox, saves: SaveAction[]): Promise<Map<number, MailRecord>> {
+/**
+ * Asks the peer for the bodies of the mails to copy from it, in the order the saves use them,
+ * and answers its requests. The answers are taken from the returned feed as the saves go.
+ */
+function exchangeBodies(ctx: Ctx, box: LocationMailbox, saves: SaveAction[]): Promise<MailFeed> {
   const { ch } = ctx;
   for (const s of saves) if (s.from === 'peer') ch.send({ type: 'request', guid: s.key, uid: s.sourceUid });
   ch.send({ type: 'end' });
+  return answerRequests(ctx, box);
+}
+
+async function answerRequests(ctx: Ctx, box: LocationMailbox): Promise<MailFeed> {
+  const { ch } = ctx;
   for (const r of await recvList(ch, 'request')) {
     const body = box.openBody(r.uid ?? 0, r.guid);
     const msg = box.message(r.uid ?? 0);
@@ -527,9 +535,7 @@ async function exchangeBodies(ctx: Ctx, box: LocationMailbox, saves: SaveAction[
     ch.send({ type: 'mail', guid: r.guid ?? '', uid: r.uid ?? 0, receivedDate: msg?.internalDate ?? 0, body, ...(localFile ? { localFile } : {}) });
   }
   ch.send({ type: 'end' });
-  const mails = new Map<number, MailRecord>();
-  for (const m of await recvList(ch, 'mail')) mails.set(m.uid, m);
-  return mails;
+  return new MailFeed(ch);
 }
 
 async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxRecord, theirs: MailboxRecord): Promise<void> {
@@ -584,7 +590,9 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   if (ctx.isSource && (actions.saves.length || actions.expunges.length || actions.flagUpdates.length)) {
     throw new Error('internal error: the backup source was asked to change mail');
   }
-  const mails = await exchangeBodies(ctx, box, actions.saves);
+  // In ascending UID order: the order they are saved in, and so the order their bodies are asked for.
+  const saves = [...actions.saves].sort((a, b) => a.uid - b.uid);
+  const mails = await exchangeBodies(ctx, box, saves);
 
   // Saves first (a UID move copies before it expunges), then the barrier: after it the peer
   // may expunge the mails whose bodies we were reading.
@@ -604,7 +612,6 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     }
     if (!plan.quietRebuild) ctx.summary.push(`mailbox ${name}: rebuilt from the source (${plan.rebuild})`);
   }
-  const saves = [...actions.saves].sort((a, b) => a.uid - b.uid);
   const applied = { fromPeer: 0, moved: 0 };
   if (saves.length > 0) {
     const st = await box.store.status();
@@ -616,8 +623,13 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
       for (const s of saves) s.uid = next++;
     }
   }
-  const bodyOf = (sv: SaveAction): SaveRequest | null => {
-    const mail = mails.get(sv.sourceUid);
+  // A save's request, with the body the peer sent (taken from the feed once; kept for a retry
+  // of the combined store update the slow way).
+  const prepared = new Map<SaveAction, SaveRequest | null>();
+  const bodyOf = async (sv: SaveAction): Promise<SaveRequest | null> => {
+    const known = prepared.get(sv);
+    if (known !== undefined) return known;
+    const mail = await mails.take(sv.sourceUid);
     const body = mail?.body ?? null;
     if (!body) {
       ctx.log.warn(`mailbox ${name}: mail ${sv.key} vanished on the other side before it could be copied (run dsync again)`);
@@ -628,13 +640,22 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     if (mail?.localFile) req.linkFrom = mail.localFile;
     return req;
   };
+  const requestsOf = async (list: SaveAction[], keep: boolean): Promise<SaveRequest[]> => {
+    const out: SaveRequest[] = [];
+    for (const sv of list) {
+      const r = await bodyOf(sv);
+      if (keep) prepared.set(sv, r);
+      if (r) out.push(r);
+    }
+    return out;
+  };
   const isMove = (sv: SaveAction) => sv.from === 'local';
   let combined = false;
   if (box.canSaveAndRenumber && saves.some(isMove) && saves.some((sv) => !isMove(sv))) {
     // After a UID conflict moves and copies interleave: one store update for all of them.
     const moves = saves.filter((sv) => isMove(sv) && box.keyOf(sv.sourceUid) === sv.key);
     if (moves.length < saves.filter(isMove).length) changesDuringSync = true;
-    const requests = saves.filter((sv) => !isMove(sv)).map(bodyOf).filter((r): r is SaveRequest => r !== null);
+    const requests = await requestsOf(saves.filter((sv) => !isMove(sv)), true);
     try {
       await box.saveAndRenumber(requests, moves.map((sv) => ({ from: sv.sourceUid, to: sv.uid, flags: sv.flags, keywords: sv.keywords })), ctx.peerId);
       applied.moved += moves.length;
@@ -660,12 +681,15 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
       applied.moved += moves.length;
       continue;
     }
-    const requests = run.map(bodyOf).filter((r): r is SaveRequest => r !== null);
+    const requests = await requestsOf(run, false);
     const n = await saveSkippingUnreadable(ctx, box, requests, name);
     trimHeap();
     if (n < requests.length) changesDuringSync = true;
     applied.fromPeer += n;
   }
+  prepared.clear();
+  await mails.finish();
+  ch.mailboxDone?.();
   const syncId = ctx.role === 'master' ? newSyncId() : '';
   ch.send({
     type: 'state',

@@ -31,6 +31,8 @@ export interface RunSyncOptions {
    * file where it can (same file system, same owner, the file's time is the mail's date).
    */
   hardLinks?: boolean;
+  /** mail_temp_dir: where a remote run spools mail bodies it cannot hold in memory (default the system's). */
+  tempDir?: string;
 }
 
 export type RemoteSpec = { kind: 'location'; location: MailLocation } | { kind: 'command'; argv: string[] };
@@ -202,7 +204,7 @@ async function runRemote(o: RunSyncOptions, argv: string[]): Promise<RunSyncResu
     child.on('error', (error) => resolve({ code: null, signal: null, error }));
     child.on('exit', (code, signal) => resolve({ code, signal }));
   });
-  const ch = new Channel(child.stdout!, child.stdin!, { peerName: `the remote dsync (${argv.join(' ')})` });
+  const ch = new Channel(child.stdout!, child.stdin!, { peerName: `the remote dsync (${argv.join(' ')})`, spoolDir: o.tempDir });
   child.stdin!.on('error', () => undefined); // reported through the channel
   try {
     if (o.mailbox !== undefined) settings.syncBox = o.mailbox.split(a.location.separator).filter((p) => p !== '');
@@ -238,8 +240,10 @@ export async function runServer(o: {
   log: Logger;
   input: NodeJS.ReadableStream;
   output: NodeJS.WritableStream;
+  /** See RunSyncOptions.tempDir. */
+  tempDir?: string;
 }): Promise<number> {
-  const ch = new (await streamChannel())(o.input as Readable, o.output as Writable, { peerName: 'the dsync that started this server' });
+  const ch = new (await streamChannel())(o.input as Readable, o.output as Writable, { peerName: 'the dsync that started this server', spoolDir: o.tempDir });
   let opened: OpenedLocation | undefined;
   try {
     const first = await ch.recv();

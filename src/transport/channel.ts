@@ -10,6 +10,12 @@ export interface Channel {
   /** Tells the peer we failed; its pending and future recv() reject with this reason. */
   abort(reason: Error): void;
   close(): void;
+  /**
+   * The brain is done with the mails it received for the current mailbox (all saved, or no
+   * longer wanted): a channel that keeps received bodies (spooled to disk, or counted against
+   * its memory budget) lets go of them.
+   */
+  mailboxDone?(): void;
 }
 
 export class ProtocolError extends Error {

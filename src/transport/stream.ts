@@ -5,7 +5,13 @@
 // is followed by the body in chunks: "<length>\n<bytes>", ended by "0\n". Bodies are read from
 // the sender's store while they are written, and up to SPOOL_LIMIT bytes are kept in memory by
 // the receiver; larger bodies are spooled to a temporary file.
-import { createReadStream, mkdtempSync, openSync, writeSync, closeSync, rmSync } from 'node:fs';
+//
+// Flow control: the receiver keeps at most `memoryBudget` bytes of bodies that it received and
+// its brain has not opened yet. Beyond that it stops reading, so the sender's writes wait (the
+// pipe's own backpressure) while the brain saves what it has. A brain that asks for more records
+// while holding that much (it needs every mail of a mailbox at once) gets them, with their bodies
+// spooled to disk instead of held in memory: the run never stalls, and memory stays bounded.
+import { createReadStream, mkdtempSync, openSync, writeSync, closeSync, rmSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -15,12 +21,18 @@ import { ProtocolError, type Channel } from './channel.js';
 export const STREAM_PROTOCOL = 'DSYNC-TS 1';
 const SPOOL_LIMIT = 1 << 20;
 const MAX_LINE = 16 << 20;
+/** Default bytes of received, unopened bodies held in memory (see the flow control above). */
+const MEMORY_BUDGET = 8 << 20;
 
 type Outgoing = SyncRecord | { type: 'abort'; message: string };
 
 export interface StreamChannelOptions {
   /** Names the peer in error messages, e.g. "the remote dsync". */
   peerName?: string;
+  /** Bytes of received bodies not yet opened to hold in memory at most (default 8 MB). */
+  memoryBudget?: number;
+  /** Where to make the spool directory (mail_temp_dir); default the system's temp dir. */
+  spoolDir?: string;
 }
 
 export class StreamChannel implements Channel {
@@ -34,7 +46,19 @@ export class StreamChannel implements Channel {
   private sawVersion = false;
   private body: { rec: MailRecord; chunks: Buffer[]; size: number; fd?: number; file?: string; need: number } | null = null;
   private spoolDir: string | undefined;
+  /** Spool files made since the last mailboxDone(). */
+  private spoolFiles: string[] = [];
   private readonly peer: string;
+  private readonly budget: number;
+  private readonly spoolParent: string | undefined;
+  /** Bytes of in-memory bodies delivered and not opened yet (counted in this generation). */
+  private held = 0;
+  /** Bumped by mailboxDone(): bodies of earlier mailboxes no longer count. */
+  private generation = 0;
+  /** Reading is paused because `held` exceeds the budget. */
+  private paused = false;
+  /** The brain wanted more while holding the budget: new bodies go to disk until it opens some. */
+  private spoolAll = false;
 
   constructor(
     private readonly input: Readable,
@@ -42,6 +66,8 @@ export class StreamChannel implements Channel {
     opts: StreamChannelOptions = {},
   ) {
     this.peer = opts.peerName ?? 'the peer';
+    this.budget = opts.memoryBudget ?? MEMORY_BUDGET;
+    this.spoolParent = opts.spoolDir;
     output.write(`${STREAM_PROTOCOL}\n`);
     input.on('data', (chunk: Buffer) => {
       try {
@@ -67,6 +93,12 @@ export class StreamChannel implements Channel {
     const rec = this.inbox.shift();
     if (rec) return Promise.resolve(rec);
     if (this.failure) return Promise.reject(this.failure);
+    if (this.paused) {
+      // Everything read is taken, and its bodies are still held: waiting for them to be opened
+      // could wait forever. Read on, spooling bodies to disk.
+      this.spoolAll = true;
+      this.setPaused(false);
+    }
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
   }
 
@@ -88,6 +120,46 @@ export class StreamChannel implements Channel {
     void this.flush()
       .catch(() => undefined)
       .then(() => this.output.end());
+  }
+
+  /**
+   * The brain finished a mailbox: every body it received for it was saved or is no longer
+   * wanted. Their spool files are removed, and unopened ones stop counting against the budget.
+   */
+  mailboxDone(): void {
+    this.generation++;
+    this.held = 0;
+    this.spoolAll = false;
+    this.setPaused(false);
+    for (const f of this.spoolFiles.splice(0)) {
+      try {
+        unlinkSync(f);
+      } catch {
+        /* already gone: dispose() removes the directory in any case */
+      }
+    }
+  }
+
+  /** Bytes of received bodies held in memory, not yet opened by the brain (for tests). */
+  get heldBytes(): number {
+    return this.held;
+  }
+
+  private setPaused(paused: boolean): void {
+    if (paused === this.paused) return;
+    this.paused = paused;
+    if (paused) this.input.pause();
+    else this.input.resume();
+  }
+
+  /** A body of n bytes was opened (or its mailbox is done): it no longer counts. */
+  private release(n: number, generation: number): void {
+    if (generation !== this.generation) return;
+    this.held -= n;
+    if (this.held <= this.budget / 2) {
+      this.spoolAll = false;
+      this.setPaused(false);
+    }
   }
 
   /** Fails every pending and future recv(). */
@@ -204,15 +276,27 @@ export class StreamChannel implements Channel {
   private addBodyBytes(b: Buffer): void {
     const body = this.body!;
     body.size += b.length;
-    if (body.fd === undefined && body.size > SPOOL_LIMIT) {
-      this.spoolDir ??= mkdtempSync(join(tmpdir(), 'dsync-spool-'));
-      body.file = join(this.spoolDir, `${Date.now()}-${Math.random().toString(36).slice(2)}`);
-      body.fd = openSync(body.file, 'w', 0o600);
-      for (const c of body.chunks) writeSync(body.fd, c);
+    if (body.fd === undefined && (body.size > SPOOL_LIMIT || this.spoolAll)) {
+      const parent = this.spoolParent ?? tmpdir();
+      try {
+        this.spoolDir ??= mkdtempSync(join(parent, 'dsync-spool-'));
+        body.file = join(this.spoolDir, `${Date.now()}-${Math.random().toString(36).slice(2)}`);
+        body.fd = openSync(body.file, 'w', 0o600);
+        this.spoolFiles.push(body.file);
+        for (const c of body.chunks) writeSync(body.fd, c);
+      } catch (err) {
+        throw new ProtocolError(`cannot spool a mail body from ${this.peer} to ${parent} (mail_temp_dir): ${(err as Error).message}`);
+      }
       body.chunks = [];
     }
-    if (body.fd !== undefined) writeSync(body.fd, b);
-    else body.chunks.push(Buffer.from(b));
+    if (body.fd === undefined) body.chunks.push(Buffer.from(b));
+    else {
+      try {
+        writeSync(body.fd, b);
+      } catch (err) {
+        throw new ProtocolError(`cannot spool a mail body from ${this.peer} to ${body.file}: ${(err as Error).message}`);
+      }
+    }
   }
 
   private finishBody(): void {
@@ -225,7 +309,18 @@ export class StreamChannel implements Channel {
       factory = () => createReadStream(file);
     } else {
       const bytes = Buffer.concat(body.chunks);
-      factory = () => bytes;
+      // Counted until first opened (a save retried after another mail's failure opens it again).
+      const generation = this.generation;
+      let counted = true;
+      this.held += bytes.length;
+      factory = () => {
+        if (counted) {
+          counted = false;
+          this.release(bytes.length, generation);
+        }
+        return bytes;
+      };
+      if (this.held > this.budget) this.setPaused(true);
     }
     this.deliver({ ...body.rec, body: factory });
   }
@@ -237,6 +332,14 @@ export class StreamChannel implements Channel {
   }
 
   private cleanupSpool(): void {
+    if (this.body?.fd !== undefined) {
+      try {
+        closeSync(this.body.fd);
+      } catch {
+        /* closed already */
+      }
+      this.body.fd = undefined;
+    }
     if (this.spoolDir) rmSync(this.spoolDir, { recursive: true, force: true });
     this.spoolDir = undefined;
   }

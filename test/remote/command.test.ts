@@ -77,3 +77,20 @@ test('a remote side that fails or speaks something else: clear error, exit 75, n
   const snap = await snapshot(`maildir:${a}`);
   assert.equal(snap.mailboxes[0].messages.length, 1);
 });
+
+test('mail bodies spooled in a remote run go to mail_temp_dir: an unusable one is a clear error that loses nothing', async () => {
+  const a = tmp();
+  const b = tmp();
+  deliver(a, makeMessage('here'));
+  // 3 MB: more than a body the receiver keeps in memory, so it is spooled on its way to A.
+  deliver(b, Buffer.concat([Buffer.from('Subject: big\n\n'), Buffer.alloc(3 << 20, 'y\n')]));
+  const bad = dsync(`maildir:${a}`, 'mirror', `maildir:${b}`, ['-o', 'mail_temp_dir=/nonexistent/dsync-temp']);
+  assert.notEqual(bad.status, 0, bad.stderr);
+  assert.match(bad.stderr, /cannot spool a mail body .* to \/nonexistent\/dsync-temp \(mail_temp_dir\)/);
+  assert.equal((await snapshot(`maildir:${a}`)).mailboxes[0].messages.length, 1, 'A still has its mail, and only it');
+  const temp = tmp();
+  const good = dsync(`maildir:${a}`, 'mirror', `maildir:${b}`, ['-o', `mail_temp_dir=${temp}`]);
+  assert.equal(good.status, 0, good.stderr);
+  assert.deepEqual(await snapshot(`maildir:${a}`), await snapshot(`maildir:${b}`));
+  assert.deepEqual(fs.readdirSync(temp), [], 'the spool directory is gone after the run');
+});

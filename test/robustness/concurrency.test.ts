@@ -154,12 +154,14 @@ test("a dsync started right after another was killed does not wait for the dead 
   const victim = dsyncAsync(args);
   // Kill it once it holds the lock and has started copying into B.
   const deadline = Date.now() + 20_000;
+  let holder = '';
   while (Date.now() < deadline) {
     const copying = fs.existsSync(path.join(b, 'cur')) && fs.readdirSync(path.join(b, 'cur')).length > 0;
-    if (fs.existsSync(lock) && copying) break;
+    // Read in the same step as the check: the victim may finish (and drop its lock) in between.
+    holder = copying ? readIfExists(lock) : '';
+    if (holder !== '') break;
     await sleep(10);
   }
-  const holder = fs.readFileSync(lock, 'utf8');
   assert.match(holder, new RegExp(`^${victim.child.pid} `), 'the victim holds the lock');
   victim.child.kill('SIGKILL');
   const dead = await victim.done;
@@ -191,3 +193,11 @@ test("a dsync started right after another was killed does not wait for the dead 
   const s = await assertSame(`maildir:${a}`, `maildir:${b}`);
   assertContainsOnce(s, inA.map((d) => [d, 'INBOX'] as [string, string]), 'after the kill');
 });
+
+function readIfExists(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
+}
