@@ -197,7 +197,8 @@ function masterSettings(o: RunSyncOptions): MasterSettings {
 /** Syncs with a `dsync server` started by a command (ssh or anything else) over its stdin/stdout. */
 async function runRemote(o: RunSyncOptions, argv: string[]): Promise<RunSyncResult> {
   const settings = masterSettings(o);
-  const a = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: settings.backup === 'send', lockTimeout: o.lockTimeout });
+  // The remote side is started first: its start takes a while (ssh's connection, a Node start),
+  // and it opens nothing before our handshake, so that overlaps with opening ours.
   const Channel = await streamChannel();
   const child = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'inherit'] });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: Error }>((resolve) => {
@@ -206,6 +207,16 @@ async function runRemote(o: RunSyncOptions, argv: string[]): Promise<RunSyncResu
   });
   const ch = new Channel(child.stdout!, child.stdin!, { peerName: `the remote dsync (${argv.join(' ')})`, spoolDir: o.tempDir });
   child.stdin!.on('error', () => undefined); // reported through the channel
+  let a: OpenedLocation;
+  try {
+    a = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: settings.backup === 'send', lockTimeout: o.lockTimeout });
+  } catch (err) {
+    // Stopped before it read anything: a signal, not the end of its input, which it would
+    // report as an error of its own next to ours.
+    ch.dispose();
+    if (child.exitCode === null) child.kill('SIGTERM');
+    throw err;
+  }
   try {
     if (o.mailbox !== undefined) settings.syncBox = o.mailbox.split(a.location.separator).filter((p) => p !== '');
     let result;

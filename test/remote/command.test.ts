@@ -94,3 +94,14 @@ test('mail bodies spooled in a remote run go to mail_temp_dir: an unusable one i
   assert.deepEqual(await snapshot(`maildir:${a}`), await snapshot(`maildir:${b}`));
   assert.deepEqual(fs.readdirSync(temp), [], 'the spool directory is gone after the run');
 });
+
+test('a local location that cannot be opened: its error alone, the remote side (already started) stopped quietly', async () => {
+  const b = tmp();
+  deliver(b, makeMessage('there'));
+  const r = dsync('maildir:/etc/passwd/not-a-dir', 'mirror', `maildir:${b}`);
+  assert.notEqual(r.status, 0, r.stderr);
+  assert.match(r.stderr, /\/etc\/passwd\/not-a-dir/);
+  assert.doesNotMatch(r.stderr, /remote|server|closed the connection/, 'nothing from or about the remote side');
+  assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  assert.equal((await snapshot(`maildir:${b}`)).mailboxes[0].messages.length, 1);
+});
