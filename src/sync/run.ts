@@ -33,6 +33,11 @@ export interface RunSyncOptions {
   hardLinks?: boolean;
   /** mail_temp_dir: where a remote run spools mail bodies it cannot hold in memory (default the system's). */
   tempDir?: string;
+  /**
+   * For tests: the two brains of a local run talk through the byte-stream channel of remote runs
+   * (its framing and flow control, with this memory budget) instead of handing records over.
+   */
+  streamBudget?: number;
 }
 
 export type RemoteSpec = { kind: 'location'; location: MailLocation } | { kind: 'command'; argv: string[] };
@@ -163,6 +168,7 @@ export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
   const localFirst = canonical(o.local.path) <= canonical(remote.path);
   let a: OpenedLocation | undefined;
   let b: OpenedLocation | undefined;
+  let streams: [StreamChannel, StreamChannel] | undefined;
   try {
     if (localFirst) {
       a = await openA();
@@ -172,7 +178,7 @@ export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
       a = await openA();
     }
     if (o.mailbox !== undefined) settings.syncBox = o.mailbox.split(a.location.separator).filter((p) => p !== '');
-    const [chA, chB] = createPipePair();
+    const [chA, chB] = o.streamBudget === undefined ? createPipePair() : (streams = await streamPair(o.streamBudget, o.tempDir));
     const [ra, rb] = await Promise.all([
       runBrain({ role: 'master', location: a.location, channel: chA, log: o.log, settings }),
       runBrain({ role: 'slave', location: b.location, channel: chB, log: o.log }),
@@ -180,6 +186,7 @@ export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
     const summary = [...ra.summary.map((l) => `${o.local.path}: ${l}`), ...rb.summary.map((l) => `${remote.path}: ${l}`)];
     return { exitCode: ra.leftOut || rb.leftOut ? EXIT_LEFT_OUT : ra.changesDuringSync || rb.changesDuringSync ? 2 : 0, summary };
   } finally {
+    for (const ch of streams ?? []) ch.dispose();
     // Both at once: each waits for its index's fsyncs (ChangeIndex.close).
     const released = await Promise.allSettled([b?.release(), a?.release()]);
     for (const r of released) if (r.status === 'rejected') throw r.reason;
@@ -284,6 +291,18 @@ export async function runServer(o: {
 }
 
 /** The byte-stream transport, loaded only by runs that talk to another process. */
+/** Two stream channels joined back to back in this process (see RunSyncOptions.streamBudget). */
+async function streamPair(budget: number, spoolDir: string | undefined): Promise<[StreamChannel, StreamChannel]> {
+  const { PassThrough } = await import('node:stream');
+  const Channel = await streamChannel();
+  const toB = new PassThrough();
+  const toA = new PassThrough();
+  return [
+    new Channel(toA, toB, { peerName: 'side B', memoryBudget: budget, spoolDir }),
+    new Channel(toB, toA, { peerName: 'side A', memoryBudget: budget, spoolDir }),
+  ];
+}
+
 async function streamChannel(): Promise<typeof StreamChannel> {
   return (await import('../transport/stream.js')).StreamChannel;
 }

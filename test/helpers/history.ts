@@ -139,7 +139,12 @@ function checkUidsStable(snap: Snapshot, seen: Map<string, string>): void {
 export type Locations = (a: string, b: string) => [string, string];
 const maildirs: Locations = (a, b) => [`maildir:${a}`, `maildir:${b}`];
 
-export async function runHistory(rounds: { a: Op[]; b: Op[] }[], locations: Locations = maildirs, names = NAMES, opts: { hardLinks?: boolean } = {}): Promise<void> {
+export async function runHistory(
+  rounds: { a: Op[]; b: Op[] }[],
+  locations: Locations = maildirs,
+  names = NAMES,
+  opts: { hardLinks?: boolean; streamBudget?: number } = {},
+): Promise<void> {
       const root = fs.mkdtempSync(path.join(os.tmpdir(), 'dsync-prop-'));
       const [a, b] = locations(path.join(root, 'a'), path.join(root, 'b'));
       // mbox keeps no message GUIDs: compare everything else.

@@ -7,7 +7,11 @@ export interface MirrorRun extends RunSyncResult {
   log: string[];
 }
 
-export async function mirror(a: string, b: string, opts: { full?: boolean; mailbox?: string; backup?: boolean; reverse?: boolean; altChar?: string; hardLinks?: boolean } = {}): Promise<MirrorRun> {
+export async function mirror(
+  a: string,
+  b: string,
+  opts: { full?: boolean; mailbox?: string; backup?: boolean; reverse?: boolean; altChar?: string; hardLinks?: boolean; streamBudget?: number } = {},
+): Promise<MirrorRun> {
   const lines: string[] = [];
   const log = new Logger({ sink: { write: (s: string) => lines.push(s.trimEnd()) }, verbose: true });
   const res = await runSync({
@@ -21,6 +25,7 @@ export async function mirror(a: string, b: string, opts: { full?: boolean; mailb
     log,
     lockTimeout: 5,
     ...(opts.hardLinks ? { hardLinks: true } : {}),
+    ...(opts.streamBudget !== undefined ? { streamBudget: opts.streamBudget } : {}),
   });
   return { ...res, log: lines };
 }

@@ -41,3 +41,13 @@ test(`mirror property with dsync_hardlinks: ${MBOX_RUNS} random histories`, { ti
     { numRuns: MBOX_RUNS, verbose: 1 },
   );
 });
+
+// The two brains through the byte-stream channel of remote runs, with a memory budget of a few
+// mails: its framing, the mails taken as the saves need them, reading paused at the budget and
+// bodies spooled when a brain takes more than it opens (UID conflicts save a mailbox at once).
+test(`mirror property over the byte-stream channel: ${MBOX_RUNS} random histories`, { timeout: 900_000 }, async () => {
+  await fc.assert(
+    fc.asyncProperty(fc.array(roundArb, { minLength: 1, maxLength: 4 }), (rounds) => runHistory(rounds, undefined, undefined, { streamBudget: 2048 })),
+    { numRuns: MBOX_RUNS, verbose: 1 },
+  );
+});
