@@ -112,7 +112,17 @@ async function run(args: ParsedArgs, io: MainIO, log: Logger, stdout: () => LogS
       tempDir: rs.mailTempDir,
     };
     if (owner) o.owner = owner;
-    return await runServer(o);
+    try {
+      return await runServer(o);
+    } catch (err) {
+      // The dsync that started us stopped on an error of its own, which it reports: saying it
+      // here too would print it twice on the same terminal.
+      if (err instanceof Error && err.name === 'PeerAbortError') {
+        log.debug(err.message);
+        return EX_TEMPFAIL;
+      }
+      throw err;
+    }
   }
 
   if (!remote) throw new Error(`internal error: ${args.command} without a destination`);

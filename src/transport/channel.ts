@@ -25,6 +25,14 @@ export class ProtocolError extends Error {
   }
 }
 
+/** The peer stopped on an error of its own and said so (it reports that error itself). */
+export class PeerAbortError extends ProtocolError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'PeerAbortError';
+  }
+}
+
 export async function expectRecord<T extends RecordType>(ch: Channel, type: T): Promise<RecordOf<T>> {
   const rec = await ch.recv();
   if (rec.type !== type) throw new ProtocolError(`expected a ${type} record from the peer, got ${rec.type}`);

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import type { MailRecord, SyncRecord } from '../sync/records.js';
-import { ProtocolError, type Channel } from './channel.js';
+import { PeerAbortError, ProtocolError, type Channel } from './channel.js';
 
 export const STREAM_PROTOCOL = 'DSYNC-TS 1';
 const SPOOL_LIMIT = 1 << 20;
@@ -258,7 +258,7 @@ export class StreamChannel implements Channel {
     const rec = JSON.parse(line) as Outgoing & { hasBody?: boolean };
     if (typeof rec !== 'object' || rec === null || typeof rec.type !== 'string') throw new ProtocolError(`${this.peer} sent a line that is not a record`);
     if (rec.type === 'abort') {
-      this.fail(new ProtocolError(`${this.peer} failed: ${(rec as { message: string }).message}`));
+      this.fail(new PeerAbortError(`${this.peer} failed: ${(rec as { message: string }).message}`));
       return;
     }
     if (rec.type === 'mail') {

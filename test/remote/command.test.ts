@@ -87,6 +87,7 @@ test('mail bodies spooled in a remote run go to mail_temp_dir: an unusable one i
   const bad = dsync(`maildir:${a}`, 'mirror', `maildir:${b}`, ['-o', 'mail_temp_dir=/nonexistent/dsync-temp']);
   assert.notEqual(bad.status, 0, bad.stderr);
   assert.match(bad.stderr, /cannot spool a mail body .* to \/nonexistent\/dsync-temp \(mail_temp_dir\)/);
+  assert.equal(bad.stderr.match(/cannot spool/g)?.length, 1, `said once, not echoed by the server too:\n${bad.stderr}`);
   assert.equal((await snapshot(`maildir:${a}`)).mailboxes[0].messages.length, 1, 'A still has its mail, and only it');
   const temp = tmp();
   const good = dsync(`maildir:${a}`, 'mirror', `maildir:${b}`, ['-o', `mail_temp_dir=${temp}`]);
