@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureCorpus, chownR, corpusRoot, MAIL_GID, MAIL_UID, SIZES, DEFAULT_SEED, type Corpus, type SizeName } from './corpus.js';
 import { copyTree, freezeBuild, Graveyard, resetAtimes, rmrf, sh, syncDisks, timed, GNU_TIME, type CopyMode, type RunResult, type Sample } from './lib/exec.js';
+import { startSshd } from '../test/helpers/sshd.js';
 import { doveadmCmd, doveadmRemoteCmd, doveadmSyncCmd, dovecotVersion, primeWithDovecot, writeDoveadmConfig, type DoveadmEnv } from './lib/dovecot.js';
 import { diffExpected, diffTrees, expectedOf, hasNoUids, messageCount, readTree, type BodyKey, type Expected, type TreeState } from './lib/snapshot.js';
 import { mboxLocation, readMboxTree } from './lib/mbox.js';
@@ -18,7 +19,7 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 const RESULTS_DIR = path.join(REPO, 'bench', 'results');
 const MD_PATH = path.join(REPO, 'BENCHMARKS.md');
 
-const SCENARIOS = ['initial', 'rerun1', 'indexed', 'backup', 'links', 'remote', 'nochange', 'nochange-full', 'incremental', 'incremental-next', 'remote-incremental', 'conflicts', 'convert', 'floors'] as const;
+const SCENARIOS = ['initial', 'rerun1', 'indexed', 'backup', 'links', 'remote', 'ssh', 'nochange', 'nochange-full', 'incremental', 'incremental-next', 'remote-incremental', 'conflicts', 'convert', 'floors'] as const;
 type ScenarioId = (typeof SCENARIOS)[number];
 /** How long after the end of (d) its next run (d′) starts. */
 const NEXT_RUN_AFTER_MS = 2000;
@@ -44,7 +45,7 @@ interface Options {
 const USAGE = `usage: npm run bench -- [options]
   --size LIST       corpus sizes, comma-separated: ${Object.keys(SIZES).join(', ')} (default 10k)
   --reps N          repetitions per cell (default 3)
-  --initial-reps N  repetitions of the initial-sync scenarios (a), (a″), (b) and (h) (default: --reps); on a
+  --initial-reps N  repetitions of the initial-sync scenarios (a), (a″), (b), (h), (h″) (default: --reps); on a
                     slow-fsync disk Dovecot's initial sync of 10k mails takes minutes
   --indexed-reps N  repetitions of (a'), the initial mirror from a Dovecot-indexed source (default 1)
   --seed N          corpus seed (default ${DEFAULT_SEED})
@@ -160,6 +161,8 @@ interface Tool {
    * dsync-server`): the remote protocol, without ssh's encryption.
    */
   remoteCmd(mode: 'mirror' | 'backup', a: string, b: string): string[];
+  /** Like remoteCmd, through ssh: `login` is the ssh command line that logs in to the other side. */
+  sshCmd(mode: 'mirror' | 'backup', a: string, b: string, login: string[]): string[];
   env: NodeJS.ProcessEnv;
 }
 
@@ -267,6 +270,7 @@ class SizeBench {
         cmd: (mode, a, b, full, extra = []) => ours([...extra, ...(full ? ['-f'] : []), '-o', `mail_location=maildir:${a}`, mode, `maildir:${b}`]),
         locCmd: (mode, local, remote) => ours(['-o', `mail_location=${local}`, mode, remote]),
         remoteCmd: (mode, a, b) => ours(['-o', `mail_location=maildir:${a}`, mode, this.bin, '-o', `mail_location=maildir:${b}`, 'server']),
+        sshCmd: (mode, a, b, login) => ours(['-o', `mail_location=maildir:${a}`, mode, ...login, this.bin, '-o', `mail_location=maildir:${b}`, 'server']),
       },
       {
         id: 'dovecot',
@@ -276,6 +280,7 @@ class SizeBench {
         cmd: (mode, a, b, full) => doveadmSyncCmd(this.dove, mode, a, b, full),
         locCmd: (mode, local, remote) => doveadmCmd(this.doveConvert, mode, local, remote),
         remoteCmd: (mode, a, b) => doveadmRemoteCmd(this.dove, mode, a, b),
+        sshCmd: (mode, a, b, login) => doveadmRemoteCmd(this.dove, mode, a, b, login),
       },
     ];
     this.tools = this.tools.filter((t) => o.tools.has(t.id));
@@ -411,7 +416,7 @@ class SizeBench {
   // -------------------------------------------------------------- scenarios
 
   /** (a) / (a') / (b): initial sync from an MDA-delivered (or Dovecot-indexed) tree into nothing. */
-  async initial(id: 'initial' | 'indexed' | 'backup' | 'links' | 'remote', reps: number): Promise<void> {
+  async initial(id: 'initial' | 'indexed' | 'backup' | 'links' | 'remote' | 'ssh', reps: number, login?: string[]): Promise<void> {
     const mode = id === 'backup' ? 'backup' : 'mirror';
     const source = id === 'indexed' ? this.corpus.primed! : this.corpus.maildir;
     const title = {
@@ -420,6 +425,7 @@ class SizeBench {
       backup: '(b) initial backup → empty',
       links: '(a″) initial mirror → empty with `-o dsync_hardlinks=yes` (ours only; compare with `cp -al`)',
       remote: '(h) initial mirror → empty, B behind a pipe (a server process, as over ssh)',
+      ssh: '(h″) initial mirror → empty, B over ssh (a private sshd on 127.0.0.1)',
     }[id];
     // Dovecot has no such option: its cell stays empty.
     const extra = id === 'links' ? ['-o', 'dsync_hardlinks=yes'] : [];
@@ -433,7 +439,12 @@ class SizeBench {
         const cellSamples = res[t.id];
         if (!Array.isArray(cellSamples)) continue;
         const p = this.freshPair(t, source);
-        const r = id === 'remote' ? await this.timedCmd(t, t.remoteCmd(mode, p.a, p.b), [p.a, p.b]) : await this.run(t, mode, p.a, p.b, false, extra);
+        const r =
+          id === 'remote'
+            ? await this.timedCmd(t, t.remoteCmd(mode, p.a, p.b), [p.a, p.b])
+            : id === 'ssh'
+              ? await this.timedCmd(t, t.sshCmd(mode, p.a, p.b, login!), [p.a, p.b])
+              : await this.run(t, mode, p.a, p.b, false, extra);
         if (r.exitCode !== 0 && t.id === 'ours' && /not (yet )?(supported|implemented)/i.test(r.stderr)) {
           res[t.id] = { unsupported: 'not supported yet' };
           log(`  ${t.label}: ${mode} not supported yet (${r.stderr.trim().split('\n').pop()})`);
@@ -481,6 +492,35 @@ class SizeBench {
     this.scenarios.push(res);
     if (wantRerun) this.scenarios.push(rerun);
     this.savePartial();
+  }
+
+  /**
+   * (h″): the initial mirror over real ssh, to the private sshd of the test suite (as root, with
+   * a key of its own; both tools log in with a copy of that key their user can read). Without
+   * sshd the cells say why.
+   */
+  async overSsh(reps: number): Promise<void> {
+    const sshd = await startSshd(10_000);
+    if (typeof sshd === 'string') {
+      const why = { unsupported: `no sshd: ${sshd}` };
+      this.scenarios.push({ id: 'ssh', title: '(h″) initial mirror → empty, B over ssh (a private sshd on 127.0.0.1)', ours: why, dovecot: why, notes: [] });
+      log(`  (h″) skipped: ${sshd}`);
+      return;
+    }
+    try {
+      const key = path.join(this.work, 'ssh_key');
+      const k = sshd.sshArgv.indexOf('-i');
+      fs.copyFileSync(sshd.sshArgv[k + 1]!, key);
+      fs.chownSync(key, MAIL_UID, MAIL_GID);
+      fs.chmodSync(key, 0o600);
+      const login = sshd.sshArgv.map((w, i) => (i === k + 1 ? key : w));
+      await this.initial('ssh', reps, login);
+      this.scenarios.at(-1)?.notes.unshift(
+        'the server side runs under sshd, not as a child of the timed command: the CPU and RSS columns are the local side\'s, and the server\'s CPU counts as "other processes" in the notes below',
+      );
+    } finally {
+      await sshd.stop();
+    }
   }
 
   /** Settles the just-synced pair (one more untimed mirror) and keeps it as the golden pair. */
@@ -750,6 +790,7 @@ class SizeBench {
     if (only.has('backup')) await this.initial('backup', initialReps);
     if (only.has('links')) await this.initial('links', initialReps);
     if (only.has('remote')) await this.initial('remote', initialReps);
+    if (only.has('ssh')) await this.overSsh(initialReps);
     if (only.has('nochange')) await this.fromGolden('nochange', '(c) no-change re-run (steady state)', null, false);
     if (only.has('nochange-full')) await this.fromGolden('nochange-full', '(c) no-change re-run with `-f` (full)', null, true);
     if (only.has('incremental') || only.has('incremental-next')) {

@@ -59,8 +59,10 @@ export function doveadmCmd(d: DoveadmEnv, mode: 'mirror' | 'backup', local: stri
  * A sync with B served by `doveadm dsync-server`, started by doveadm itself as the command its
  * destination names (what it runs through ssh for `remote:host`).
  */
-export function doveadmRemoteCmd(d: DoveadmEnv, mode: 'mirror' | 'backup', a: string, b: string): string[] {
-  const server = `doveadm -c ${d.configPath} -o mail_location=maildir:${b} dsync-server`;
+export function doveadmRemoteCmd(d: DoveadmEnv, mode: 'mirror' | 'backup', a: string, b: string, login: string[] = []): string[] {
+  // Over ssh the server gets the login's environment (root's HOME, which mail_uid cannot enter).
+  const env = login.length > 0 ? `env HOME=${d.env.HOME} USER=${d.env.USER} ` : '';
+  const server = `${login.join(' ')}${login.length > 0 ? ' ' : ''}${env}doveadm -c ${d.configPath} -o mail_location=maildir:${b} dsync-server`;
   return ['doveadm', '-c', d.configPath, '-o', `mail_location=maildir:${a}`, mode === 'mirror' ? 'sync' : 'backup', server];
 }
 
