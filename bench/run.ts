@@ -21,6 +21,7 @@ const MD_PATH = path.join(REPO, 'BENCHMARKS.md');
 
 const SCENARIOS = ['initial', 'rerun1', 'indexed', 'backup', 'links', 'remote', 'ssh', 'nochange', 'nochange-full', 'incremental', 'incremental-next', 'remote-incremental', 'conflicts', 'convert', 'floors'] as const;
 type ScenarioId = (typeof SCENARIOS)[number];
+const SSH_TITLE = '(h″) initial mirror → empty, B over ssh (a private sshd on 127.0.0.1)';
 /** How long after the end of (d) its next run (d′) starts. */
 const NEXT_RUN_AFTER_MS = 2000;
 
@@ -425,7 +426,7 @@ class SizeBench {
       backup: '(b) initial backup → empty',
       links: '(a″) initial mirror → empty with `-o dsync_hardlinks=yes` (ours only; compare with `cp -al`)',
       remote: '(h) initial mirror → empty, B behind a pipe (a server process, as over ssh)',
-      ssh: '(h″) initial mirror → empty, B over ssh (a private sshd on 127.0.0.1)',
+      ssh: SSH_TITLE,
     }[id];
     // Dovecot has no such option: its cell stays empty.
     const extra = id === 'links' ? ['-o', 'dsync_hardlinks=yes'] : [];
@@ -503,7 +504,7 @@ class SizeBench {
     const sshd = await startSshd(10_000);
     if (typeof sshd === 'string') {
       const why = { unsupported: `no sshd: ${sshd}` };
-      this.scenarios.push({ id: 'ssh', title: '(h″) initial mirror → empty, B over ssh (a private sshd on 127.0.0.1)', ours: why, dovecot: why, notes: [] });
+      this.scenarios.push({ id: 'ssh', title: SSH_TITLE, ours: why, dovecot: why, notes: [] });
       log(`  (h″) skipped: ${sshd}`);
       return;
     }

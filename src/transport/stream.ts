@@ -285,7 +285,8 @@ export class StreamChannel implements Channel {
         this.spoolFiles.push(body.file);
         for (const c of body.chunks) writeSync(body.fd, c);
       } catch (err) {
-        throw new ProtocolError(`cannot spool a mail body from ${this.peer} to ${parent} (mail_temp_dir): ${(err as Error).message}`);
+        const setting = this.spoolParent === undefined ? '' : ' (mail_temp_dir)';
+        throw new ProtocolError(`cannot spool a mail body from ${this.peer} to ${parent}${setting}: ${(err as Error).message}`);
       }
       body.chunks = [];
     }
