@@ -16,6 +16,24 @@ export function makeTempDir(prefix = 'dsync-test-'): string {
   return dir;
 }
 
+const scratchDirs: string[] = [];
+
+/**
+ * A private temp dir (mode 0700, as mkdtemp makes it) removed when the test process exits,
+ * for tests that make many and have no per-test cleanup. node:test runs each test file in
+ * a process of its own, so nothing outlives its file.
+ */
+export function scratchDir(prefix: string): string {
+  if (scratchDirs.length === 0) {
+    process.on('exit', () => {
+      for (const dir of scratchDirs) fs.rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
+    });
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  scratchDirs.push(dir);
+  return dir;
+}
+
 /** Removes a directory tree; a missing tree is not an error. */
 export function removeTree(dir: string): void {
   fs.rmSync(dir, { recursive: true, force: true, maxRetries: 3 });

@@ -4,15 +4,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as os from 'node:os';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { makeMessage } from '../helpers/corpus.js';
 import { snapshot } from '../helpers/snapshot.js';
-import { hashTree } from '../helpers/tmp.js';
+import { hashTree, scratchDir } from '../helpers/tmp.js';
 
 const DSYNC = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/dsync');
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'dsync-remote-'));
+const tmp = () => scratchDir('dsync-remote-');
 
 function deliver(dir: string, body: Buffer, flags = ''): void {
   for (const d of ['cur', 'new', 'tmp']) fs.mkdirSync(path.join(dir, d), { recursive: true });

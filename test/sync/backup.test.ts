@@ -3,16 +3,15 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as os from 'node:os';
 import { makeMessage } from '../helpers/corpus.js';
 import { snapshot } from '../helpers/snapshot.js';
 import { mirror } from '../helpers/mirror.js';
-import { hashTree } from '../helpers/tmp.js';
+import { hashTree, scratchDir } from '../helpers/tmp.js';
 import { parseMailLocation } from '../../src/storage/location.js';
 import { openStore } from '../../src/storage/open.js';
 import { Flag } from '../../src/model/flags.js';
 
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'dsync-backup-'));
+const tmp = () => scratchDir('dsync-backup-');
 
 function deliver(dir: string, body: Buffer, flags = ''): void {
   for (const d of ['cur', 'new', 'tmp']) fs.mkdirSync(path.join(dir, d), { recursive: true });

@@ -4,15 +4,15 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as os from 'node:os';
 import { makeMessage } from '../helpers/corpus.js';
 import { snapshot, type Snapshot } from '../helpers/snapshot.js';
 import { mirror } from '../helpers/mirror.js';
+import { scratchDir } from '../helpers/tmp.js';
 import { parseMailLocation } from '../../src/storage/location.js';
 import { openStore } from '../../src/storage/open.js';
 import { Flag } from '../../src/model/flags.js';
 
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'dsync-convert-'));
+const tmp = () => scratchDir('dsync-convert-');
 /** mbox cannot keep GUIDs: compare everything else. */
 const noGuids = (s: Snapshot) => ({ ...s, mailboxes: s.mailboxes.map((m) => ({ ...m, guid: '' })) });
 

@@ -3,18 +3,16 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as os from 'node:os';
 import { makeMessage } from '../helpers/corpus.js';
 import { snapshot } from '../helpers/snapshot.js';
 import { mirror } from '../helpers/mirror.js';
+import { scratchDir } from '../helpers/tmp.js';
 import { parseMailLocation } from '../../src/storage/location.js';
 import { openStore } from '../../src/storage/open.js';
 import type { MailStore } from '../../src/storage/types.js';
 import { Flag } from '../../src/model/flags.js';
 
-function tmp(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'dsync-mirror-'));
-}
+const tmp = () => scratchDir('dsync-mirror-');
 
 /** Drops a mail into new/ the way a delivery agent does. */
 function deliver(mailboxDir: string, body: Buffer, mtime = 1_700_000_000, name?: string): string {
