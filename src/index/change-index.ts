@@ -151,17 +151,30 @@ export interface OpenIndexResult {
 
 export class ChangeIndex {
   private readonly stmts: ReturnType<ChangeIndex['prepare']>;
+  /** The log was empty at open and no transaction has been committed since (see the constructor). */
+  private freshLog: boolean;
 
   private constructor(
     readonly db: Database.Database,
     readonly path = ':memory:',
+    logEmpty = false,
   ) {
     db.pragma('journal_mode = WAL');
-    db.pragma('synchronous = NORMAL');
-    // The log is folded back into the database once, when the run closes the index (see close),
-    // instead of whenever it passes 1,000 pages: each fold fsyncs, and a run that changes mail in
-    // many mailboxes passed that several times (30-50 ms each). Up to this many pages (40 MB) it waits.
-    db.pragma('wal_autocheckpoint = 10000');
+    this.freshLog = logEmpty;
+    if (logEmpty) {
+      // The first commit into an empty log writes the log's header, and with synchronous = NORMAL
+      // SQLite fsyncs that header on the spot, on this (the main) thread: 1-25 ms per run here.
+      // It guards nothing this index relies on: commits are not made durable before close either
+      // (NORMAL), a log whose header a crash lost is ignored as a whole (this run's commits are
+      // lost, as unsynced commits are under NORMAL, and the file is as the last close left it),
+      // and close makes the log durable before folding it back. So the first commit runs with
+      // syncs off and without automatic checkpoints (which would fold an unsynced log), and
+      // settleSyncMode restores both after it.
+      db.pragma('synchronous = OFF');
+      db.pragma('wal_autocheckpoint = 0');
+    } else {
+      this.restoreSyncMode();
+    }
     db.exec(SCHEMA);
     // Columns added after the first schema, added to older indexes in place.
     for (const [table, column] of [['messages', 'hdr_hash TEXT'], ['changes', 'hdr_hash TEXT'], ['mailboxes', 'message_count INTEGER'], ['mailboxes', 'count_modseq INTEGER']]) {
@@ -205,7 +218,7 @@ export class ChangeIndex {
       if (tables.length > 0 && !tables.some((t) => t.name === 'meta')) {
         throw new Error(`not a dsync change index (tables: ${tables.map((t) => t.name).join(', ')})`);
       }
-      const index = new ChangeIndex(db, path);
+      const index = new ChangeIndex(db, path, walBytes === 0);
       const v = index.getMeta('schema_version');
       if (v !== SCHEMA_VERSION) throw new Error(`unknown schema version ${v}`);
       return { index };
@@ -221,7 +234,7 @@ export class ChangeIndex {
         if (suffix !== '' && statSync(path + suffix).size === 0) unlinkSync(path + suffix);
         else renameSync(path + suffix, aside + suffix);
       }
-      const index = new ChangeIndex(openDatabase(path), path);
+      const index = new ChangeIndex(openDatabase(path), path, true);
       return { index, rebuiltReason: `${(err as Error).message}; moved it to ${aside} and rebuilt the index from the mail store` };
     }
   }
@@ -290,7 +303,20 @@ export class ChangeIndex {
   }
 
   transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
+    const result = this.db.transaction(fn)();
+    // Until something was written: the first transactions of a run may only read.
+    if (this.freshLog && (this.db.prepare('SELECT total_changes()').pluck().get() as number) > 0) this.restoreSyncMode();
+    return result;
+  }
+
+  /** The run's settings once the log has its header. */
+  private restoreSyncMode(): void {
+    this.freshLog = false;
+    this.db.pragma('synchronous = NORMAL');
+    // The log is folded back into the database once, when the run closes the index (see close),
+    // instead of whenever it passes 1,000 pages: each fold fsyncs, and a run that changes mail in
+    // many mailboxes passed that several times (30-50 ms each). Up to this many pages (40 MB) it waits.
+    this.db.pragma('wal_autocheckpoint = 10000');
   }
 
   getMeta(key: string): string | undefined {

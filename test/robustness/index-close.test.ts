@@ -94,3 +94,54 @@ test('the index is usable again after a close: what was written is there, and a 
     await again.index.close();
   }
 });
+
+test('the first commit into an empty log does not fsync the log on the spot; once something is written, the usual settings are back', (t) => {
+  const dir = tempDir(t);
+  const file = path.join(dir, 'index.sqlite');
+  const trace = path.join(dir, 'trace');
+  const mod = new URL('../../src/index/change-index.js', import.meta.url).href;
+  // A run on an index its last run closed: a transaction that only reads, then two that write.
+  const code = `const { ChangeIndex } = await import(${JSON.stringify(mod)});
+    const setup = ChangeIndex.open(process.argv[1]);
+    setup.index.setMeta('seed', '1');
+    await setup.index.close();
+    const { index } = ChangeIndex.open(process.argv[1]);
+    const mode = () => [index.db.pragma('synchronous', { simple: true }), index.db.pragma('wal_autocheckpoint', { simple: true })].join('/');
+    const seen = [mode()];
+    index.transaction(() => index.getMeta('seed'));
+    seen.push(mode());
+    process.stderr.write('WRITING\\n');
+    index.transaction(() => index.setMeta('a', 'x'.repeat(5000)));
+    index.transaction(() => index.setMeta('b', 'y'));
+    process.stderr.write('CLOSING\\n');
+    seen.push(mode());
+    await index.close();
+    console.log(seen.join(' '));`;
+  const probe = spawnSync('strace', ['-f', '-o', '/dev/null', 'true'], { encoding: 'utf8' });
+  const traced = !probe.error && probe.status === 0;
+  const args = [process.execPath, '--input-type=module', '-e', code, '--', file];
+  const r = traced
+    ? spawnSync('strace', ['-f', '-y', '-o', trace, '-e', 'trace=write,fsync,fdatasync', ...args], { encoding: 'utf8' })
+    : spawnSync(args[0]!, args.slice(1), { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  // synchronous/wal_autocheckpoint: off until the first write, NORMAL (1) and 10000 pages after it.
+  assert.equal(r.stdout.trim(), '0/0 0/0 1/10000');
+  const again = ChangeIndex.open(file);
+  try {
+    assert.equal(again.rebuiltReason, undefined);
+    assert.equal(again.index.getMeta('a'), 'x'.repeat(5000));
+  } finally {
+    void again.index.close();
+  }
+  if (!traced) {
+    t.skip(`strace cannot trace here (${probe.error?.message ?? probe.stderr.trim()}): only the settings were checked, not the system calls`);
+    return;
+  }
+  const lines = fs.readFileSync(trace, 'utf8').split('\n');
+  const from = lines.findIndex((l) => l.includes('WRITING'));
+  const to = lines.findIndex((l) => l.includes('CLOSING'));
+  assert.ok(from > 0 && to > from, 'the trace shows the writes');
+  const syncs = lines.slice(from, to).filter((l) => /f(data)?sync\(\d+</.test(l));
+  assert.deepEqual(syncs, [], 'no fsync while writing');
+  assert.ok(lines.slice(to).some((l) => l.includes(`fsync(`) && l.includes(`${file}-wal>`)), 'closing makes the log durable');
+});
