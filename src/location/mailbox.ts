@@ -1,6 +1,6 @@
 // One mailbox of a location: reconciles the store's messages with the index (journaling what
 // changed outside dsync), exports changes for a peer, and applies a peer's changes.
-import type { Readable } from 'node:stream';
+import { generatorBody, type BodyStream } from '../util/body-stream.js';
 import { BodySourceError, type SaveRequest, type StoreMailbox } from '../storage/types.js';
 import type { ChangeRow, MailboxRow, MessageRow, PeerState } from '../index/change-index.js';
 import type { MailChangeRecord } from '../sync/records.js';
@@ -10,7 +10,6 @@ import { headerHash } from '../storage/header-hash.js';
 import { MessageRows } from './message-rows.js';
 import { RowDigest } from './row-digest.js';
 import { NO_STRINGS } from '../util/empty.js';
-import { readableFrom } from '../util/builtin.js';
 
 export interface ExportMode {
   /** Messages at or below this UID are common with the peer (0 = no usable state). */
@@ -516,7 +515,7 @@ export class LocationMailbox {
    * Exact bytes of a message for the peer; null if it is gone. The body is read later, perhaps
    * while this side moves the mail to another UID, so the UID is looked up again by GUID at read time.
    */
-  openBody(uid: number, key?: string): (() => Promise<Buffer | Readable>) | null {
+  openBody(uid: number, key?: string): (() => Promise<Buffer | BodyStream>) | null {
     const m = this.rows.get(uid);
     if (!m || (key !== undefined && this.key(m) !== key)) return null;
     const want = m.guid;
@@ -545,7 +544,7 @@ export class LocationMailbox {
     return this.rows.get(uid)?.guid === guid ? uid : this.uidOfGuid(guid);
   }
 
-  private async readBodyOf(uid: number, guid: string): Promise<Buffer | Readable> {
+  private async readBodyOf(uid: number, guid: string): Promise<Buffer | BodyStream> {
     const resolve = () => this.currentUid(uid, guid);
     // A small mail is read in one go (no stream machinery), through the thread pool so that reads
     // of files not in the page cache overlap; anything else is streamed.
@@ -849,22 +848,22 @@ const HASH_PARALLELISM = 16;
 const SMALL_BODY = 256 * 1024;
 
 /** A stream that opens its source only when first read, so thousands can be queued cheaply. */
-function lazyStream(open: () => Promise<Readable>): Readable {
-  return readableFrom(
+function lazyStream(open: () => Promise<BodyStream>): BodyStream {
+  return generatorBody(
     (async function* () {
       try {
-        const s = await open();
-        for await (const chunk of s) yield chunk as Buffer;
+        // Ending this generator early (destroy, or a consumer's break) ends this loop, which
+        // gives the opened stream up too.
+        for await (const chunk of await open()) yield chunk;
       } catch (err) {
         throw new BodySourceError(`cannot read the message: ${(err as Error).message}`, { cause: err });
       }
     })(),
-    { objectMode: false },
   );
 }
 
 /** The header block of a message (up to the first empty line), read from its stream. */
-async function readHeader(stream: Readable): Promise<Buffer> {
+async function readHeader(stream: BodyStream): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
   try {

@@ -1,7 +1,7 @@
 // The storage interface every backend (maildir, mbox, ...) implements.
 // Backends know how to read and write one format faithfully; they hold no sync logic,
 // no modseqs and no change history (that is the change index's job, src/index/).
-import type { Readable } from 'node:stream';
+import type { BodyStream } from '../util/body-stream.js';
 
 /** A mailbox name as UTF-8 hierarchy components, e.g. ['INBOX'] or ['Archive', '2024']. */
 export type MailboxName = string[];
@@ -48,7 +48,7 @@ export interface SaveRequest {
   keywords: string[];
   internalDate: number;
   /** The exact message bytes: a buffer, or a function giving a stream (or, for a small mail, a buffer). */
-  body: Buffer | (() => Readable | Buffer | Promise<Buffer | Readable>);
+  body: Buffer | (() => BodyStream | Buffer | Promise<Buffer | BodyStream>);
   /**
    * Optional: the path of a file that holds exactly these bytes and is never written in place (a
    * Maildir message file of the other side, local runs), or null once it is gone. A store opened
@@ -105,7 +105,7 @@ export interface StoreMailbox {
    */
   changeToken?(): Promise<string | null>;
   /** The message's exact bytes as a stream; rejects with code 'EXPUNGED' if it vanished. */
-  openBody(uid: number): Promise<Readable>;
+  openBody(uid: number): Promise<BodyStream>;
   /**
    * Optional: the message's bytes read at once, if it is known and at most maxBytes long (else
    * null: use openBody). Cheaper than a stream for the many small mails of a first sync.

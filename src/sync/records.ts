@@ -2,7 +2,7 @@
 // (dsync-design.md §8.2). Field names follow Dovecot's schema names in camelCase so that a
 // wire codec can map them one to one; fields marked "ext" are ours and travel as extra
 // optional schema fields (Dovecot ignores unknown trailing fields).
-import type { Readable } from 'node:stream';
+import type { BodyStream } from '../util/body-stream.js';
 
 export type SyncType = 'full' | 'changed';
 
@@ -107,7 +107,7 @@ export interface MailRecord {
   uid: number;
   receivedDate: number;
   /** null when the mail was expunged before it could be sent; a small mail may come as a buffer. */
-  body: (() => Readable | Buffer | Promise<Buffer | Readable>) | null;
+  body: (() => BodyStream | Buffer | Promise<Buffer | BodyStream>) | null;
   /**
    * In-process only (a function, so a byte stream never carries it): the path of the sender's
    * file holding exactly these bytes, for a receiver that saves by hard link (dsync_hardlinks).

@@ -15,6 +15,7 @@ import { createReadStream, mkdtempSync, openSync, writeSync, closeSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
+import type { BodyStream } from '../util/body-stream.js';
 import type { MailRecord, SyncRecord } from '../sync/records.js';
 import { PeerAbortError, ProtocolError, type Channel } from './channel.js';
 
@@ -303,7 +304,7 @@ export class StreamChannel implements Channel {
   private finishBody(): void {
     const body = this.body!;
     this.body = null;
-    let factory: () => Readable | Buffer | Promise<Buffer | Readable>;
+    let factory: () => BodyStream | Buffer | Promise<Buffer | BodyStream>;
     if (body.fd !== undefined) {
       closeSync(body.fd);
       const file = body.file!;

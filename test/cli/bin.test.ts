@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { VERSION } from '../../src/version.js';
@@ -158,6 +158,29 @@ test('the bundle and the compiled modules behave the same', (t) => {
   }
 });
 
+/**
+ * Mirrors maildir a with maildir b through bin/dsync (HOME in dir). With the hook on, the run
+ * records the built-in modules it loaded (written when it exits), which modules() returns.
+ */
+function mirrorRecordingModules(dir: string, a: string, b: string): { sync(withHook: boolean): void; modules(): Set<string> } {
+  const hook = join(dir, 'hook.cjs');
+  const loaded = join(dir, 'loaded.txt');
+  writeFileSync(hook, `process.on('exit', () => require('fs').writeFileSync(${JSON.stringify(loaded)}, process.moduleLoadList.join('\\n')));\n`);
+  return {
+    sync(withHook) {
+      const env = { ...process.env, HOME: dir, NODE_OPTIONS: withHook ? `--require ${hook}` : '' };
+      const r = spawnSync(bin, ['-o', `mail_location=maildir:${a}`, 'mirror', `maildir:${b}`], { encoding: 'utf8', env, timeout: 20_000 });
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.stderr, '');
+    },
+    modules() {
+      const modules = new Set(readFileSync(loaded, 'utf8').split('\n'));
+      assert.ok(modules.has('NativeModule fs'), 'the hook saw the run');
+      return modules;
+    },
+  };
+}
+
 test('a run that changes nothing loads none of node:crypto, child_process, stream, net, perf_hooks, fs/promises (start-up time)', (t) => {
   // The compiled modules are ES modules: importing node:fs from one loads all of its lazy parts,
   // streams included. Only the bundle can keep them out.
@@ -170,22 +193,44 @@ test('a run that changes nothing loads none of node:crypto, child_process, strea
     const a = join(dir, 'a');
     for (const sub of ['cur', 'new', 'tmp']) mkdirSync(join(a, sub), { recursive: true });
     writeFileSync(join(a, 'cur', '1700000000.M1P1.host,S=20:2,S'), 'Subject: hi\n\nhello\n');
-    // Records the built-in modules the process loaded, written when it exits.
-    const hook = join(dir, 'hook.cjs');
-    const loaded = join(dir, 'loaded.txt');
-    writeFileSync(hook, `process.on('exit', () => require('fs').writeFileSync(${JSON.stringify(loaded)}, process.moduleLoadList.join('\\n')));\n`);
-    const sync = (withHook: boolean) => {
-      const env = { ...process.env, HOME: dir, NODE_OPTIONS: withHook ? `--require ${hook}` : '' };
-      const r = spawnSync(bin, ['-o', `mail_location=maildir:${a}`, 'mirror', `maildir:${join(dir, 'b')}`], { encoding: 'utf8', env, timeout: 20_000 });
-      assert.equal(r.status, 0, r.stderr);
-      assert.equal(r.stderr, '');
-    };
+    const { sync, modules } = mirrorRecordingModules(dir, a, join(dir, 'b'));
     sync(false); // the first sync copies the mail
     sync(false); // settles the change tokens the first one could not trust yet
     sync(true);
-    const modules = new Set(readFileSync(loaded, 'utf8').split('\n'));
-    assert.ok(modules.has('NativeModule fs'), 'the hook saw the run');
-    for (const m of ['crypto', 'child_process', 'stream', 'net', 'perf_hooks', 'fs/promises']) assert.ok(!modules.has(`NativeModule ${m}`), `node:${m} was loaded`);
+    for (const m of ['crypto', 'child_process', 'stream', 'net', 'perf_hooks', 'fs/promises']) assert.ok(!modules().has(`NativeModule ${m}`), `node:${m} was loaded`);
+  } finally {
+    removeTree(dir);
+  }
+});
+
+test('an incremental run that copies a mail too large for one buffer, changes flags and expunges loads no stream or fs/promises modules', (t) => {
+  if (mtime(realBundle) < mtime(realModules)) {
+    t.skip('dist/dsync.cjs is missing or older than dist/src (run `npm run build`, not only tsc)');
+    return;
+  }
+  const dir = makeTempDir('dsync-bin-lazy-big-');
+  try {
+    const a = join(dir, 'a');
+    const b = join(dir, 'b');
+    for (const sub of ['cur', 'new', 'tmp']) mkdirSync(join(a, sub), { recursive: true });
+    writeFileSync(join(a, 'cur', '1700000000.M1P1.host,S=20:2,S'), 'Subject: one\n\nhello\n');
+    writeFileSync(join(a, 'cur', '1700000000.M2P1.host,S=20:2,'), 'Subject: two\n\nhello\n');
+    const { sync, modules } = mirrorRecordingModules(dir, a, b);
+    sync(false);
+    sync(false);
+    // New on A: a 600 KB mail (streamed, not read at once) and a flag change; on B an expunge.
+    const big = Buffer.concat([Buffer.from('Subject: big\n\n'), Buffer.alloc(600 * 1024, 'x\n')]);
+    writeFileSync(join(a, 'new', '1700000100.M3P1.host'), big);
+    renameSync(join(a, 'cur', '1700000000.M2P1.host,S=20:2,'), join(a, 'cur', '1700000000.M2P1.host,S=20:2,F'));
+    const bCur = join(b, 'cur');
+    const one = readdirSync(bCur).find((n) => readFileSync(join(bCur, n), 'utf8').includes('Subject: one'));
+    assert.ok(one, 'the first sync copied the mail');
+    unlinkSync(join(bCur, one));
+    sync(true);
+    const copied = readdirSync(bCur).map((n) => readFileSync(join(bCur, n)));
+    assert.ok(copied.some((c) => c.equals(big)), 'the large mail was copied byte for byte');
+    assert.equal(readdirSync(join(a, 'cur')).length + readdirSync(join(a, 'new')).length, 2, 'the expunge reached A');
+    for (const m of ['stream', 'fs/promises', 'internal/fs/streams']) assert.ok(!modules().has(`NativeModule ${m}`), `node:${m} was loaded`);
   } finally {
     removeTree(dir);
   }

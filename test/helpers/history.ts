@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import { createHash, randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { makeMessage } from './corpus.js';
-import { snapshot, type Snapshot } from './snapshot.js';
+import { readAll, snapshot, type Snapshot } from './snapshot.js';
 import { mirror } from './mirror.js';
 import { checkDigests } from './digest-check.js';
 import { INDEX_FILE } from '../../src/sync/run.js';
@@ -116,12 +116,6 @@ async function apply(loc: string, op: Op, model: Model, names: string[][]): Prom
   } finally {
     await store.close();
   }
-}
-
-async function readAll(s: NodeJS.ReadableStream): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of s) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
 }
 
 function checkUidsStable(snap: Snapshot, seen: Map<string, string>): void {

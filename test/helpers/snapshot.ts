@@ -26,7 +26,8 @@ export interface Snapshot {
   subscriptions: string[];
 }
 
-async function readAll(s: NodeJS.ReadableStream): Promise<Buffer> {
+/** All of a body stream's bytes. */
+export async function readAll(s: AsyncIterable<unknown>): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const c of s) chunks.push(c as Buffer);
   return Buffer.concat(chunks);

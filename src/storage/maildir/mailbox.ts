@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Stats } from 'node:fs';
-import type { Readable } from 'node:stream';
+import { openFileBody, type BodyStream } from '../../util/body-stream.js';
 import { createHash, fsp } from '../../util/builtin.js';
 import {
   BodySourceError,
@@ -799,15 +799,12 @@ export class MaildirMailbox implements StoreMailbox {
 
   // ---------------------------------------------------------------- bodies
 
-  openBody(uid: number): Promise<Readable> {
+  openBody(uid: number): Promise<BodyStream> {
     // Reads need no serialisation when the file is known: a save that is reading another
     // mailbox's (or this mailbox's) bodies must not wait for itself.
     const known = this.files.get(uid);
     if (known && !this.closed) {
-      return fsp.open(this.filePath(known), 'r').then(
-        (fh) => fh.createReadStream({ autoClose: true }),
-        () => this.openBodySerial(uid),
-      );
+      return openFileBody(this.filePath(known)).catch(() => this.openBodySerial(uid));
     }
     return this.openBodySerial(uid);
   }
@@ -834,14 +831,13 @@ export class MaildirMailbox implements StoreMailbox {
     }
   }
 
-  private openBodySerial(uid: number): Promise<Readable> {
+  private openBodySerial(uid: number): Promise<BodyStream> {
     return this.serial(async () => {
       let f = await this.lookup(uid);
       if (!f) throw new StorageError(`mailbox ${this.label}: UID ${uid} does not exist (expunged?)`, 'EXPUNGED');
       for (let attempt = 0; attempt < 2; attempt++) {
         try {
-          const fh = await fsp.open(this.filePath(f), 'r');
-          return fh.createReadStream({ autoClose: true });
+          return await openFileBody(this.filePath(f));
         } catch (e) {
           if (!isNotFound(e)) throw toStorageError(e, 'open', this.filePath(f));
         }

@@ -21,8 +21,8 @@
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import type { Readable } from 'node:stream';
-import { createHash, readableFrom } from '../../util/builtin.js';
+import { buffersBody, generatorBody, type BodyStream } from '../../util/body-stream.js';
+import { createHash } from '../../util/builtin.js';
 import { hostname } from 'node:os';
 import { Flag } from '../../model/flags.js';
 import {
@@ -527,17 +527,17 @@ export class MboxMailbox implements StoreMailbox {
    * serving the same bytes; a change in place by another program (its size or times change) is
    * an error at the end of the stream rather than wrong bytes handed on silently.
    */
-  async openBody(uid: number): Promise<Readable> {
+  async openBody(uid: number): Promise<BodyStream> {
     if (this.closed) throw new Error(`${this.label} is closed`);
     for (let attempt = 0; attempt < READ_ATTEMPTS; attempt++) {
       const { p, m } = await this.locate(uid);
-      if (m.size <= WHOLE_BODY_MAX) return readableFrom([await this.readWhole(uid)]);
+      if (m.size <= WHOLE_BODY_MAX) return buffersBody([await this.readWhole(uid)]);
       const fh = await this.openSnapshot(p);
       if (!fh) {
         await this.load();
         continue;
       }
-      return readableFrom(this.streamRanges(fh, p.identity, servedRanges(m.hdrStart, m.msgEnd, m.hidden), uid), { objectMode: false });
+      return generatorBody(this.streamRanges(fh, p.identity, servedRanges(m.hdrStart, m.msgEnd, m.hidden), uid));
     }
     throw new StorageError(`${this.label} kept changing while UID ${uid} was being read; try again later`, 'LOCKED');
   }
@@ -795,7 +795,7 @@ export class MboxMailbox implements StoreMailbox {
    * So a save holds at most SAVE_MEMORY_BUDGET bytes of bodies whatever the size and number of
    * its messages.
    */
-  private async prepare(req: SaveRequest, body: Buffer | Readable, spool: Spool): Promise<NewMessage> {
+  private async prepare(req: SaveRequest, body: Buffer | BodyStream, spool: Spool): Promise<NewMessage> {
     const source: Iterable<Buffer> | AsyncIterable<Buffer | string> = Buffer.isBuffer(body) ? [body] : body;
     const quoting = this.env.quoting;
     const filter = quoting === 'none' ? null : new LineFilter((b) => quoteFromLines(b, quoting));
@@ -926,7 +926,7 @@ export class MboxMailbox implements StoreMailbox {
     // time the sync would mostly wait), and consumed in order. A body given as a function
     // yields a buffer (small mails, at most a few hundred KB) or a stream that reads only when
     // consumed, so the read-ahead holds little memory.
-    const sources = new Map<number, Promise<Buffer | Readable>>();
+    const sources = new Map<number, Promise<Buffer | BodyStream>>();
     const ask = (i: number): void => {
       const r = requests[i];
       if (!r || sources.has(i)) return;
