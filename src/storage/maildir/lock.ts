@@ -2,8 +2,9 @@
 // (2 minutes, like Dovecot's uidlist lock) is overridden. The lock file may double as the temp file
 // of a rewrite: writing the new contents into it and renaming it over the target replaces the file
 // and releases the lock in one atomic step (what Dovecot does too).
-// Every file operation here is synchronous: each is one quick system call (a thread-pool round
-// trip would cost more), and the caller waits for each in turn anyway.
+// The file operations here are synchronous: each is one quick system call (a thread-pool round
+// trip would cost more), and the caller waits for each in turn anyway. The exceptions wait for
+// the disk or the file system's bookkeeping: fsyncs, and the rename that replaces the target.
 import * as fs from 'node:fs';
 import { StorageError } from '../types.js';
 import { chownIfNeededSync, closeQuietly, errCode, fsyncDir, fsyncFd, isNotFound, sleep, toStorageError, unlinkQuietly, type FsContext } from './io.js';
@@ -125,7 +126,9 @@ export class DotLock {
       throw new StorageError(`lock ${this.lockPath} was taken over by another process; ${this.target} not written`, 'LOCKED');
     }
     try {
-      fs.renameSync(temp, this.target);
+      // Through the thread pool, unlike the rest: replacing a file frees the old one's inode,
+      // 0.3-0.8 ms here, which the other side's brain can use meanwhile.
+      await new Promise<void>((resolve, reject) => fs.rename(temp, this.target, (e) => (e ? reject(e) : resolve())));
     } catch (e) {
       unlinkQuietly(temp);
       this.releaseSync();
