@@ -13,11 +13,18 @@ export interface BodyStream extends AsyncIterable<Buffer> {
 /** Bytes read per step from a message file (what the consumers write at a time). */
 const FILE_CHUNK = 256 * 1024;
 
-/** A body stream over a generator; destroy ends it, so its finally blocks release what it holds. */
-export function generatorBody(gen: AsyncGenerator<Buffer, void, undefined>): BodyStream {
+/**
+ * A body stream over a generator; destroy ends it, so its finally blocks release what it holds.
+ * A generator that never started runs no finally block: `release` (if given) frees what it was
+ * handed instead, on destroy; it must be safe to call after the generator's own release too.
+ */
+export function generatorBody(gen: AsyncGenerator<Buffer, void, undefined>, release?: () => void): BodyStream {
   return {
     [Symbol.asyncIterator]: () => gen,
-    destroy: () => void gen.return(undefined).catch(() => undefined),
+    destroy: () => {
+      void gen.return(undefined).catch(() => undefined);
+      release?.();
+    },
   };
 }
 

@@ -203,6 +203,30 @@ test('bodies: big messages are streamed in pieces, quoted or not; small ones com
   }
 });
 
+test('bodies: a big message\'s stream given up before or while it is read closes the mbox file', async (t) => {
+  const dir = tempDir(t, 'dsync-mbox-');
+  const store = await openMbox(`mbox:${dir}/m`, {});
+  await (await store.openMailbox(['INBOX'])).save([req(1, bigMessage(2_500_000, false))]);
+  const reader = await (await openMbox(`mbox:${dir}/m`, { readOnly: true })).openMailbox(['INBOX']);
+  await reader.scan();
+  const openFds = () => fs.readdirSync('/proc/self/fd').length;
+  const settle = () => new Promise((r) => setTimeout(r, 50));
+  await settle();
+  const before = openFds();
+  const unread = await reader.openBody(1);
+  unread.destroy();
+  await settle();
+  assert.equal(openFds(), before, 'closed without being read');
+  const partly = await reader.openBody(1);
+  const it = partly[Symbol.asyncIterator]();
+  assert.ok(!(await it.next()).done);
+  const pending = it.next();
+  partly.destroy();
+  await pending.catch(() => undefined);
+  await settle();
+  assert.equal(openFds(), before, 'closed after part of it was read');
+});
+
 test('bodies: a mail read after another program appended to or rewrote the file comes from a fresh parse', async (t) => {
   const dir = tempDir(t, 'dsync-mbox-');
   const writer = await (await openMbox(`mbox:${dir}/m`)).openMailbox(['INBOX']);

@@ -537,7 +537,8 @@ export class MboxMailbox implements StoreMailbox {
         await this.load();
         continue;
       }
-      return generatorBody(this.streamRanges(fh, p.identity, servedRanges(m.hdrStart, m.msgEnd, m.hidden), uid));
+      // fs/promises closes a handle only once its reads are done, and closing twice is harmless.
+      return generatorBody(this.streamRanges(fh, p.identity, servedRanges(m.hdrStart, m.msgEnd, m.hidden), uid), () => void fh.close().catch(() => undefined));
     }
     throw new StorageError(`${this.label} kept changing while UID ${uid} was being read; try again later`, 'LOCKED');
   }
