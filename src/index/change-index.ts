@@ -151,8 +151,9 @@ export interface OpenIndexResult {
 
 export class ChangeIndex {
   private readonly stmts: ReturnType<ChangeIndex['prepare']>;
-  /** The log was empty at open and no transaction has been committed since (see the constructor). */
+  /** The log was empty at open and no transaction has written to it yet (see the constructor). */
   private freshLog: boolean;
+  private totalChanges: Database.Statement | undefined;
 
   private constructor(
     readonly db: Database.Database,
@@ -169,7 +170,7 @@ export class ChangeIndex {
       // lost, as unsynced commits are under NORMAL, and the file is as the last close left it),
       // and close makes the log durable before folding it back. So the first commit runs with
       // syncs off and without automatic checkpoints (which would fold an unsynced log), and
-      // settleSyncMode restores both after it.
+      // restoreSyncMode restores both after it.
       db.pragma('synchronous = OFF');
       db.pragma('wal_autocheckpoint = 0');
     } else {
@@ -305,7 +306,7 @@ export class ChangeIndex {
   transaction<T>(fn: () => T): T {
     const result = this.db.transaction(fn)();
     // Until something was written: the first transactions of a run may only read.
-    if (this.freshLog && (this.db.prepare('SELECT total_changes()').pluck().get() as number) > 0) this.restoreSyncMode();
+    if (this.freshLog && ((this.totalChanges ??= this.db.prepare('SELECT total_changes()').pluck()).get() as number) > 0) this.restoreSyncMode();
     return result;
   }
 
