@@ -137,26 +137,27 @@ test('bin/dsync runs Node without NODE_EXTRA_CA_CERTS (parsing that file costs m
 });
 
 test('the build made a code cache that bin/dsync uses', (t) => {
-  if (mtime(realBundle) < mtime(realModules)) {
-    t.skip('dist/dsync.cjs is missing or older than dist/src (run `npm run build`, not only tsc)');
-    return;
-  }
+  if (skipWithoutFreshBundle(t)) return;
   const r = spawnSync(bin, ['--version'], { cwd: root, encoding: 'utf8', env: { ...process.env, DSYNC_NO_BUNDLE: '', DSYNC_LOAD_TRACE: '1' } });
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stderr, 'dsync: loading the bundle with its code cache\n');
 });
 
 test('the bundle and the compiled modules behave the same', (t) => {
-  if (mtime(realBundle) < mtime(realModules)) {
-    t.skip('dist/dsync.cjs is missing or older than dist/src (run `npm run build`, not only tsc)');
-    return;
-  }
+  if (skipWithoutFreshBundle(t)) return;
   for (const args of [['--help'], ['--version'], ['mirror'], ['-c', '/nonexistent/dovecot.conf', 'mirror', 'maildir:/tmp/nowhere']]) {
     const viaBundle = spawnSync(bin, args, { cwd: root, encoding: 'utf8', env: { ...process.env, DSYNC_NO_BUNDLE: '' } });
     const viaModules = spawnSync(bin, args, { cwd: root, encoding: 'utf8', env: { ...process.env, DSYNC_NO_BUNDLE: '1' } });
     assert.deepEqual([viaBundle.status, viaBundle.stdout, viaBundle.stderr], [viaModules.status, viaModules.stdout, viaModules.stderr], args.join(' '));
   }
 });
+
+/** Skips the test (true) when the bundle is missing or older than the compiled modules. */
+function skipWithoutFreshBundle(t: { skip(message: string): void }): boolean {
+  if (mtime(realBundle) >= mtime(realModules)) return false;
+  t.skip('dist/dsync.cjs is missing or older than dist/src (run `npm run build`, not only tsc)');
+  return true;
+}
 
 /**
  * Mirrors maildir a with maildir b through bin/dsync (HOME in dir). With the hook on, the run
@@ -184,10 +185,7 @@ function mirrorRecordingModules(dir: string, a: string, b: string): { sync(withH
 test('a run that changes nothing loads none of node:crypto, child_process, stream, net, perf_hooks, fs/promises (start-up time)', (t) => {
   // The compiled modules are ES modules: importing node:fs from one loads all of its lazy parts,
   // streams included. Only the bundle can keep them out.
-  if (mtime(realBundle) < mtime(realModules)) {
-    t.skip('dist/dsync.cjs is missing or older than dist/src (run `npm run build`, not only tsc)');
-    return;
-  }
+  if (skipWithoutFreshBundle(t)) return;
   const dir = makeTempDir('dsync-bin-lazy-');
   try {
     const a = join(dir, 'a');
@@ -204,10 +202,7 @@ test('a run that changes nothing loads none of node:crypto, child_process, strea
 });
 
 test('an incremental run that copies a mail too large for one buffer, changes flags and expunges loads no stream or fs/promises modules', (t) => {
-  if (mtime(realBundle) < mtime(realModules)) {
-    t.skip('dist/dsync.cjs is missing or older than dist/src (run `npm run build`, not only tsc)');
-    return;
-  }
+  if (skipWithoutFreshBundle(t)) return;
   const dir = makeTempDir('dsync-bin-lazy-big-');
   try {
     const a = join(dir, 'a');
