@@ -179,10 +179,10 @@ export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
     }
     if (o.mailbox !== undefined) settings.syncBox = o.mailbox.split(a.location.separator).filter((p) => p !== '');
     const [chA, chB] = o.streamBudget === undefined ? createPipePair() : (streams = await streamPair(o.streamBudget, o.tempDir));
-    const [ra, rb] = await Promise.all([
+    const [ra, rb] = await bothSettled(
       runBrain({ role: 'master', location: a.location, channel: chA, log: o.log, settings }),
       runBrain({ role: 'slave', location: b.location, channel: chB, log: o.log }),
-    ]);
+    );
     const summary = [...ra.summary.map((l) => `${o.local.path}: ${l}`), ...rb.summary.map((l) => `${remote.path}: ${l}`)];
     return { exitCode: ra.leftOut || rb.leftOut ? EXIT_LEFT_OUT : ra.changesDuringSync || rb.changesDuringSync ? 2 : 0, summary };
   } finally {
@@ -191,6 +191,22 @@ export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
     const released = await Promise.allSettled([b?.release(), a?.release()]);
     for (const r of released) if (r.status === 'rejected') throw r.reason;
   }
+}
+
+/**
+ * Both brains' results once neither runs any more. A failing brain aborts the channel, but its
+ * peer notices only at its next receive and may be in the middle of saving mail until then; the
+ * stores are closed and the locks released after this returns, so it must wait for both. The
+ * error is the first one raised: the other brain's is the abort it caused ("peer failed: ...").
+ */
+export async function bothSettled<A, B>(a: Promise<A>, b: Promise<B>): Promise<[A, B]> {
+  let first: { error: unknown } | undefined;
+  const note = (error: unknown) => {
+    first ??= { error };
+  };
+  const [ra, rb] = await Promise.all([a.catch(note), b.catch(note)]);
+  if (first) throw first.error;
+  return [ra as A, rb as B];
 }
 
 function masterSettings(o: RunSyncOptions): MasterSettings {

@@ -4,9 +4,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseMailLocation } from '../../src/storage/location.js';
-import { runSync, type RunSyncResult } from '../../src/sync/run.js';
-import { Logger } from '../../src/util/log.js';
 import {
   assertContainsOnce,
   assertNoDuplicates,
@@ -16,6 +13,7 @@ import {
   deliver,
   dsyncAsync,
   mirrorArgs,
+  mirrorInProcess,
   putFile,
   sha,
   tempDir,
@@ -63,19 +61,6 @@ test('two mirrors started at once on the same locations: the second waits, then 
   await assertQuiet(args, `maildir:${a}`, `maildir:${b}`);
 });
 
-function inProcess(a: string, b: string, lockTimeout: number): Promise<RunSyncResult> {
-  return runSync({
-    mode: 'mirror',
-    reverse: false,
-    full: false,
-    altChar: '_',
-    local: parseMailLocation(`maildir:${a}`, {}),
-    remote: { kind: 'location', location: parseMailLocation(`maildir:${b}`, {}) },
-    log: new Logger({ sink: { write: () => undefined } }),
-    lockTimeout,
-  });
-}
-
 // Regression (found by this suite, fixed in run.ts): each run locked its local side first, so
 // A->B and B->A each held one lock and waited for the other until one gave up (30 s with the CLI).
 // Now the locks are taken in a fixed order: the second run waits for the first and then runs.
@@ -85,7 +70,7 @@ test('mirrors in opposite directions at once (A->B and B->A) both complete; no c
   const b = path.join(root, 'b');
   const inA = fill(a, 20, 'a');
   const inB = fill(b, 20, 'b');
-  const results = await Promise.allSettled([inProcess(a, b, 5), inProcess(b, a, 5)]);
+  const results = await Promise.allSettled([mirrorInProcess(a, b, 5), mirrorInProcess(b, a, 5)]);
   t.diagnostic(`opposite directions: ${results.map((r) => (r.status === 'fulfilled' ? `exit ${r.value.exitCode}` : `failed: ${(r.reason as Error).message}`)).join('; ')}`);
   assert.deepEqual(results.map((r) => r.status), ['fulfilled', 'fulfilled'], results.map((r) => (r.status === 'rejected' ? (r.reason as Error).message : 'ok')).join(' | '));
   const args = mirrorArgs(`maildir:${a}`, `maildir:${b}`);

@@ -9,6 +9,9 @@ import { createHash } from 'node:crypto';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { snapshot, type Snapshot } from '../helpers/snapshot.js';
+import { parseMailLocation } from '../../src/storage/location.js';
+import { runSync, type RunSyncResult } from '../../src/sync/run.js';
+import { Logger } from '../../src/util/log.js';
 
 /** bin/dsync of this checkout (dist/test/robustness/x.js -> project root). */
 export const DSYNC = fileURLToPath(new URL('../../../bin/dsync', import.meta.url));
@@ -72,6 +75,20 @@ export interface DsyncResult {
 
 export function mirrorArgs(a: string, b: string, extra: string[] = []): string[] {
   return [...extra, '-o', `mail_location=${a}`, 'mirror', b];
+}
+
+/** A mirror of two Maildirs run in this process (runSync), silently; lockTimeout in seconds. */
+export function mirrorInProcess(a: string, b: string, lockTimeout?: number): Promise<RunSyncResult> {
+  return runSync({
+    mode: 'mirror',
+    reverse: false,
+    full: false,
+    altChar: '_',
+    local: parseMailLocation(`maildir:${a}`, {}),
+    remote: { kind: 'location', location: parseMailLocation(`maildir:${b}`, {}) },
+    log: new Logger({ sink: { write: () => undefined } }),
+    lockTimeout,
+  });
 }
 
 /** Runs bin/dsync to completion (synchronously). */

@@ -18,6 +18,7 @@ import {
   dsync,
   isRoot,
   mirrorArgs,
+  mirrorInProcess,
   passwdFileConfig,
   putFile,
   sha,
@@ -210,6 +211,47 @@ test('a mailbox that cannot be read, checked ahead of its turn: the mailboxes be
     fs.chmodSync(locked, 0o755);
   }
   const runs = converge(args);
+  assert.equal(runs.at(-1)!.code, 0, runs.map((x) => x.stderr).join('\n'));
+  await assertSame(`maildir:${a}`, `maildir:${b}`);
+});
+
+// Regression: runSync used to return (reject) as soon as one brain failed, while the other was
+// still saving mail into its store. It then closed that store and released the lock under the
+// running brain, and the brain went on writing files after runSync had reported the error (in
+// the tests, into directories already being removed).
+test('one side fails while the other is saving: runSync returns only when neither side still writes', { timeout: 60_000 }, async (t) => {
+  const root = tempDir(t);
+  const a = path.join(root, 'a');
+  const b = path.join(root, 'b');
+  putFile(a, 'cur', '1700000000.seed.robust:2,S', 'Subject: seed\n\nseed\n');
+  syncedOk(mirrorArgs(`maildir:${a}`, `maildir:${b}`));
+  // A gets B's mails into an uidlist that cannot be written; B meanwhile saves many of A's.
+  for (let i = 0; i < 5; i++) putFile(b, 'cur', `1700000100.b${i}.robust:2,S`, `Subject: b${i}\n\nfrom b\n`);
+  for (let i = 0; i < 400; i++) putFile(a, 'cur', `1700000200.a${i}.robust:2,S`, `Subject: a${i}\n\n${'from a '.repeat(50)}\n`);
+  const ul = path.join(a, 'dovecot-uidlist');
+  const why = immutable(ul, true);
+  if (why) {
+    t.skip(why);
+    return;
+  }
+  const state = () => {
+    const files = (d: string) => fs.readdirSync(path.join(b, d)).sort().join('\n');
+    return { cur: files('cur'), tmp: files('tmp'), top: fs.readdirSync(b).sort() };
+  };
+  let atReturn;
+  try {
+    await assert.rejects(
+      mirrorInProcess(a, b),
+      /dovecot-uidlist: EPERM/,
+    );
+    atReturn = state();
+    await new Promise((r) => setTimeout(r, 300));
+  } finally {
+    immutable(ul, false);
+  }
+  assert.deepEqual(state(), atReturn, 'B changed after runSync returned');
+  assert.ok(!atReturn.top.includes('dovecot-uidlist.lock') && !atReturn.top.includes('dsync.lock'), `locks left: ${atReturn.top.join(' ')}`);
+  const runs = converge(mirrorArgs(`maildir:${a}`, `maildir:${b}`));
   assert.equal(runs.at(-1)!.code, 0, runs.map((x) => x.stderr).join('\n'));
   await assertSame(`maildir:${a}`, `maildir:${b}`);
 });
