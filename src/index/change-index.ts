@@ -184,12 +184,18 @@ export class ChangeIndex {
     }
     this.stmts = this.prepare();
     const version = this.getMeta('schema_version');
-    if (version === undefined) {
-      this.setMeta('schema_version', SCHEMA_VERSION);
-      this.setMeta('location_id', randomBytes(16).toString('hex'));
-    } else if (version === '1') {
-      // Version 1 lacks only what SCHEMA and the columns above just added.
-      this.setMeta('schema_version', SCHEMA_VERSION);
+    // Version 1 lacks only what SCHEMA and the columns above just added. A version and no
+    // identity is an index whose creation an older dsync's run was killed in (it wrote the two in
+    // separate commits): its peers have never recorded an identity for it, so a new one is safe.
+    const known = version === undefined || version === '1' || version === SCHEMA_VERSION;
+    const needsVersion = version !== SCHEMA_VERSION && known;
+    const needsId = known && this.getMeta('location_id') === undefined;
+    if (needsVersion || needsId) {
+      // One commit: an index must never exist with a version and without an identity.
+      db.transaction(() => {
+        if (needsVersion) this.setMeta('schema_version', SCHEMA_VERSION);
+        if (needsId) this.setMeta('location_id', randomBytes(16).toString('hex'));
+      })();
     }
   }
 

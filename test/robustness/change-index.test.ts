@@ -287,3 +287,33 @@ test('an index of schema version 1 (before digests) is upgraded in place; one of
     await later.index.close();
   }
 });
+
+// Found by the crash soak (a kill at one of 150 random moments): a new index got its schema
+// version and its identity in two commits, and a run killed between them left an index without
+// an identity. Every later run then failed ("NOT NULL constraint failed: peer_state.peer").
+test('an index that lost its identity (a run killed while creating it) gets a new one; mirroring works', { timeout: 30_000 }, async (t) => {
+  const root = tempDir(t);
+  const a = path.join(root, 'a');
+  const b = path.join(root, 'b');
+  for (let i = 1; i <= 3; i++) putFile(a, 'cur', `170000000${i}.m${i}.robust:2,S`, `Subject: m${i}\n\n${i}\n`);
+  const file = path.join(a, INDEX_FILE);
+  await ChangeIndex.open(file).index.close();
+  const db = new Database(file);
+  db.prepare("DELETE FROM meta WHERE key = 'location_id'").run();
+  db.close();
+  const reopened = ChangeIndex.open(file);
+  try {
+    assert.equal(reopened.rebuiltReason, undefined);
+    assert.match(reopened.index.locationId ?? '', /^[0-9a-f]{32}$/);
+  } finally {
+    await reopened.index.close();
+  }
+  // And through a mirror run, which records the peer's identity in both indexes.
+  const again = new Database(file);
+  again.prepare("DELETE FROM meta WHERE key = 'location_id'").run();
+  again.close();
+  const args = mirrorArgs(`maildir:${a}`, `maildir:${b}`);
+  syncedOk(args);
+  syncedOk(args);
+  await assertSame(`maildir:${a}`, `maildir:${b}`);
+});
