@@ -30,7 +30,8 @@ function holderAlive(content: string): boolean {
  * exists. A failure to write is thrown as "cannot write <what> <private name>: ...".
  */
 export function createInPlace(path: string, content: string, owner: { uid: number; gid: number } | undefined, what: string): void {
-  const temp = `${path}.${process.pid}.tmp`;
+  // Ends in ".lock": left behind by a kill, it is not taken for an mbox folder (see dotLockTempName).
+  const temp = `${path}.${process.pid}.tmp.lock`;
   // One left by a killed run of the same pid goes first: a new file gets our mode, not its own.
   unlinkQuietly(temp);
   try {

@@ -16,7 +16,7 @@ test('createInPlace makes the file with its content and leaves no private name b
   const d = tempDir(t);
   const p = path.join(d, 'dsync.lock');
   // A private name left by an earlier run with the same pid is reused, not an obstacle.
-  fs.writeFileSync(`${p}.${process.pid}.tmp`, 'stale leftover');
+  fs.writeFileSync(`${p}.${process.pid}.tmp.lock`, 'stale leftover');
   createInPlace(p, '123 host\n', undefined, 'lock file');
   assert.equal(fs.readFileSync(p, 'utf8'), '123 host\n');
   assert.equal(fs.statSync(p).mode & 0o777, 0o600);

@@ -61,9 +61,9 @@ async function runWatching(args: string[], dirs: string[]) {
   while (!done) {
     for (const d of dirs) {
       try {
-        // Files under private names (*.PID.tmp) are given their owner before they are linked into
-        // place under the real name; the real names are what another process may open.
-        for (const e of walkOwners(d)) if (/\.lock$|dsync-index|-wal$|-shm$/.test(e.path) && !/\.tmp$/.test(e.path)) seen.set(`${path.basename(d)}/${e.path}`, e.uid);
+        // Files under private names (*.tmp, *.tmp.lock) are given their owner before they are
+        // linked into place under the real name; the real names are what another process may open.
+        for (const e of walkOwners(d)) if (/\.lock$|dsync-index|-wal$|-shm$/.test(e.path) && !/\.tmp(\.lock)?$/.test(e.path)) seen.set(`${path.basename(d)}/${e.path}`, e.uid);
       } catch {
         /* a file vanished while walking */
       }

@@ -8,6 +8,7 @@ import { openStore } from '../../src/storage/open.js';
 import { parseMailLocation } from '../../src/storage/location.js';
 import { tempDir, warnings } from './helpers.js';
 import { openMbox, write } from './mbox-helpers.js';
+import { dotLockTempName } from '../../src/storage/maildir/lock.js';
 
 const MSG = 'From a@b Tue Jan  2 10:00:00 2024\nX-IMAPbase: 1700000009 0000000001\nX-UID: 1\nSubject: x\n\nx\n';
 
@@ -171,4 +172,21 @@ test('mailbox GUIDs: given at creation, set later, kept across reopen and rename
   fs.writeFileSync(`${root}/.imap/dsync-mbox-guids`, '{"mailboxes": [');
   const broken = await openMbox(`mbox:${root}`);
   await assert.rejects(broken.listMailboxes(), (e: unknown) => e instanceof StorageError && e.code === 'CORRUPT');
+});
+
+// Found by the crash soak: a run killed while taking the dotlock of the mbox "Archive" left the
+// lock's temp file next to it, and the next run listed it as a mailbox and mirrored it.
+test('tree: temp files of locks a killed run left behind are not mailboxes, from this build or earlier ones', async (t) => {
+  const dir = tempDir(t, 'dsync-mbox-');
+  const root = `${dir}/mail`;
+  write(`${root}/inbox`, '');
+  write(`${root}/Archive`, MSG);
+  write(`${root}/Lists/dev`, MSG);
+  write(dotLockTempName(`${root}/Archive`), '123:host');
+  write(dotLockTempName(`${root}/Lists/dev`), '123:host');
+  write(`${root}/Archive.lock.7736.6.tmp`, '7736:host');
+  write(`${root}/dsync.lock.7736.tmp`, '7736 host\n');
+  const store = await openMbox(`mbox:${root}`, { readOnly: true });
+  assert.deepEqual(names(await store.listMailboxes()), ['INBOX', 'Archive', 'Lists (noselect)', 'Lists/dev']);
+  await store.close();
 });

@@ -15,15 +15,25 @@ const DSYNC = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../
 const ROUNDS = Number(process.env.DSYNC_CRASH_ROUNDS ?? 12);
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex').slice(0, 16);
 
-function dsyncArgs(a: string, b: string, extra: string[]): string[] {
-  return [...extra, '-o', `mail_location=maildir:${a}`, 'mirror', `maildir:${b}`];
+function dsyncArgs(a: string, location2: string, extra: string[]): string[] {
+  return [...extra, '-o', `mail_location=maildir:${a}`, 'mirror', location2];
 }
 
-/** Runs dsync and SIGKILLs it after `ms` milliseconds (if still running). */
-function runAndKill(a: string, b: string, ms: number, extra: string[]): Promise<number | null> {
+/**
+ * Runs dsync and SIGKILLs it after `ms` milliseconds (if still running): the dsync process alone,
+ * or with `group` its whole process group (a remote run's server too, as when the machine dies).
+ */
+function runAndKill(a: string, location2: string, ms: number, extra: string[], group: boolean): Promise<number | null> {
   return new Promise((resolve) => {
-    const child = spawn(DSYNC, dsyncArgs(a, b, extra), { stdio: 'ignore' });
-    const timer = setTimeout(() => child.kill('SIGKILL'), ms);
+    const child = spawn(DSYNC, dsyncArgs(a, location2, extra), { stdio: 'ignore', detached: true });
+    const timer = setTimeout(() => {
+      try {
+        if (group) process.kill(-child.pid!, 'SIGKILL');
+        else child.kill('SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    }, ms);
     child.on('exit', (code) => {
       clearTimeout(timer);
       resolve(code);
@@ -31,8 +41,8 @@ function runAndKill(a: string, b: string, ms: number, extra: string[]): Promise<
   });
 }
 
-function runToCompletion(a: string, b: string, extra: string[]): { code: number | null; stderr: string } {
-  const r = spawnSync(DSYNC, dsyncArgs(a, b, extra), { encoding: 'utf8' });
+function runToCompletion(a: string, location2: string, extra: string[]): { code: number | null; stderr: string } {
+  const r = spawnSync(DSYNC, dsyncArgs(a, location2, extra), { encoding: 'utf8' });
   return { code: r.status, stderr: r.stderr };
 }
 
@@ -53,13 +63,28 @@ function mailFiles(dir: string): string[] {
   return out.sort();
 }
 
-/** `rounds` random kills of a mirror run with these extra options, then the checks. */
-async function crashRounds(rounds: number, extra: string[], seed: string): Promise<void> {
+/** What runs against A (a Maildir): B's kind, and how the other side is reached. */
+interface CrashSetup {
+  /** Options before the command. */
+  extra?: string[];
+  /** B is an mbox (mail is delivered and changed on A only: B has no Maildir to deliver into). */
+  mbox?: boolean;
+  /** B is behind a `dsync server` started as a command; kills hit the master alone or both. */
+  remote?: boolean;
+}
+
+/** `rounds` random kills of a mirror run, then the checks. */
+async function crashRounds(rounds: number, setup: CrashSetup, seed: string): Promise<void> {
+  const extra = setup.extra ?? [];
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'dsync-crash-'));
   const a = path.join(root, 'a');
   const b = path.join(root, 'b');
+  const locationB = setup.mbox ? `mbox:${b}:INBOX=${b}/inbox` : `maildir:${b}`;
+  const location2 = setup.remote ? `${DSYNC} -o mail_location=${locationB} server` : locationB;
   const rng = makeRng(process.env.DSYNC_CRASH_SEED ?? seed);
-  const folders = ['', '.Archive', '.Lists', '.Lists.dev'];
+  // An mbox folder cannot have subfolders.
+  const folders = setup.mbox ? ['', '.Archive', '.Lists'] : ['', '.Archive', '.Lists', '.Lists.dev'];
+  const writable = setup.mbox ? [a] : [a, b];
   const live = new Set<string>();
   let n = 0;
   const addMail = (side: string, count: number) => {
@@ -70,13 +95,18 @@ async function crashRounds(rounds: number, extra: string[], seed: string): Promi
       live.add(sha(body));
     }
   };
+  // mbox keeps no mailbox GUIDs of its own: compare everything else.
+  const view = async (loc: string) => {
+    const snap = await snapshot(loc);
+    return setup.mbox ? { ...snap, mailboxes: snap.mailboxes.map((m) => ({ ...m, guid: '' })) } : snap;
+  };
   try {
     addMail(a, 300);
-    addMail(b, 50);
+    addMail(writable.at(-1)!, 50);
     for (let round = 0; round < rounds; round++) {
       // Changes on both sides between attempts: new mail, flag changes and expunges done by a "MUA".
-      addMail(rng() < 0.5 ? a : b, 5 + Math.floor(rng() * 20));
-      for (const side of [a, b]) {
+      addMail(writable[Math.floor(rng() * writable.length)]!, 5 + Math.floor(rng() * 20));
+      for (const side of writable) {
         const files = folders.flatMap((f) => mailFiles(path.join(side, f)));
         for (const f of files) {
           const r = rng();
@@ -89,13 +119,14 @@ async function crashRounds(rounds: number, extra: string[], seed: string): Promi
           }
         }
       }
-      await runAndKill(a, b, 20 + Math.floor(rng() * 600), extra);
+      const group = setup.remote === true && rng() < 0.5;
+      await runAndKill(a, location2, 20 + Math.floor(rng() * 600), extra, group);
     }
-    let last = runToCompletion(a, b, extra);
-    for (let i = 0; i < 3 && last.code === 2; i++) last = runToCompletion(a, b, extra);
+    let last = runToCompletion(a, location2, extra);
+    for (let i = 0; i < 3 && last.code === 2; i++) last = runToCompletion(a, location2, extra);
     assert.equal(last.code, 0, last.stderr);
-    const sa = await snapshot(`maildir:${a}`);
-    const sb = await snapshot(`maildir:${b}`);
+    const sa = await view(`maildir:${a}`);
+    const sb = await view(locationB);
     assert.deepEqual(sb, sa);
     const present = sa.mailboxes.flatMap((m) => m.messages.map((x) => x.sha));
     for (const mb of sa.mailboxes) {
@@ -107,9 +138,9 @@ async function crashRounds(rounds: number, extra: string[], seed: string): Promi
     // mail nobody expunged must never be lost.
     const have = new Set(present);
     for (const s of live) assert.ok(have.has(s), `mail ${s} was lost`);
-    const again = runToCompletion(a, b, extra);
+    const again = runToCompletion(a, location2, extra);
     assert.equal(again.code, 0, again.stderr);
-    assert.deepEqual(await snapshot(`maildir:${a}`), sa);
+    assert.deepEqual(await view(`maildir:${a}`), sa);
   } finally {
     if (process.env.DSYNC_CRASH_KEEP) console.log(`kept ${root}`);
     else fs.rmSync(root, { recursive: true, force: true });
@@ -117,12 +148,23 @@ async function crashRounds(rounds: number, extra: string[], seed: string): Promi
 }
 
 test(`mirror killed at ${ROUNDS} random moments converges without loss or duplicates`, { timeout: 300_000 }, async () => {
-  await crashRounds(ROUNDS, [], 'crash');
+  await crashRounds(ROUNDS, {}, 'crash');
 });
 
 // New mails are hard links to the other side's files here: a kill between linking and recording
 // must leave neither a lost mail nor one that shows up twice.
 const LINK_ROUNDS = Math.max(1, Math.round(ROUNDS / 2));
 test(`mirror with dsync_hardlinks killed at ${LINK_ROUNDS} random moments converges without loss or duplicates`, { timeout: 300_000 }, async () => {
-  await crashRounds(LINK_ROUNDS, ['-o', 'dsync_hardlinks=yes'], 'crash-links');
+  await crashRounds(LINK_ROUNDS, { extra: ['-o', 'dsync_hardlinks=yes'] }, 'crash-links');
+});
+
+// Maildir -> mbox: a kill may hit an mbox rewrite (flag changes, expunges) or an append.
+test(`mirror Maildir <-> mbox killed at ${LINK_ROUNDS} random moments converges without loss or duplicates`, { timeout: 300_000 }, async () => {
+  await crashRounds(LINK_ROUNDS, { mbox: true }, 'crash-mbox');
+});
+
+// The other side a `dsync server` behind a pipe: either the master dies alone (the server then
+// reads the end of its input while it may be saving) or both die at once.
+test(`remote mirror killed at ${LINK_ROUNDS} random moments (the master alone or with its server) converges without loss or duplicates`, { timeout: 300_000 }, async () => {
+  await crashRounds(LINK_ROUNDS, { remote: true }, 'crash-remote');
 });

@@ -22,6 +22,15 @@ export const DEFAULT_STALE_MS = 120_000;
 let tempCounter = 0;
 export const DEFAULT_LOCK_TIMEOUT_MS = 30_000;
 
+/**
+ * The private name a lock is prepared under before it is linked into place. It ends in ".lock"
+ * like the lock: a run killed in between leaves it behind, and next to an mbox file any other
+ * name would be listed as a mailbox (by us and by Dovecot, which hide "*.lock").
+ */
+export function dotLockTempName(target: string): string {
+  return `${target}.${process.pid}.${++tempCounter}.tmp.lock`;
+}
+
 export class DotLock {
   private released = false;
 
@@ -42,7 +51,7 @@ export class DotLock {
     for (;;) {
       // Prepared complete under a private name (holder named, owner set), then linked into place:
       // the lock appears at once as it should be, and link() fails if someone else holds it.
-      const temp = `${lockPath}.${process.pid}.${++tempCounter}.tmp`;
+      const temp = dotLockTempName(target);
       let fd: number | undefined;
       try {
         fd = fs.openSync(temp, 'wx', ctx.fileMode);

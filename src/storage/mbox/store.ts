@@ -81,8 +81,14 @@ export const DEFAULT_LOCK_STALE_MS = 5 * 60_000;
 
 /** Files the sync engine and this store keep in the control directory. */
 function isControlFile(n: string): boolean {
-  return n.startsWith('dsync-index.sqlite') || n === 'dsync.lock' || n.startsWith(GUID_MAP_NAME);
+  return n.startsWith('dsync-index.sqlite') || n === 'dsync.lock' || n.startsWith('dsync.lock.') || n.startsWith(GUID_MAP_NAME);
 }
+
+/**
+ * Temp files that earlier builds of dsync left behind when killed while taking a dotlock
+ * ("<file>.lock.<pid>.<n>.tmp"); they end in ".lock" now (dotLockTempName).
+ */
+const OLD_LOCK_TEMP = /\.lock\.\d+\.\d+\.tmp$/;
 
 async function nearestExisting(p: string): Promise<{ path: string; uid: number; gid: number; mode: number } | null> {
   let cur = path.resolve(p);
@@ -345,7 +351,7 @@ export class MboxStore implements MailStore {
     }
     for (const d of await this.readDir(dir)) {
       const n = d.name;
-      if (n.startsWith('.') || n.toLowerCase().endsWith('.lock')) continue;
+      if (n.startsWith('.') || n.toLowerCase().endsWith('.lock') || OLD_LOCK_TEMP.test(n)) continue;
       const full = path.join(dir, n);
       if ((dir === this.controlDir || dir === this.root) && isControlFile(n)) continue;
       if (full === this.inboxPath || full === this.controlDir || full === this.indexRoot) continue;
