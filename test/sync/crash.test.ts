@@ -73,6 +73,14 @@ interface CrashSetup {
   remote?: boolean;
   /** `backup` instead of `mirror`: A is never written, B ends as A (its own changes undone). */
   backup?: boolean;
+  /** Between runs, folders are also created, renamed and deleted on either side (Maildirs only). */
+  folderOps?: boolean;
+}
+
+/** INBOX ('') and the Maildir++ folders (".Name" directories with cur/) of a Maildir. */
+function foldersOf(root: string): string[] {
+  const dirs = fs.existsSync(root) ? fs.readdirSync(root).filter((d) => d.startsWith('.') && fs.existsSync(path.join(root, d, 'cur'))) : [];
+  return ['', ...dirs.sort()];
 }
 
 /** Every file and directory below dir with its size and mtime: what a read-only run must not change. */
@@ -106,9 +114,10 @@ async function crashRounds(rounds: number, setup: CrashSetup, seed: string): Pro
   const live = new Set<string>();
   const counts = (side: string) => !setup.backup || side === a;
   let n = 0;
-  const addMail = (side: string, count: number) => {
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rng() * xs.length)]!;
+  const addMail = (side: string, count: number, into?: string) => {
     for (let i = 0; i < count; i++) {
-      const folder = folders[Math.floor(rng() * folders.length)];
+      const folder = into ?? pick(folders);
       const body = makeMessage(`crash-${n}`, { size: 2000 + Math.floor(rng() * 30000) });
       deliver(path.join(side, folder), body, `n${n++}`);
       if (counts(side)) live.add(sha(body));
@@ -135,7 +144,7 @@ async function crashRounds(rounds: number, setup: CrashSetup, seed: string): Pro
       // Changes on both sides between attempts: new mail, flag changes and expunges done by a "MUA".
       addMail(writable[Math.floor(rng() * writable.length)]!, 5 + Math.floor(rng() * 20));
       for (const side of writable) {
-        const files = folders.flatMap((f) => mailFiles(path.join(side, f)));
+        const files = (setup.folderOps ? foldersOf(side) : folders).flatMap((f) => mailFiles(path.join(side, f)));
         for (const f of files) {
           const r = rng();
           if (r < 0.03 && f.includes('/cur/')) {
@@ -145,6 +154,22 @@ async function crashRounds(rounds: number, setup: CrashSetup, seed: string): Pro
             const base = f.split(':2,')[0];
             fs.renameSync(f, `${base}:2,${rng() < 0.5 ? 'S' : 'FS'}`);
           }
+        }
+      }
+      if (setup.folderOps && rng() < 0.3) {
+        // A folder created with mail in it, or one deleted (its mail with it), or renamed.
+        const side = pick(writable);
+        const boxes = foldersOf(side).slice(1);
+        const op = rng();
+        if (op < 0.4 || boxes.length === 0) {
+          addMail(side, 1 + Math.floor(rng() * 3), `.New${n}`);
+        } else if (op < 0.7) {
+          const victim = path.join(side, pick(boxes));
+          if (counts(side)) for (const f of mailFiles(victim)) live.delete(sha(fs.readFileSync(f)));
+          fs.rmSync(victim, { recursive: true });
+        } else {
+          const from = pick(boxes);
+          fs.renameSync(path.join(side, from), path.join(side, `${from}-r${n++}`));
         }
       }
       const group = setup.remote === true && rng() < 0.5;
@@ -201,4 +226,11 @@ test(`remote mirror killed at ${LINK_ROUNDS} random moments (the master alone or
 // Backup: a kill must never leave the source changed, and B ends as A whatever was done to it.
 test(`backup killed at ${LINK_ROUNDS} random moments never changes the source and converges`, { timeout: 300_000 }, async () => {
   await crashRounds(LINK_ROUNDS, { backup: true }, 'crash-backup');
+});
+
+// Folders created, renamed and deleted on both sides between the kills: the tree's changes and
+// tombstones must survive a kill as the mails' do (a deleted folder whose mail changed on the
+// other side is kept there, so no mail nobody deleted is lost).
+test(`mirror with folder creates, renames and deletes killed at ${LINK_ROUNDS} random moments converges`, { timeout: 300_000 }, async () => {
+  await crashRounds(LINK_ROUNDS, { folderOps: true }, 'crash-folders');
 });
