@@ -19,17 +19,18 @@ function dsyncArgs(a: string, location2: string, extra: string[], mode: 'mirror'
   return [...extra, '-o', `mail_location=maildir:${a}`, mode, location2];
 }
 
-/**
- * Runs dsync and SIGKILLs it after `ms` milliseconds (if still running): the dsync process alone,
- * or with `group` its whole process group (a remote run's server too, as when the machine dies).
- */
-function runAndKill(args: string[], ms: number, group: boolean): Promise<number | null> {
+/** Who a kill hits: the dsync process, its whole process group, or only its children (a server it started). */
+type Victim = 'dsync' | 'group' | 'children';
+
+/** Runs dsync and SIGKILLs the victim after `ms` milliseconds (if still running). */
+function runAndKill(args: string[], ms: number, victim: Victim): Promise<number | null> {
   return new Promise((resolve) => {
     const child = spawn(DSYNC, args, { stdio: 'ignore', detached: true });
     const timer = setTimeout(() => {
       try {
-        if (group) process.kill(-child.pid!, 'SIGKILL');
-        else child.kill('SIGKILL');
+        if (victim === 'group') process.kill(-child.pid!, 'SIGKILL');
+        else if (victim === 'dsync') child.kill('SIGKILL');
+        else for (const pid of childrenOf(child.pid!)) process.kill(pid, 'SIGKILL');
       } catch {
         /* already gone */
       }
@@ -39,6 +40,19 @@ function runAndKill(args: string[], ms: number, group: boolean): Promise<number 
       resolve(code);
     });
   });
+}
+
+function childrenOf(pid: number): number[] {
+  try {
+    return fs
+      .readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
+      .trim()
+      .split(/\s+/)
+      .filter((x) => x !== '')
+      .map(Number);
+  } catch {
+    return [];
+  }
 }
 
 function runToCompletion(args: string[]): { code: number | null; stderr: string } {
@@ -69,7 +83,7 @@ interface CrashSetup {
   extra?: string[];
   /** B is an mbox (mail is delivered and changed on A only: B has no Maildir to deliver into). */
   mbox?: boolean;
-  /** B is behind a `dsync server` started as a command; kills hit the master alone or both. */
+  /** B is behind a `dsync server` started as a command; kills hit the master, the server or both. */
   remote?: boolean;
   /** `backup` instead of `mirror`: A is never written, B ends as A (its own changes undone). */
   backup?: boolean;
@@ -172,9 +186,9 @@ async function crashRounds(rounds: number, setup: CrashSetup, seed: string): Pro
           fs.renameSync(path.join(side, from), path.join(side, `${from}-r${n++}`));
         }
       }
-      const group = setup.remote === true && rng() < 0.5;
+      const victim: Victim = setup.remote ? pick(['dsync', 'group', 'children'] as const) : 'dsync';
       const before = setup.backup ? treeState(a) : [];
-      await runAndKill(args, 20 + Math.floor(rng() * 600), group);
+      await runAndKill(args, 20 + Math.floor(rng() * 600), victim);
       if (setup.backup) assert.deepEqual(treeState(a), before, 'the backup source was changed');
     }
     let last = runToCompletion(args);
@@ -217,9 +231,10 @@ test(`mirror Maildir <-> mbox killed at ${LINK_ROUNDS} random moments converges 
   await crashRounds(LINK_ROUNDS, { mbox: true }, 'crash-mbox');
 });
 
-// The other side a `dsync server` behind a pipe: either the master dies alone (the server then
-// reads the end of its input while it may be saving) or both die at once.
-test(`remote mirror killed at ${LINK_ROUNDS} random moments (the master alone or with its server) converges without loss or duplicates`, { timeout: 300_000 }, async () => {
+// The other side a `dsync server` behind a pipe: the master dies alone (the server then reads
+// the end of its input while it may be saving), the server alone (as when ssh dies: the master
+// reads the end of its input), or both at once.
+test(`remote mirror killed at ${LINK_ROUNDS} random moments (the master, the server or both) converges without loss or duplicates`, { timeout: 300_000 }, async () => {
   await crashRounds(LINK_ROUNDS, { remote: true }, 'crash-remote');
 });
 
