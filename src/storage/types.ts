@@ -172,10 +172,15 @@ export interface MailStore {
   close(): Promise<void>;
 }
 
+/**
+ * UIDTAKEN: a save or UID move asked for a UID below the mailbox's next UID, typically because
+ * another program (an IMAP server, a delivery) gave out UIDs since the caller looked; nothing was
+ * changed, and the caller may try again with UIDs from the mailbox's new UIDNEXT on.
+ */
 export class StorageError extends Error {
   constructor(
     message: string,
-    readonly code: 'NOTFOUND' | 'EXISTS' | 'EXPUNGED' | 'INVALIDNAME' | 'CORRUPT' | 'PERM' | 'NOSPACE' | 'LOCKED' | 'IO',
+    readonly code: 'NOTFOUND' | 'EXISTS' | 'EXPUNGED' | 'INVALIDNAME' | 'CORRUPT' | 'PERM' | 'NOSPACE' | 'LOCKED' | 'IO' | 'UIDTAKEN',
   ) {
     super(message);
     this.name = 'StorageError';

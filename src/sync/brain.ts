@@ -8,7 +8,7 @@ import type { Location } from '../location/location.js';
 import type { MailboxRow } from '../index/change-index.js';
 import type { ExportMode, LocationMailbox } from '../location/mailbox.js';
 import { clockMs, msSince, type Logger } from '../util/log.js';
-import { BodySourceError, type SaveRequest } from '../storage/types.js';
+import { BodySourceError, StorageError, type SaveRequest } from '../storage/types.js';
 import type {
   HandshakeRecord,
   MailChangeRecord,
@@ -631,6 +631,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   const prepared = new Map<SaveAction, SaveRequest | null>();
   const bodyOf = async (sv: SaveAction): Promise<SaveRequest | null> => {
     const known = prepared.get(sv);
+    if (known) known.uid = sv.uid; // moved up since (moveUp)
     if (known !== undefined) return known;
     const mail = await mails.take(sv.sourceUid);
     const body = mail?.body ?? null;
@@ -652,6 +653,18 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     }
     return out;
   };
+  // Another program (an IMAP server, a delivery) may give out UIDs here at any moment; a save or
+  // move that finds its UIDs taken changed nothing. Then the mails from saves[k] on get the next
+  // free UIDs, here only (the next run sees the difference and settles it like any UID conflict).
+  let uidsTaken = 0;
+  const moveUp = async (err: unknown, k: number, unsaved: SaveRequest[] = []): Promise<void> => {
+    if (!(err instanceof StorageError && err.code === 'UIDTAKEN') || ++uidsTaken > MAX_UID_RETRIES) throw err;
+    if (uidsTaken === 1) ctx.log.warn(`mailbox ${name}: another program gave out UIDs during the sync; mails from the other side get other UIDs here (run dsync again)`);
+    changesDuringSync = true;
+    let next = (await box.store.status()).uidNext;
+    for (const r of unsaved) r.uid = next++;
+    for (let x = k; x < saves.length; x++) saves[x].uid = next++;
+  };
   const isMove = (sv: SaveAction) => sv.from === 'local';
   let combined = false;
   if (box.canSaveAndRenumber && saves.some(isMove) && saves.some((sv) => !isMove(sv))) {
@@ -665,8 +678,9 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
       applied.fromPeer += requests.length;
       combined = true;
     } catch (err) {
-      if (!(err instanceof BodySourceError)) throw err;
-      // An unreadable mail on the other side: go the slow way, which skips just that mail.
+      // An unreadable mail on the other side: go the slow way, which skips just that mail. UIDs
+      // another program took meanwhile: the same, with the next free ones (nothing was changed).
+      if (!(err instanceof BodySourceError)) await moveUp(err, 0);
     }
   }
   // Otherwise in ascending UID order, in runs of the same kind: local UID moves, then saves of
@@ -676,19 +690,38 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     let j = i;
     while (j < saves.length && saves[j].from === from && j - i < 100) j++;
     const run = saves.slice(i, j);
-    i = j;
     if (from === 'local') {
       const moves = run.filter((sv) => box.keyOf(sv.sourceUid) === sv.key);
+      try {
+        await box.renumber(moves.map((sv) => ({ from: sv.sourceUid, to: sv.uid, flags: sv.flags, keywords: sv.keywords })), ctx.peerId);
+      } catch (err) {
+        await moveUp(err, i);
+        continue; // this run again, with the new UIDs
+      }
       if (moves.length < run.length) changesDuringSync = true;
-      await box.renumber(moves.map((sv) => ({ from: sv.sourceUid, to: sv.uid, flags: sv.flags, keywords: sv.keywords })), ctx.peerId);
       applied.moved += moves.length;
+      i = j;
       continue;
     }
-    const requests = await requestsOf(run, false);
-    const n = await saveSkippingUnreadable(ctx, box, requests, name);
+    let requests = await requestsOf(run, false);
+    const asked = requests.length;
+    let saved = 0;
+    for (;;) {
+      try {
+        saved += await saveSkippingUnreadable(ctx, box, requests, name);
+        break;
+      } catch (err) {
+        // Those saved before the failure (one at a time, after an unreadable mail) stay saved.
+        const unsaved = requests.filter((r) => box.keyOf(r.uid) !== r.guid);
+        saved += requests.length - unsaved.length;
+        await moveUp(err, j, unsaved);
+        requests = unsaved;
+      }
+    }
     trimHeap();
-    if (n < requests.length) changesDuringSync = true;
-    applied.fromPeer += n;
+    if (saved < asked) changesDuringSync = true;
+    applied.fromPeer += saved;
+    i = j;
   }
   prepared.clear();
   await mails.finish();
@@ -749,6 +782,9 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
  * Saves a batch; if a mail's body cannot be read on the other side (unreadable file, I/O error),
  * that mail is skipped with a warning and the others are still saved. Returns how many were saved.
  */
+/** Times a mailbox's saves move to other UIDs because another program took theirs, before giving up. */
+const MAX_UID_RETRIES = 10;
+
 async function saveSkippingUnreadable(ctx: Ctx, box: LocationMailbox, requests: SaveRequest[], name: string): Promise<number> {
   try {
     await box.save(requests);

@@ -140,7 +140,7 @@ test('save: UID rules (ascending, not below uidNext); failed save leaves no file
   const store = await openMaildir(`maildir:${root}`);
   const box = await store.openMailbox(['INBOX']);
   await box.save([req(3, 'a', 'a')]);
-  await assert.rejects(box.save([req(2, 'b', 'b')]), (e: unknown) => e instanceof StorageError && e.code === 'EXISTS');
+  await assert.rejects(box.save([req(2, 'b', 'b')]), (e: unknown) => e instanceof StorageError && e.code === 'UIDTAKEN');
   await assert.rejects(box.save([req(5, 'c', 'c'), req(5, 'd', 'd')]), /ascending/);
   const failing = () =>
     new Readable({
@@ -223,7 +223,7 @@ test('expunge: unlinks, drops the uidlist entries, keeps uidNext; missing UIDs i
   await box.expunge([2, 2]);
   assert.deepEqual(await box.scan(), []);
   // A new save may not reuse an expunged UID.
-  await assert.rejects(box.save([req(3, 'z', 'z')]), (e: unknown) => e instanceof StorageError && e.code === 'EXISTS');
+  await assert.rejects(box.save([req(3, 'z', 'z')]), (e: unknown) => e instanceof StorageError && e.code === 'UIDTAKEN');
   await box.save([req(4, 'z', 'z')]);
   assert.deepEqual((await box.scan()).map((m) => m.uid), [4]);
 });
@@ -286,7 +286,7 @@ test('renumber: messages get new UIDs in one uidlist rewrite; files, GUIDs, flag
   assert.match(ul[0]!, / N12 /);
   assert.equal((await readBody(box, 10)).toString(), 'aa');
   await assert.rejects(box.openBody(1), (e: unknown) => e instanceof StorageError && e.code === 'EXPUNGED');
-  await assert.rejects(box.renumber!([{ from: 3, to: 5 }]), (e: unknown) => e instanceof StorageError && e.code === 'EXISTS');
+  await assert.rejects(box.renumber!([{ from: 3, to: 5 }]), (e: unknown) => e instanceof StorageError && e.code === 'UIDTAKEN');
 });
 
 test('readBody: a known mail whole; null above the limit, for an unknown UID and for a file gone since the scan', async (t) => {

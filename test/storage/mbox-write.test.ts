@@ -90,7 +90,7 @@ test('save: appends in place - only the last-UID digits of X-IMAPbase change bef
   await inbox.save([req(7, 'Subject: seven\n\n7\n', 0, ['NewKw'])]);
   assert.notEqual(fs.statSync(`${dir}/m/inbox`).ino, ino);
   assert.match(fs.readFileSync(`${dir}/m/inbox`, 'utf8'), /X-IMAPbase: \d+ 0000000007 \$Label1 NewKw\n/);
-  await assert.rejects(inbox.save([req(7, 'again')]), (e: unknown) => e instanceof StorageError && e.code === 'EXISTS');
+  await assert.rejects(inbox.save([req(7, 'again')]), (e: unknown) => e instanceof StorageError && e.code === 'UIDTAKEN');
 });
 
 test('flags and keywords: rewritten, kept across reopen, unknown Status letters preserved', async (t) => {
@@ -185,7 +185,7 @@ test('renumber: moved messages get new UIDs and go to the end of the file (X-UID
   ]);
   assert.equal((await bodyOf(inbox, 10)).toString(), 'Subject: 1\n\n1\n');
   assert.equal((await inbox.status()).uidNext, 12);
-  await assert.rejects(inbox.renumber!([{ from: 3, to: 5 }]), (e: unknown) => e instanceof StorageError && e.code === 'EXISTS');
+  await assert.rejects(inbox.renumber!([{ from: 3, to: 5 }]), (e: unknown) => e instanceof StorageError && e.code === 'UIDTAKEN');
 });
 
 test('mailbox header: raiseUidNext (in place), setUidValidity, setGuid, reset', async (t) => {

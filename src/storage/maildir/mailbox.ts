@@ -1036,12 +1036,10 @@ export class MaildirMailbox implements StoreMailbox {
         const headerChanged = await this.completeHeader(ul);
         const targets = [...requests.map((r) => r.uid), ...moves.map((m) => m.to)];
         const lowest = Math.min(...targets);
-        if (lowest < ul.nextUid || new Set(targets).size !== targets.length) {
-          throw new StorageError(
-            `mailbox ${this.label}: cannot give out UID ${lowest}: the mailbox's next UID is already ${ul.nextUid}`,
-            'EXISTS',
-          );
+        if (lowest < ul.nextUid) {
+          throw new StorageError(`mailbox ${this.label}: cannot give out UID ${lowest}: the mailbox's next UID is already ${ul.nextUid}`, 'UIDTAKEN');
         }
+        if (new Set(targets).size !== targets.length) throw new StorageError(`mailbox ${this.label}: a UID is asked for twice`, 'EXISTS');
         const allKeywords = new Set<string>();
         for (const r of requests) for (const k of r.keywords) allKeywords.add(k);
         const kw = allKeywords.size > 0 ? await this.registerKeywords(allKeywords) : await this.readKeywords();
@@ -1322,7 +1320,7 @@ export class MaildirMailbox implements StoreMailbox {
         let prev = 0;
         for (const m of moves) {
           if (m.to < ul.nextUid || m.to <= prev || m.to > MAX_UID) {
-            throw new StorageError(`mailbox ${this.label}: cannot move UID ${m.from} to ${m.to} (UIDNEXT is ${ul.nextUid})`, 'EXISTS');
+            throw new StorageError(`mailbox ${this.label}: cannot move UID ${m.from} to ${m.to} (UIDNEXT is ${ul.nextUid})`, m.to < ul.nextUid ? 'UIDTAKEN' : 'EXISTS');
           }
           prev = m.to;
         }

@@ -953,7 +953,7 @@ export class MboxMailbox implements StoreMailbox {
         const p = await this.load();
         const uidNext = this.uidNextOf(p);
         if (requests[0]!.uid < uidNext) {
-          throw new StorageError(`${this.label}: cannot save UID ${requests[0]!.uid}: the mailbox's next UID is already ${uidNext}`, 'EXISTS');
+          throw new StorageError(`${this.label}: cannot save UID ${requests[0]!.uid}: the mailbox's next UID is already ${uidNext}`, 'UIDTAKEN');
         }
         const lastUid = prepared[prepared.length - 1]!.uid;
         const keywordList = this.withNewKeywords(p.keywordList, prepared.map((m) => m.keywords));
@@ -1129,7 +1129,7 @@ export class MboxMailbox implements StoreMailbox {
         let prev = 0;
         for (const m of moves) {
           if (!Number.isInteger(m.to) || m.to < uidNext || m.to <= prev || m.to > MAX_UID) {
-            throw new StorageError(`${this.label}: cannot move UID ${m.from} to ${m.to} (UIDNEXT is ${uidNext})`, 'EXISTS');
+            throw new StorageError(`${this.label}: cannot move UID ${m.from} to ${m.to} (UIDNEXT is ${uidNext})`, Number.isInteger(m.to) && m.to < uidNext ? 'UIDTAKEN' : 'EXISTS');
           }
           prev = m.to;
         }

@@ -1,0 +1,106 @@
+// Another program (an IMAP server, a delivery agent) may give out UIDs in a mailbox at any moment
+// of a sync, also between the engine's last look at the mailbox and its save. Found with a live
+// Dovecot (test/oracle/busy.test.ts): the save then failed ("cannot give out UID 110: the
+// mailbox's next UID is already 111") and with it the whole run. Now the mails get the next
+// free UIDs on that side, the run asks to be run again (exit 2), and the next run settles it.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as path from 'node:path';
+import { Location } from '../../src/location/location.js';
+import { parseMailLocation } from '../../src/storage/location.js';
+import { openStore } from '../../src/storage/open.js';
+import type { MailStore, SaveRequest } from '../../src/storage/types.js';
+import { runBrain } from '../../src/sync/brain.js';
+import { INDEX_FILE } from '../../src/sync/run.js';
+import { createPipePair } from '../../src/transport/pipe.js';
+import { Logger } from '../../src/util/log.js';
+import { makeMessage } from '../helpers/corpus.js';
+import { mirror } from '../helpers/mirror.js';
+import { snapshot, type Snapshot } from '../helpers/snapshot.js';
+import { scratchDir } from '../helpers/tmp.js';
+import { putFile } from '../robustness/helpers.js';
+
+/** The store, except that right before the first save() into a mailbox, `before` runs. */
+function withHook(store: MailStore, before: () => Promise<void>): MailStore {
+  let fired = false;
+  const bind = <T extends object>(target: T, wrap: (prop: string | symbol, value: unknown) => unknown): T =>
+    new Proxy(target, {
+      get(t, prop) {
+        const v = Reflect.get(t, prop, t);
+        const w = wrap(prop, v);
+        return w !== undefined ? w : typeof v === 'function' ? v.bind(t) : v;
+      },
+    });
+  return bind(store, (prop, v) => {
+    if (prop !== 'openMailbox') return undefined;
+    return async (...args: unknown[]) => {
+      const mb = await (v as (...a: unknown[]) => Promise<object | null>).apply(store, args);
+      if (!mb) return mb;
+      return bind(mb, (p, f) => {
+        if (p !== 'save') return undefined;
+        return async (requests: SaveRequest[]) => {
+          if (!fired) {
+            fired = true;
+            await before();
+          }
+          return (f as (r: SaveRequest[]) => Promise<void>).call(mb, requests);
+        };
+      });
+    };
+  });
+}
+
+const quiet = () => new Logger({ sink: { write: () => undefined } });
+const shas = (s: Snapshot) => s.mailboxes.flatMap((m) => m.messages.map((x) => x.sha)).sort();
+
+test('UIDs given out by another program right before a save: the mails take the next free ones, the run asks to run again, the next one converges', async () => {
+  const root = scratchDir('dsync-uid-taken-');
+  const a = path.join(root, 'a');
+  const b = path.join(root, 'b');
+  putFile(a, 'cur', '1700000000.seed.x:2,S', makeMessage('seed'));
+  assert.equal((await mirror(`maildir:${a}`, `maildir:${b}`)).exitCode, 0);
+  for (let i = 0; i < 5; i++) putFile(b, 'cur', `1700000100.b${i}.x:2,S`, makeMessage(`b${i}`));
+
+  // "Another program": a second store on A that saves a mail under A's next UID.
+  const foreign = makeMessage('delivered meanwhile');
+  const deliverElsewhere = async () => {
+    const other = await openStore(parseMailLocation(`maildir:${a}`, {}), { warn: () => {} });
+    try {
+      const mb = (await other.openMailbox(['INBOX']))!;
+      const uid = (await mb.status()).uidNext;
+      await mb.save([{ uid, guid: 'foreign-mail-guid', flags: 0, keywords: [], internalDate: 1_700_000_500, body: foreign }]);
+      await mb.close();
+    } finally {
+      await other.close();
+    }
+  };
+  const storeA = withHook(await openStore(parseMailLocation(`maildir:${a}`, {}), { warn: () => {} }), deliverElsewhere);
+  const storeB = await openStore(parseMailLocation(`maildir:${b}`, {}), { warn: () => {} });
+  const locA = Location.open(storeA, { indexPath: path.join(a, INDEX_FILE), log: quiet() });
+  const locB = Location.open(storeB, { indexPath: path.join(b, INDEX_FILE), log: quiet() });
+  const warnings: string[] = [];
+  const log = new Logger({ sink: { write: (s: string) => void warnings.push(s) } });
+  const [chA, chB] = createPipePair();
+  try {
+    const [ra, rb] = await Promise.all([
+      runBrain({ role: 'master', location: locA, channel: chA, log, settings: { syncType: 'changed', backup: 'none', altChar: '_' } }),
+      runBrain({ role: 'slave', location: locB, channel: chB, log: quiet() }),
+    ]);
+    assert.equal(ra.changesDuringSync || rb.changesDuringSync, true, 'the run asks to be run again');
+  } finally {
+    await locA.close();
+    await locB.close();
+  }
+  assert.match(warnings.join(''), /another program gave out UIDs during the sync/);
+  const afterRun = await snapshot(`maildir:${a}`);
+  assert.equal(afterRun.mailboxes[0]!.messages.length, 7, 'the seed, the foreign mail and the five from B');
+
+  let r = await mirror(`maildir:${a}`, `maildir:${b}`);
+  for (let i = 0; i < 2 && r.exitCode === 2; i++) r = await mirror(`maildir:${a}`, `maildir:${b}`);
+  assert.equal(r.exitCode, 0, r.log.join('\n'));
+  const sa = await snapshot(`maildir:${a}`);
+  assert.deepEqual(await snapshot(`maildir:${b}`), sa);
+  assert.equal(shas(sa).length, 7);
+  assert.equal(new Set(shas(sa)).size, 7, 'every mail once');
+  assert.deepEqual((await mirror(`maildir:${a}`, `maildir:${b}`)).summary, [], 'then nothing to do');
+});
