@@ -27,8 +27,12 @@ import { forbiddenChars, makeNameNormalizer } from './names.js';
 import { traceMemory, trimHeap } from '../util/memory.js';
 import { NO_STRINGS, orShared } from '../util/empty.js';
 
-/** Record protocol version; 2: the tombstones (`deletes`) come before the tree nodes. */
-export const PROTOCOL = 2;
+/**
+ * Record protocol version; 2: the tombstones (`deletes`) come before the tree nodes; 3: without
+ * a common state, an expunge the peer logged counts under any UID (GUID identity), which both
+ * sides' plans must agree on.
+ */
+export const PROTOCOL = 3;
 
 export interface MasterSettings {
   syncType: SyncType;

@@ -47,7 +47,7 @@ test('a user changes a Maildir through Dovecot while our mirror syncs it, run af
   giveToDovecot(b);
   await mirrorOk(loc(a), loc(b), 'first mirror');
 
-  const ops = { append: 0, flag: 0, expunge: 0, runs: 0, runAgain: 0 };
+  const ops = { append: 0, flag: 0, expunge: 0, flagB: 0, expungeB: 0, runs: 0, runAgain: 0, uidsMoved: 0 };
   const problems = await serveLive([{ name: 'u', root: a }], async (server) => {
     await session(server.port, 'u', async (c) => {
       let stop = false;
@@ -79,10 +79,29 @@ test('a user changes a Maildir through Dovecot while our mirror syncs it, run af
       })();
       try {
         for (let i = 0; i < 10; i++) {
-          // Mail for our mirror to write into A while Dovecot has it open.
+          // Changes for our mirror to make in A while Dovecot works there: new mail, flag changes
+          // (renames of files Dovecot may be renaming too) and expunges from B.
           for (let j = 0; j < 3; j++) deliver(j === 2 ? path.join(b, '.Archive') : b, 'new');
+          for (const folder of [b, path.join(b, '.Archive')]) {
+            const cur = path.join(folder, 'cur');
+            for (const f of fs.readdirSync(cur)) {
+              const x = rng();
+              if (x < 0.03) {
+                const gone = fs.readFileSync(path.join(cur, f));
+                fs.unlinkSync(path.join(cur, f));
+                live.delete(messageId(gone));
+                ops.expungeB++;
+              } else if (x < 0.1) {
+                const [base, info = ''] = f.split(':2,');
+                const flags = info.includes('R') ? info.replace('R', '') : [...info, 'R'].sort().join('');
+                fs.renameSync(path.join(cur, f), path.join(cur, `${base}:2,${flags}`));
+                ops.flagB++;
+              }
+            }
+          }
           chownTree(b);
           const r = await mirror(loc(a), loc(b));
+          if (r.log.some((l) => /get other UIDs/.test(l))) ops.uidsMoved++;
           assert.ok(r.exitCode === 0 || r.exitCode === 2, `mirror ${i}: exit ${r.exitCode}\n${r.log.join('\n')}`);
           ops.runs++;
           if (r.exitCode === 2) ops.runAgain++;
@@ -93,7 +112,7 @@ test('a user changes a Maildir through Dovecot while our mirror syncs it, run af
       }
     });
   });
-  t.diagnostic(`while Dovecot served A: ${ops.append} appends, ${ops.flag} flag changes, ${ops.expunge} expunges; ${ops.runs} mirrors, ${ops.runAgain} of them asked to run again`);
+  t.diagnostic(`while Dovecot served A: ${ops.append} appends, ${ops.flag} flag changes, ${ops.expunge} expunges through it; on B ${ops.flagB} flag changes, ${ops.expungeB} expunges; ${ops.runs} mirrors, ${ops.runAgain} of them asked to run again, ${ops.uidsMoved} because UIDs they meant to use were taken`);
   assert.ok(ops.append > 3 && ops.expunge > 3, 'the user and the mirrors overlapped');
 
   let last = await mirror(loc(a), loc(b));
@@ -108,6 +127,9 @@ test('a user changes a Maildir through Dovecot while our mirror syncs it, run af
   const present = new Set(sa.mailboxes.flatMap((m) => m.messages.map((x) => x.sha)));
   const lost = [...live].filter(([, s]) => !present.has(s)).map(([id]) => id);
   assert.deepEqual(lost, [], 'no mail the user did not expunge is missing');
+  // Also after runs that found the UIDs they meant to use taken: they give the mails other UIDs
+  // on that side and forget the sync state, and the next run must still recognise an expunge
+  // made in between (it did not until protocol 3: 1-3 mails came back per run of this test).
   assert.equal(present.size, live.size, 'no mail the user expunged is back');
   assert.deepEqual(problems, [], 'Dovecot logged no problems while we synced under it');
   const { views, problems: later } = await viewsWithLog([{ root: a }, { root: b }]);

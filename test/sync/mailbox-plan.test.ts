@@ -89,6 +89,30 @@ test('without state, a mail the other side logged as expunged is expunged, not c
   assert.equal(plan.slave.saves.length, 0);
 });
 
+test('without state, a mail the other side logged as expunged under another UID (GUID identity) is expunged too', () => {
+  // A run that found its UIDs taken saved 'a' as 4 on the slave while the master has it as 3; the
+  // user expunged it on the slave before the next run, which has no state.
+  const plan = planMailbox({
+    master: view(4, [msg(1, 'c'), msg(3, 'a')]),
+    slave: view(5, [msg(1, 'c')], { expunges: [{ uid: 4, key: 'a' }] }),
+    lastCommonUid: 0,
+  });
+  assert.deepEqual(plan.master.expunges, [{ uid: 3, key: 'a' }]);
+  assert.deepEqual(plan.slave.saves, []);
+});
+
+test('with header-hash keys, an expunge logged under another UID expunges nothing (two mails may share a key)', () => {
+  const plan = planMailbox({
+    master: view(4, [msg(1, 'c'), msg(3, 'h')]),
+    slave: view(5, [msg(1, 'c')], { expunges: [{ uid: 4, key: 'h' }] }),
+    lastCommonUid: 0,
+    uniqueKeys: false,
+  });
+  // Copied to the slave, under a fresh UID on both sides (3 is used up on the slave): kept.
+  assert.deepEqual(plan.slave.saves.map((s) => [s.uid, s.key]), [[5, 'h']]);
+  assert.deepEqual(plan.master.saves.map((s) => [s.uid, s.key, s.from]), [[5, 'h', 'local']]);
+});
+
 test('without state and without any log, a mail missing on one side is copied (never lost)', () => {
   const plan = planMailbox({ master: view(3, [msg(1, 'a'), msg(2, 'b')]), slave: view(3, [msg(2, 'b')]), lastCommonUid: 0 });
   // UID 1 was allocated on the slave already (UIDNEXT 3), so the copy gets a fresh UID everywhere.

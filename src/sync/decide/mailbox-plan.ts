@@ -108,17 +108,24 @@ export function planMailbox({ master, slave, lastCommonUid: L, uniqueKeys = true
   let mNew = master.messages.filter((m) => m.uid > L);
   let sNew = slave.messages.filter((m) => m.uid > L);
   if (L === 0) {
-    // Without a common state, a mail whose twin the other side logged as expunged
-    // (same UID, same identity) was expunged there: expunge it here too.
-    const gone = (list: MessageView[], exp: Map<number, ExpungeView>, otherKeys: Set<string>, mine: SideActions) =>
-      list.filter((m) => {
+    // Without a common state, a mail whose twin the other side logged as expunged (same
+    // identity, and no longer there) was expunged there: expunge it here too. With unique keys
+    // (GUIDs) under any UID: a run that found its UIDs taken by another program (a delivery, an
+    // IMAP server) saves mails under other UIDs on one side and forgets the state, and an expunge
+    // made before the next run must not be undone. With header hashes, only under the same UID:
+    // two mails may share one.
+    const gone = (list: MessageView[], exp: Map<number, ExpungeView>, otherKeys: Set<string>, mine: SideActions) => {
+      const byKey = uniqueKeys ? new Map([...exp.values()].map((e) => [e.key, e])) : undefined;
+      return list.filter((m) => {
         const e = exp.get(m.uid);
-        if (e && e.key === m.key && !otherKeys.has(m.key)) {
-          mine.expunges.push(e);
+        const logged = e && e.key === m.key ? e : byKey?.get(m.key);
+        if (logged && !otherKeys.has(m.key)) {
+          mine.expunges.push({ uid: m.uid, key: m.key });
           return false;
         }
         return true;
       });
+    };
     const mKeys = new Set(mNew.map((m) => m.key));
     const sKeys = new Set(sNew.map((m) => m.key));
     mNew = gone(mNew, sExp, sKeys, out.master);
