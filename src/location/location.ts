@@ -4,7 +4,7 @@
 // caused them (so they are never echoed back to that peer).
 import { randomBytes } from '../util/builtin.js';
 import { realpathSync } from 'node:fs';
-import type { MailStore, MailboxName, StoreMailboxInfo } from '../storage/types.js';
+import { StorageError, type MailStore, type MailboxName, type StoreMailboxInfo } from '../storage/types.js';
 import { ChangeIndex, type MailboxRow } from '../index/change-index.js';
 import type { MailboxDeleteRecord, MailboxTreeNodeRecord } from '../sync/records.js';
 import { nameHash, nameKey } from '../sync/decide/name-hash.js';
@@ -66,20 +66,31 @@ export class Location {
   async refreshTree(): Promise<void> {
     const initial = this.index.getMeta('tree_initialized') === undefined;
     const stamp = initial ? 0 : this.now();
-    const listed = await this.store.listMailboxes();
-    const boxes: (StoreMailboxInfo & { guid: string })[] = [];
-    for (const info of listed) {
-      if (!info.selectable) continue;
-      let guid = info.guid;
-      if (!guid) {
-        const mb = await this.store.openMailbox(info.name);
-        try {
-          guid = (await mb.status()).guid;
-        } finally {
-          await mb.close();
+    let listed: StoreMailboxInfo[];
+    let boxes: (StoreMailboxInfo & { guid: string })[];
+    // A mailbox listed without its GUID is opened for it; one renamed or deleted by another
+    // program (an IMAP server) in between makes the listing out of date: it is made again.
+    for (let attempt = 1; ; attempt++) {
+      listed = await this.store.listMailboxes();
+      boxes = [];
+      try {
+        for (const info of listed) {
+          if (!info.selectable) continue;
+          let guid = info.guid;
+          if (!guid) {
+            const mb = await this.store.openMailbox(info.name);
+            try {
+              guid = (await mb.status()).guid;
+            } finally {
+              await mb.close();
+            }
+          }
+          boxes.push({ ...info, guid });
         }
+        break;
+      } catch (err) {
+        if (!(err instanceof StorageError && err.code === 'NOTFOUND') || attempt === 3) throw err;
       }
-      boxes.push({ ...info, guid });
     }
     // A mailbox directory copied on disk duplicates its GUID: the later name gets a new one.
     boxes.sort((a, b) => (nameKey(a.name) < nameKey(b.name) ? -1 : 1));

@@ -212,6 +212,7 @@ async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise
       await box.refresh(full);
     } catch (err) {
       await box.close();
+      if (vanished(ctx, box.name, err)) continue;
       throw err;
     }
     if (kept + box.heldCount <= KEEP_OPEN_MESSAGES) {
@@ -281,7 +282,13 @@ async function getBox(ctx: Ctx, guid: string): Promise<LocationMailbox | undefin
 }
 
 async function openAndRefresh(ctx: Ctx, guid: string): Promise<LocationMailbox | undefined> {
-  const box = await ctx.loc.openMailbox(guid);
+  let box: LocationMailbox | undefined;
+  try {
+    box = await ctx.loc.openMailbox(guid);
+  } catch (err) {
+    if (vanished(ctx, ctx.loc.index.mailbox(guid)?.name ?? [guid], err)) return undefined;
+    throw err;
+  }
   if (!box) return undefined;
   // Scans the mailbox if it changed since its last scan (with -f the tree phase scanned all).
   const t0 = clockMs();
@@ -289,10 +296,22 @@ async function openAndRefresh(ctx: Ctx, guid: string): Promise<LocationMailbox |
     await box.refresh();
   } catch (e) {
     await box.close().catch(() => undefined);
+    if (vanished(ctx, box.name, e)) return undefined;
     throw e;
   }
   ctx.log.debug(`mailbox ${ctx.show(box.name)}: checked for changes in ${msSince(t0)}`);
   return box;
+}
+
+/**
+ * A mailbox renamed or deleted by another program (an IMAP server) since the tree phase listed
+ * it: left for the next run, which sees the rename or delete. True when err says so.
+ */
+function vanished(ctx: Ctx, name: string[], err: unknown): boolean {
+  if (!(err instanceof StorageError && err.code === 'NOTFOUND')) return false;
+  ctx.log.warn(`mailbox ${ctx.show(name)} vanished during the sync (renamed or deleted by another program?); run dsync again`);
+  ctx.changesDuringSync = true;
+  return true;
 }
 
 /**
@@ -315,17 +334,21 @@ async function settleTokens(ctx: Ctx): Promise<{ mailboxes: number; retried: num
   ctx.settlingMessages = 0;
   try {
     // A refresh that found changes made during the run records them: their digest goes with them.
-    for (const box of pending) {
-      await box.refresh();
+    // A mailbox renamed or deleted meanwhile keeps no token: the next run scans it.
+    const settle = async (box: LocationMailbox) => {
+      try {
+        await box.refresh();
+      } catch (err) {
+        if (vanished(ctx, box.name, err)) return;
+        throw err;
+      }
       box.recordSummary();
-    }
+    };
+    for (const box of pending) await settle(box);
     const again = pending.filter((b) => b.tokenPending);
     if (again.length > 0) {
       await new Promise((r) => setTimeout(r, TOKEN_WAIT_MS));
-      for (const box of again) {
-        await box.refresh();
-        box.recordSummary();
-      }
+      for (const box of again) await settle(box);
     }
     return { mailboxes: pending.length, retried: again.length };
   } finally {
@@ -620,112 +643,118 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     if (!plan.quietRebuild) ctx.summary.push(`mailbox ${name}: rebuilt from the source (${plan.rebuild})`);
   }
   const applied = { fromPeer: 0, moved: 0 };
-  if (saves.length > 0) {
-    const st = await box.store.status();
-    if (st.uidNext > saves[0].uid) {
-      // Mail was delivered here during the sync and took UIDs we planned to use.
-      ctx.log.warn(`mailbox ${name}: new mail arrived during the sync; ${saves.length} mails get other UIDs (run dsync again)`);
-      changesDuringSync = true;
-      let next = st.uidNext;
-      for (const s of saves) s.uid = next++;
-    }
-  }
   // A save's request, with the body the peer sent (taken from the feed once; kept for a retry
   // of the combined store update the slow way).
   const prepared = new Map<SaveAction, SaveRequest | null>();
-  const bodyOf = async (sv: SaveAction): Promise<SaveRequest | null> => {
-    const known = prepared.get(sv);
-    if (known) known.uid = sv.uid; // moved up since (moveUp)
-    if (known !== undefined) return known;
-    const mail = await mails.take(sv.sourceUid);
-    const body = mail?.body ?? null;
-    if (!body) {
-      ctx.log.warn(`mailbox ${name}: mail ${sv.key} vanished on the other side before it could be copied (run dsync again)`);
+  try {
+    if (saves.length > 0) {
+      const st = await box.store.status();
+      if (st.uidNext > saves[0].uid) {
+        // Mail was delivered here during the sync and took UIDs we planned to use.
+        ctx.log.warn(`mailbox ${name}: new mail arrived during the sync; ${saves.length} mails get other UIDs (run dsync again)`);
+        changesDuringSync = true;
+        let next = st.uidNext;
+        for (const s of saves) s.uid = next++;
+      }
+    }
+    const bodyOf = async (sv: SaveAction): Promise<SaveRequest | null> => {
+      const known = prepared.get(sv);
+      if (known) known.uid = sv.uid; // moved up since (moveUp)
+      if (known !== undefined) return known;
+      const mail = await mails.take(sv.sourceUid);
+      const body = mail?.body ?? null;
+      if (!body) {
+        ctx.log.warn(`mailbox ${name}: mail ${sv.key} vanished on the other side before it could be copied (run dsync again)`);
+        changesDuringSync = true;
+        return null;
+      }
+      const req: SaveRequest = { uid: sv.uid, guid: sv.key, flags: sv.flags, keywords: sv.keywords, internalDate: sv.internalDate, body };
+      if (mail?.localFile) req.linkFrom = mail.localFile;
+      return req;
+    };
+    const requestsOf = async (list: SaveAction[], keep: boolean): Promise<SaveRequest[]> => {
+      const out: SaveRequest[] = [];
+      for (const sv of list) {
+        const r = await bodyOf(sv);
+        if (keep) prepared.set(sv, r);
+        if (r) out.push(r);
+      }
+      return out;
+    };
+    // Another program (an IMAP server, a delivery) may give out UIDs here at any moment; a save or
+    // move that finds its UIDs taken changed nothing. Then the mails from saves[k] on get the next
+    // free UIDs, here only (the next run sees the difference and settles it like any UID conflict).
+    let uidsTaken = 0;
+    const moveUp = async (err: unknown, k: number, unsaved: SaveRequest[] = []): Promise<void> => {
+      if (!(err instanceof StorageError && err.code === 'UIDTAKEN') || ++uidsTaken > MAX_UID_RETRIES) throw err;
+      if (uidsTaken === 1) ctx.log.warn(`mailbox ${name}: another program gave out UIDs during the sync; mails from the other side get other UIDs here (run dsync again)`);
       changesDuringSync = true;
-      return null;
-    }
-    const req: SaveRequest = { uid: sv.uid, guid: sv.key, flags: sv.flags, keywords: sv.keywords, internalDate: sv.internalDate, body };
-    if (mail?.localFile) req.linkFrom = mail.localFile;
-    return req;
-  };
-  const requestsOf = async (list: SaveAction[], keep: boolean): Promise<SaveRequest[]> => {
-    const out: SaveRequest[] = [];
-    for (const sv of list) {
-      const r = await bodyOf(sv);
-      if (keep) prepared.set(sv, r);
-      if (r) out.push(r);
-    }
-    return out;
-  };
-  // Another program (an IMAP server, a delivery) may give out UIDs here at any moment; a save or
-  // move that finds its UIDs taken changed nothing. Then the mails from saves[k] on get the next
-  // free UIDs, here only (the next run sees the difference and settles it like any UID conflict).
-  let uidsTaken = 0;
-  const moveUp = async (err: unknown, k: number, unsaved: SaveRequest[] = []): Promise<void> => {
-    if (!(err instanceof StorageError && err.code === 'UIDTAKEN') || ++uidsTaken > MAX_UID_RETRIES) throw err;
-    if (uidsTaken === 1) ctx.log.warn(`mailbox ${name}: another program gave out UIDs during the sync; mails from the other side get other UIDs here (run dsync again)`);
-    changesDuringSync = true;
-    let next = (await box.store.status()).uidNext;
-    for (const r of unsaved) r.uid = next++;
-    for (let x = k; x < saves.length; x++) saves[x].uid = next++;
-  };
-  const isMove = (sv: SaveAction) => sv.from === 'local';
-  let combined = false;
-  if (box.canSaveAndRenumber && saves.some(isMove) && saves.some((sv) => !isMove(sv))) {
-    // After a UID conflict moves and copies interleave: one store update for all of them.
-    const moves = saves.filter((sv) => isMove(sv) && box.keyOf(sv.sourceUid) === sv.key);
-    if (moves.length < saves.filter(isMove).length) changesDuringSync = true;
-    const requests = await requestsOf(saves.filter((sv) => !isMove(sv)), true);
-    try {
-      await box.saveAndRenumber(requests, moves.map((sv) => ({ from: sv.sourceUid, to: sv.uid, flags: sv.flags, keywords: sv.keywords })), ctx.peerId);
-      applied.moved += moves.length;
-      applied.fromPeer += requests.length;
-      combined = true;
-    } catch (err) {
-      // An unreadable mail on the other side: go the slow way, which skips just that mail. UIDs
-      // another program took meanwhile: the same, with the next free ones (nothing was changed).
-      if (!(err instanceof BodySourceError)) await moveUp(err, 0);
-    }
-  }
-  // Otherwise in ascending UID order, in runs of the same kind: local UID moves, then saves of
-  // the peer's mails (committed every 100), so every UID is above UIDNEXT when it is used.
-  for (let i = 0; !combined && i < saves.length; ) {
-    const from = saves[i].from;
-    let j = i;
-    while (j < saves.length && saves[j].from === from && j - i < 100) j++;
-    const run = saves.slice(i, j);
-    if (from === 'local') {
-      const moves = run.filter((sv) => box.keyOf(sv.sourceUid) === sv.key);
+      let next = (await box.store.status()).uidNext;
+      for (const r of unsaved) r.uid = next++;
+      for (let x = k; x < saves.length; x++) saves[x].uid = next++;
+    };
+    const isMove = (sv: SaveAction) => sv.from === 'local';
+    let combined = false;
+    if (box.canSaveAndRenumber && saves.some(isMove) && saves.some((sv) => !isMove(sv))) {
+      // After a UID conflict moves and copies interleave: one store update for all of them.
+      const moves = saves.filter((sv) => isMove(sv) && box.keyOf(sv.sourceUid) === sv.key);
+      if (moves.length < saves.filter(isMove).length) changesDuringSync = true;
+      const requests = await requestsOf(saves.filter((sv) => !isMove(sv)), true);
       try {
-        await box.renumber(moves.map((sv) => ({ from: sv.sourceUid, to: sv.uid, flags: sv.flags, keywords: sv.keywords })), ctx.peerId);
+        await box.saveAndRenumber(requests, moves.map((sv) => ({ from: sv.sourceUid, to: sv.uid, flags: sv.flags, keywords: sv.keywords })), ctx.peerId);
+        applied.moved += moves.length;
+        applied.fromPeer += requests.length;
+        combined = true;
       } catch (err) {
-        await moveUp(err, i);
-        continue; // this run again, with the new UIDs
+        // An unreadable mail on the other side: go the slow way, which skips just that mail. UIDs
+        // another program took meanwhile: the same, with the next free ones (nothing was changed).
+        if (!(err instanceof BodySourceError)) await moveUp(err, 0);
       }
-      if (moves.length < run.length) changesDuringSync = true;
-      applied.moved += moves.length;
+    }
+    // Otherwise in ascending UID order, in runs of the same kind: local UID moves, then saves of
+    // the peer's mails (committed every 100), so every UID is above UIDNEXT when it is used.
+    for (let i = 0; !combined && i < saves.length; ) {
+      const from = saves[i].from;
+      let j = i;
+      while (j < saves.length && saves[j].from === from && j - i < 100) j++;
+      const run = saves.slice(i, j);
+      if (from === 'local') {
+        const moves = run.filter((sv) => box.keyOf(sv.sourceUid) === sv.key);
+        try {
+          await box.renumber(moves.map((sv) => ({ from: sv.sourceUid, to: sv.uid, flags: sv.flags, keywords: sv.keywords })), ctx.peerId);
+        } catch (err) {
+          await moveUp(err, i);
+          continue; // this run again, with the new UIDs
+        }
+        if (moves.length < run.length) changesDuringSync = true;
+        applied.moved += moves.length;
+        i = j;
+        continue;
+      }
+      let requests = await requestsOf(run, false);
+      const asked = requests.length;
+      let saved = 0;
+      for (;;) {
+        try {
+          saved += await saveSkippingUnreadable(ctx, box, requests, name);
+          break;
+        } catch (err) {
+          // Those saved before the failure (one at a time, after an unreadable mail) stay saved.
+          const unsaved = requests.filter((r) => box.keyOf(r.uid) !== r.guid);
+          saved += requests.length - unsaved.length;
+          await moveUp(err, j, unsaved);
+          requests = unsaved;
+        }
+      }
+      trimHeap();
+      if (saved < asked) changesDuringSync = true;
+      applied.fromPeer += saved;
       i = j;
-      continue;
     }
-    let requests = await requestsOf(run, false);
-    const asked = requests.length;
-    let saved = 0;
-    for (;;) {
-      try {
-        saved += await saveSkippingUnreadable(ctx, box, requests, name);
-        break;
-      } catch (err) {
-        // Those saved before the failure (one at a time, after an unreadable mail) stay saved.
-        const unsaved = requests.filter((r) => box.keyOf(r.uid) !== r.guid);
-        saved += requests.length - unsaved.length;
-        await moveUp(err, j, unsaved);
-        requests = unsaved;
-      }
-    }
-    trimHeap();
-    if (saved < asked) changesDuringSync = true;
-    applied.fromPeer += saved;
-    i = j;
+  } catch (err) {
+    // Renamed or deleted here by another program while its mail was being saved.
+    if (!vanished(ctx, box.name, err)) throw err;
+    changesDuringSync = true;
   }
   prepared.clear();
   await mails.finish();
@@ -747,9 +776,16 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   const moved = new Set(actions.saves.filter((s) => s.from === 'local').map((s) => s.sourceUid));
   const keys = new Map(actions.expunges.filter((e) => !moved.has(e.uid)).map((e) => [e.uid, e.key]));
   const expungeUids = [...keys].filter(([uid, key]) => box.keyOf(uid) === key).map(([uid]) => uid);
-  const expunged = await box.expunge(expungeUids, ctx.peerId);
-  const flagged = await box.updateFlags(actions.flagUpdates, ctx.peerId);
-  if (!ctx.isSource) await box.raiseUidNext(plan.uidNext);
+  let expunged = 0;
+  let flagged = 0;
+  try {
+    expunged = await box.expunge(expungeUids, ctx.peerId);
+    flagged = await box.updateFlags(actions.flagUpdates, ctx.peerId);
+    if (!ctx.isSource) await box.raiseUidNext(plan.uidNext);
+  } catch (err) {
+    if (!vanished(ctx, box.name, err)) throw err;
+    changesDuringSync = true;
+  }
   // The next run takes the count from the index instead of counting, and compares the mailbox
   // with the digest of its rows instead of reading them all.
   box.recordSummary();

@@ -35,8 +35,12 @@ test('copyTree preserves bytes, modes and mtimes, so the hash is equal', async (
   fs.chmodSync(path.join(src, 'two'), 0o600);
   const dst = path.join(makeTempDir('tmp-test-'), 'copy');
   dirs.push(path.dirname(dst));
+  // Just below a whole second: fs.cpSync made this 1_600_000_001 s (INTERNALDATE one second later).
+  fs.utimesSync(path.join(src, 'two'), 1_600_000_000.9998, 1_600_000_000.9998);
   copyTree(src, dst);
   assert.equal(fs.statSync(path.join(dst, 'a/b/one')).mtimeMs, 1_600_000_000_000);
+  assert.equal(Math.floor(fs.statSync(path.join(dst, 'two')).mtimeMs / 1000), 1_600_000_000);
+  assert.equal(fs.statSync(path.join(dst, 'two'), { bigint: true }).mtimeNs, fs.statSync(path.join(src, 'two'), { bigint: true }).mtimeNs);
   assert.equal(fs.statSync(path.join(dst, 'two')).mode & 0o777, 0o600);
   assert.equal(await hashTree(dst), await hashTree(src));
 });

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
 
 /** Creates a fresh, empty directory under os.tmpdir() whose name starts with `prefix`. */
 export function makeTempDir(prefix = 'dsync-test-'): string {
@@ -39,9 +40,14 @@ export function removeTree(dir: string): void {
   fs.rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
 }
 
-/** Copies a tree, preserving file modes and timestamps (mtime matters: it is a maildir INTERNALDATE). */
+/**
+ * Copies a tree (dst must not exist), preserving file modes and timestamps to the nanosecond:
+ * mtime is a maildir's INTERNALDATE. Not fs.cpSync: it rounds an mtime of x.9998 s up to x+1
+ * (Node 20), so Dovecot served the copy one second later than the original.
+ */
 export function copyTree(src: string, dst: string): void {
-  fs.cpSync(src, dst, { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
+  const r = spawnSync('cp', ['-a', '--', src, dst], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`cp -a ${src} ${dst} failed: ${r.error?.message ?? r.stderr.trim()}`);
 }
 
 /**

@@ -1,10 +1,12 @@
-// Another program (an IMAP server, a delivery agent) may give out UIDs in a mailbox at any moment
-// of a sync, also between the engine's last look at the mailbox and its save. Found with a live
-// Dovecot (test/oracle/busy.test.ts): the save then failed ("cannot give out UID 110: the
-// mailbox's next UID is already 111") and with it the whole run. Now the mails get the next
-// free UIDs on that side, the run asks to be run again (exit 2), and the next run settles it.
+// Another program (an IMAP server, a delivery agent) changes a mailbox at any moment of a sync,
+// also between the engine's last look at it and its save. Found with a live Dovecot
+// (test/oracle/busy.test.ts), each failed the whole run: UIDs given out meanwhile ("cannot give
+// out UID 110: the mailbox's next UID is already 111"), a mailbox renamed or deleted meanwhile
+// ("mailbox F3 does not exist"). Now the run finishes, asks to be run again (exit 2), and the
+// next run settles it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Location } from '../../src/location/location.js';
 import { parseMailLocation } from '../../src/storage/location.js';
@@ -51,6 +53,27 @@ function withHook(store: MailStore, before: () => Promise<void>): MailStore {
 }
 
 const quiet = () => new Logger({ sink: { write: () => undefined } });
+/** One mirror run of A and B (A's store with the hook, see withHook), its brains in this process. */
+async function syncWithHook(a: string, b: string, before: () => Promise<void>): Promise<{ changesDuringSync: boolean; warnings: string }> {
+  const storeA = withHook(await openStore(parseMailLocation(`maildir:${a}`, {}), { warn: () => {} }), before);
+  const storeB = await openStore(parseMailLocation(`maildir:${b}`, {}), { warn: () => {} });
+  const locA = Location.open(storeA, { indexPath: path.join(a, INDEX_FILE), log: quiet() });
+  const locB = Location.open(storeB, { indexPath: path.join(b, INDEX_FILE), log: quiet() });
+  const warnings: string[] = [];
+  const log = new Logger({ sink: { write: (s: string) => void warnings.push(s) } });
+  const [chA, chB] = createPipePair();
+  try {
+    const [ra, rb] = await Promise.all([
+      runBrain({ role: 'master', location: locA, channel: chA, log, settings: { syncType: 'changed', backup: 'none', altChar: '_' } }),
+      runBrain({ role: 'slave', location: locB, channel: chB, log: quiet() }),
+    ]);
+    return { changesDuringSync: ra.changesDuringSync || rb.changesDuringSync, warnings: warnings.join('') };
+  } finally {
+    await locA.close();
+    await locB.close();
+  }
+}
+
 const shas = (s: Snapshot) => s.mailboxes.flatMap((m) => m.messages.map((x) => x.sha)).sort();
 
 test('UIDs given out by another program right before a save: the mails take the next free ones, the run asks to run again, the next one converges', async () => {
@@ -74,24 +97,9 @@ test('UIDs given out by another program right before a save: the mails take the 
       await other.close();
     }
   };
-  const storeA = withHook(await openStore(parseMailLocation(`maildir:${a}`, {}), { warn: () => {} }), deliverElsewhere);
-  const storeB = await openStore(parseMailLocation(`maildir:${b}`, {}), { warn: () => {} });
-  const locA = Location.open(storeA, { indexPath: path.join(a, INDEX_FILE), log: quiet() });
-  const locB = Location.open(storeB, { indexPath: path.join(b, INDEX_FILE), log: quiet() });
-  const warnings: string[] = [];
-  const log = new Logger({ sink: { write: (s: string) => void warnings.push(s) } });
-  const [chA, chB] = createPipePair();
-  try {
-    const [ra, rb] = await Promise.all([
-      runBrain({ role: 'master', location: locA, channel: chA, log, settings: { syncType: 'changed', backup: 'none', altChar: '_' } }),
-      runBrain({ role: 'slave', location: locB, channel: chB, log: quiet() }),
-    ]);
-    assert.equal(ra.changesDuringSync || rb.changesDuringSync, true, 'the run asks to be run again');
-  } finally {
-    await locA.close();
-    await locB.close();
-  }
-  assert.match(warnings.join(''), /another program gave out UIDs during the sync/);
+  const { changesDuringSync, warnings } = await syncWithHook(a, b, deliverElsewhere);
+  assert.equal(changesDuringSync, true, 'the run asks to be run again');
+  assert.match(warnings, /another program gave out UIDs during the sync/);
   const afterRun = await snapshot(`maildir:${a}`);
   assert.equal(afterRun.mailboxes[0]!.messages.length, 7, 'the seed, the foreign mail and the five from B');
 
@@ -103,4 +111,26 @@ test('UIDs given out by another program right before a save: the mails take the 
   assert.equal(shas(sa).length, 7);
   assert.equal(new Set(shas(sa)).size, 7, 'every mail once');
   assert.deepEqual((await mirror(`maildir:${a}`, `maildir:${b}`)).summary, [], 'then nothing to do');
+});
+
+test('a mailbox renamed by another program while its mail is saved: the run asks to run again, the next one converges', async () => {
+  const root = scratchDir('dsync-vanished-');
+  const a = path.join(root, 'a');
+  const b = path.join(root, 'b');
+  putFile(a, 'cur', '1700000000.seed.x:2,S', makeMessage('seed'));
+  putFile(path.join(a, '.Work'), 'cur', '1700000001.w.x:2,S', makeMessage('work'));
+  assert.equal((await mirror(`maildir:${a}`, `maildir:${b}`)).exitCode, 0);
+  for (let i = 0; i < 3; i++) putFile(path.join(b, '.Work'), 'cur', `1700000100.b${i}.x:2,S`, makeMessage(`b${i}`));
+
+  // "An IMAP server": RENAME Work Moved, right before our save into Work.
+  const { changesDuringSync, warnings } = await syncWithHook(a, b, async () => fs.renameSync(path.join(a, '.Work'), path.join(a, '.Moved')));
+  assert.equal(changesDuringSync, true, 'the run asks to be run again');
+  assert.match(warnings, /mailbox Work vanished during the sync/);
+
+  let r = await mirror(`maildir:${a}`, `maildir:${b}`);
+  for (let i = 0; i < 2 && r.exitCode === 2; i++) r = await mirror(`maildir:${a}`, `maildir:${b}`);
+  assert.equal(r.exitCode, 0, r.log.join('\n'));
+  const sa = await snapshot(`maildir:${a}`);
+  assert.deepEqual(await snapshot(`maildir:${b}`), sa);
+  assert.deepEqual(sa.mailboxes.map((m) => [m.name, m.messages.length]), [['INBOX', 1], ['Moved', 4]]);
 });
