@@ -818,13 +818,13 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   ctx.log.debug(`mailbox ${name}: synced in ${msSince(t0)}`);
 }
 
+/** Times a mailbox's saves move to other UIDs because another program took theirs, before giving up. */
+const MAX_UID_RETRIES = 10;
+
 /**
  * Saves a batch; if a mail's body cannot be read on the other side (unreadable file, I/O error),
  * that mail is skipped with a warning and the others are still saved. Returns how many were saved.
  */
-/** Times a mailbox's saves move to other UIDs because another program took theirs, before giving up. */
-const MAX_UID_RETRIES = 10;
-
 async function saveSkippingUnreadable(ctx: Ctx, box: LocationMailbox, requests: SaveRequest[], name: string): Promise<number> {
   try {
     await box.save(requests);
