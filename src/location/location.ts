@@ -265,7 +265,12 @@ export class Location {
     });
   }
 
-  async renameMailbox(guid: string, to: MailboxName): Promise<void> {
+  /**
+   * Renames a mailbox (its children move along). `at` dates the rename: for one the peer made, its
+   * time there, so that this side's copy of the rename does not look newer than a later rename
+   * on the peer (which would then lose, and be undone); by default now.
+   */
+  async renameMailbox(guid: string, to: MailboxName, at = this.now()): Promise<void> {
     const row = this.index.mailbox(guid);
     if (!row) return;
     const from = row.name;
@@ -276,7 +281,7 @@ export class Location {
       for (const m of this.index.mailboxes()) {
         const k = nameKey(m.name);
         if (k === fromKey || (m.name.length > from.length && nameKey(m.name.slice(0, from.length)) === fromKey)) {
-          this.index.putMailbox({ ...m, name: [...to, ...m.name.slice(from.length)], lastRenamedOrCreated: this.now() });
+          this.index.putMailbox({ ...m, name: [...to, ...m.name.slice(from.length)], lastRenamedOrCreated: at });
         }
       }
     });

@@ -48,12 +48,12 @@ export async function applyTreeActions(
    * the plan may ask for it (A was renamed twice on the other side, A to C to A/x): that goes
    * through a temporary sibling name. Its children move along, as with any rename.
    */
-  const rename = async (what: string, guid: string, from: string[], to: string[]): Promise<boolean> => {
+  const rename = async (what: string, guid: string, from: string[], to: string[], at?: number): Promise<boolean> => {
     if (to.length > from.length && nameKey(to.slice(0, from.length)) === nameKey(from)) {
       const temp = [...from.slice(0, -1), `${from[from.length - 1]}-temp-${guid}`];
       if (!(await tolerate(what, () => loc.renameMailbox(guid, temp)))) return false;
     }
-    return tolerate(what, () => loc.renameMailbox(guid, to));
+    return tolerate(what, () => loc.renameMailbox(guid, to, at));
   };
 
   for (const a of actions.filter((x) => x.op === 'setGuid')) {
@@ -81,7 +81,7 @@ export async function applyTreeActions(
         blocked.push(r);
         continue;
       }
-      if (await rename(`renaming ${show(row.name)} to ${show(to)}`, r.guid, row.name, to)) {
+      if (await rename(`renaming ${show(row.name)} to ${show(to)}`, r.guid, row.name, to, r.at)) {
         res.summary.push(`mailbox ${show(row.name)}: renamed to ${show(to)}`);
       }
       res.touched.add(r.guid);

@@ -11,6 +11,8 @@ import { parseMailLocation } from '../../src/storage/location.js';
 import { openStore } from '../../src/storage/open.js';
 import type { MailStore } from '../../src/storage/types.js';
 import { Flag } from '../../src/model/flags.js';
+import { ChangeIndex } from '../../src/index/change-index.js';
+import { INDEX_FILE } from '../../src/sync/run.js';
 
 const tmp = () => scratchDir('dsync-mirror-');
 
@@ -229,4 +231,28 @@ test('a second copy of a mail (same GUID, left by an interrupted run) is removed
   await assertSynced(a, b);
   assert.equal((await snapshot(`maildir:${a}`)).mailboxes[0].messages.length, 1);
   await assertNoop(a, b);
+});
+
+// Found with a live Dovecot (test/oracle/busy.test.ts): the side that applied the peer's rename
+// dated it "now", later than the rename itself. A second rename on the peer made in between (by
+// an IMAP user, while the run went on) then looked older than the copy of the first, lost, and
+// was undone. A rename copied from the peer keeps the peer's time.
+test("a rename copied from the other side keeps that side's time for it", async () => {
+  const root = tmp();
+  const a = path.join(root, 'a');
+  const b = path.join(root, 'b');
+  deliver(path.join(a, '.Old'), makeMessage('in-old'));
+  assert.equal((await mirror(`maildir:${a}`, `maildir:${b}`)).exitCode, 0);
+  fs.renameSync(path.join(a, '.Old'), path.join(a, '.New'));
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal((await mirror(`maildir:${a}`, `maildir:${b}`)).exitCode, 0);
+  const stampOf = (dir: string): number => {
+    const { index } = ChangeIndex.open(path.join(dir, INDEX_FILE));
+    try {
+      return index.mailboxes().find((m) => m.name.join('/') === 'New')!.lastRenamedOrCreated;
+    } finally {
+      void index.close();
+    }
+  };
+  assert.equal(stampOf(b), stampOf(a));
 });

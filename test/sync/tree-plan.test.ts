@@ -36,7 +36,7 @@ test('two INBOXes with different GUIDs merge onto the larger GUID', () => {
 
 test('a rename on one side (newer timestamp) is applied on the other', () => {
   const p = planTree(side([box(['Old'], G('a'), { lastRenamedOrCreated: 10 })]), side([box(['New'], G('a'), { lastRenamedOrCreated: 20 })]), 'mirror');
-  assert.deepEqual(p.master, [{ op: 'rename', guid: G('a'), from: ['Old'], to: ['New'] }]);
+  assert.deepEqual(p.master, [{ op: 'rename', guid: G('a'), from: ['Old'], to: ['New'], at: 20 }]);
   assert.deepEqual(p.slave, []);
 });
 
@@ -64,8 +64,8 @@ test('two different mailboxes wanting one name: the older moves aside on both si
   const p = planTree(side([box(['B'], G('a'), { lastRenamedOrCreated: 20 })]), side([box(['A'], G('a'), { lastRenamedOrCreated: 1 }), box(['B'], G('b'), { lastRenamedOrCreated: 10 })]), 'mirror');
   const aside = ['B-bbbbbbbb'];
   assert.deepEqual(p.slave, [
-    { op: 'rename', guid: G('a'), from: ['A'], to: ['B'] },
-    { op: 'rename', guid: G('b'), from: ['B'], to: aside },
+    { op: 'rename', guid: G('a'), from: ['A'], to: ['B'], at: 20 },
+    { op: 'rename', guid: G('b'), from: ['B'], to: aside, at: 10 },
   ]);
   assert.deepEqual(p.master, [{ op: 'create', name: aside, guid: G('b'), uidValidity: 100 }]);
 });

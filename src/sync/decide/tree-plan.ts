@@ -11,7 +11,8 @@ export interface TreeSide {
 
 export type TreeAction =
   | { op: 'create'; name: string[]; guid: string; uidValidity: number }
-  | { op: 'rename'; guid: string; from: string[]; to: string[] }
+  /** at: when the winning name was given (its side's timestamp), recorded with the rename. */
+  | { op: 'rename'; guid: string; from: string[]; to: string[]; at: number }
   | { op: 'delete'; guid: string; name: string[] }
   | { op: 'setGuid'; name: string[]; from: string; to: string }
   | { op: 'createDir'; name: string[] }
@@ -156,7 +157,7 @@ export function planTree(master: TreeSide, slave: TreeSide, mode: TreeMode): Tre
   const ordered = [...finals.values()].sort((a, b) => a.name.length - b.name.length || (nameKey(a.name) < nameKey(b.name) ? -1 : 1));
   for (const f of ordered) {
     for (const [side, box] of [['master', f.inMaster], ['slave', f.inSlave]] as const) {
-      if (box && nameKey(box.node.name) !== nameKey(f.name)) plan[side].push({ op: 'rename', guid: f.guid, from: box.node.name, to: f.name });
+      if (box && nameKey(box.node.name) !== nameKey(f.name)) plan[side].push({ op: 'rename', guid: f.guid, from: box.node.name, to: f.name, at: f.stamp });
     }
   }
   for (const f of ordered) {
