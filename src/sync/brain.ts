@@ -647,16 +647,6 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   // of the combined store update the slow way).
   const prepared = new Map<SaveAction, SaveRequest | null>();
   try {
-    if (saves.length > 0) {
-      const st = await box.store.status();
-      if (st.uidNext > saves[0].uid) {
-        // Mail was delivered here during the sync and took UIDs we planned to use.
-        ctx.log.warn(`mailbox ${name}: new mail arrived during the sync; ${saves.length} mails get other UIDs (run dsync again)`);
-        changesDuringSync = true;
-        let next = st.uidNext;
-        for (const s of saves) s.uid = next++;
-      }
-    }
     const bodyOf = async (sv: SaveAction): Promise<SaveRequest | null> => {
       const known = prepared.get(sv);
       if (known) known.uid = sv.uid; // moved up since (moveUp)
@@ -685,14 +675,19 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     // move that finds its UIDs taken changed nothing. Then the mails from saves[k] on get the next
     // free UIDs, here only (the next run sees the difference and settles it like any UID conflict).
     let uidsTaken = 0;
-    const moveUp = async (err: unknown, k: number, unsaved: SaveRequest[] = []): Promise<void> => {
-      if (!(err instanceof StorageError && err.code === 'UIDTAKEN') || ++uidsTaken > MAX_UID_RETRIES) throw err;
+    const moveUp = async (err: unknown, k: number, unsaved: SaveRequest[] = [], uidNext?: number): Promise<void> => {
+      if ((err !== null && !(err instanceof StorageError && err.code === 'UIDTAKEN')) || ++uidsTaken > MAX_UID_RETRIES) throw err;
       if (uidsTaken === 1) ctx.log.warn(`mailbox ${name}: another program gave out UIDs during the sync; mails from the other side get other UIDs here (run dsync again)`);
       changesDuringSync = true;
-      let next = (await box.store.status()).uidNext;
+      let next = uidNext ?? (await box.store.status()).uidNext;
       for (const r of unsaved) r.uid = next++;
       for (let x = k; x < saves.length; x++) saves[x].uid = next++;
     };
+    if (saves.length > 0) {
+      // Mail delivered here since the plan took UIDs it meant to use (err null: no failed save yet).
+      const st = await box.store.status();
+      if (st.uidNext > saves[0].uid) await moveUp(null, 0, [], st.uidNext);
+    }
     const isMove = (sv: SaveAction) => sv.from === 'local';
     let combined = false;
     if (box.canSaveAndRenumber && saves.some(isMove) && saves.some((sv) => !isMove(sv))) {
