@@ -82,3 +82,20 @@ test('concurrency: two stores scanning and saving at once never hand out a UID t
   assert.equal(ul.length, 80, 'every file listed exactly once');
   assert.equal(new Set(ul.map((l) => l.split(' :')[1])).size, 80);
 });
+
+test('dotlock: a lock carried away by a rename of its folder is still removed on release', async (t) => {
+  const dir = tempDir(t);
+  fs.mkdirSync(path.join(dir, 'F'));
+  const lock = await DotLock.acquire(ctx(), path.join(dir, 'F', 'dovecot-uidlist'));
+  // An IMAP user renames the folder meanwhile; Dovecot does not wait for the uidlist lock.
+  fs.renameSync(path.join(dir, 'F'), path.join(dir, 'G'));
+  await lock.release();
+  assert.deepEqual(fs.readdirSync(path.join(dir, 'G')), [], 'the moved lock was removed, nothing else left');
+  // And a lock that someone else replaced meanwhile is not theirs to lose.
+  const again = await DotLock.acquire(ctx(), path.join(dir, 'G', 'dovecot-uidlist'));
+  fs.unlinkSync(path.join(dir, 'G', 'dovecot-uidlist.lock'));
+  fs.writeFileSync(path.join(dir, 'G', 'dovecot-uidlist.lock'), 'someone else');
+  fs.renameSync(path.join(dir, 'G'), path.join(dir, 'H'));
+  await again.release();
+  assert.equal(fs.readFileSync(path.join(dir, 'H', 'dovecot-uidlist.lock'), 'utf8'), 'someone else');
+});

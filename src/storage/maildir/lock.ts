@@ -60,8 +60,15 @@ export class DotLock {
         fs.writeSync(fd, `${process.pid}:${hostname()}`, 0);
         fs.linkSync(temp, lockPath);
         unlinkQuietly(temp);
-        const st = fs.fstatSync(fd);
-        return new DotLock(target, lockPath, fd, st.ino, ctx, ctx.fileMode);
+        const ino = fs.fstatSync(fd).ino;
+        closeQuietly(fd);
+        fd = undefined;
+        // Held open under the lock's own name: /proc then tells where it went if the folder is
+        // renamed under us (see removeMovedLock).
+        fd = openIfPresent(lockPath);
+        // Gone or replaced within these microseconds: overridden as stale by someone; try again.
+        if (fd === undefined || fs.fstatSync(fd).ino !== ino) throw Object.assign(new Error('lock taken over'), { code: 'EEXIST' });
+        return new DotLock(target, lockPath, fd, ino, ctx, ctx.fileMode);
       } catch (e) {
         if (fd !== undefined) closeQuietly(fd);
         unlinkQuietly(temp);
@@ -158,8 +165,34 @@ export class DotLock {
   private releaseSync(): void {
     if (this.released) return;
     this.released = true;
-    closeQuietly(this.fd);
     if (this.stillOurs()) unlinkQuietly(this.lockPath);
+    else this.removeMovedLock();
+    closeQuietly(this.fd);
+  }
+
+  /**
+   * Another program renamed the folder while we held its lock (an IMAP user's RENAME does not
+   * wait for it), so the lock moved with the folder. Left there it would block that program until
+   * the stale timeout while we are alive. Linux tells where an open file is now.
+   */
+  private removeMovedLock(): void {
+    let now: string;
+    try {
+      now = fs.readlinkSync(`/proc/self/fd/${this.fd}`);
+    } catch {
+      return; // no /proc: the lock is overridden after the stale timeout, as before
+    }
+    if (now.endsWith(' (deleted)') || !now.endsWith('.lock')) return;
+    if (inodeOf(now) === this.ino) unlinkQuietly(now);
+  }
+}
+
+function openIfPresent(p: string): number | undefined {
+  try {
+    return fs.openSync(p, 'r');
+  } catch (e) {
+    if (isNotFound(e)) return undefined;
+    throw e;
   }
 }
 
