@@ -215,3 +215,59 @@ for (const format of ['maildir', 'mbox'] as const) {
     assert.deepEqual([inbox.uidValidity, inbox.uidNext, uidsOf(second.result)], [uidValidity, 4, [1, 2, 3]]);
   });
 }
+
+// Dovecot takes a mailbox for unchanged while some mtimes are what it recorded: for Maildir the
+// mtimes of new/ and cur/ (its STATUS cache; a change to the uidlist alone touches neither), for
+// mbox the file's mtime in whole seconds and its size (a same-size rewrite within the second of
+// Dovecot's last look went unseen, by its own sync too).
+for (const format of ['maildir', 'mbox'] as const) {
+  test(`${format}: Dovecot sees the UIDNEXT we raised, and our same-size changes made within a second of its look`, { skip }, async (t) => {
+    const dir = makeTempDir('dsync-after-us-');
+    t.after(() => removeTree(dir));
+    const root = path.join(dir, 'mail');
+    const loc = format === 'mbox' ? `mbox:${root}:INBOX=${root}/inbox` : `maildir:${root}`;
+    const open = (): Promise<MailStore> => (format === 'mbox' ? openMbox(loc, { warn: () => {} }) : openMaildir(loc, { warn: () => {} }));
+    const bodies = [1, 2, 3, 4].map((i) => `Subject: m${i}\nMessage-ID: <m${i}@x>\n\nbody ${i}\n`);
+    const box = await (await open()).openMailbox(['INBOX']);
+    await box.save(bodies.slice(0, 2).map((b, i) => req(i + 1, b)));
+    chownTree(dir);
+    type Seen = { status: number; select: number; seen: number[] };
+    const look = async (server: ImapServer): Promise<Seen> => {
+      const c = await imapSession(server.port, 'u', ORACLE_PASSWORD);
+      try {
+        const st = await c.status('INBOX', { uidNext: true });
+        const mb = await c.mailboxOpen('INBOX');
+        const seen: number[] = [];
+        for await (const m of c.fetch('1:*', { uid: true, flags: true })) if (m.flags?.has('\\Seen')) seen.push(m.uid);
+        return { status: st ? Number(st.uidNext) : -1, select: Number(mb.uidNext), seen };
+      } finally {
+        await c.logout().catch(() => c.close());
+      }
+    };
+    const looks: Seen[] = [];
+    await serve(loc, async (server) => {
+      looks.push(await look(server)); // Dovecot indexes the mailbox
+      const b = await (await open()).openMailbox(['INBOX']);
+      await b.scan();
+      await b.raiseUidNext(10);
+      chownTree(dir);
+      looks.push(await look(server));
+      await b.scan();
+      await b.save(bodies.slice(2, 4).map((x, i) => req(10 + i, x)));
+      await b.scan();
+      await b.expunge([10, 11]);
+      chownTree(dir);
+      looks.push(await look(server));
+      await b.scan();
+      await b.updateFlags([{ uid: 1, flags: Flag.Seen, keywords: [] }]);
+      chownTree(dir);
+      looks.push(await look(server));
+    });
+    assert.deepEqual(looks, [
+      { status: 3, select: 3, seen: [] },
+      { status: 10, select: 10, seen: [] },
+      { status: 12, select: 12, seen: [] },
+      { status: 12, select: 12, seen: [1] },
+    ]);
+  });
+}

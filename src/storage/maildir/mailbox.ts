@@ -1345,7 +1345,13 @@ export class MaildirMailbox implements StoreMailbox {
 
   // ---------------------------------------------------------------- header changes
 
-  private headerChange(what: string, change: (ul: Uidlist) => void): Promise<void> {
+  /**
+   * Rewrites the uidlist's header. `served`: the change is one an IMAP client sees in STATUS
+   * (UIDVALIDITY, UIDNEXT). Dovecot answers STATUS from its mailbox list index as long as new/
+   * and cur/ keep the mtimes it recorded, and a change to the uidlist alone changes neither; so
+   * cur/ gets a new mtime, and Dovecot looks again.
+   */
+  private headerChange(what: string, change: (ul: Uidlist) => void, served = false): Promise<void> {
     return this.serial(async () => {
       assertWritable(this.ctx, `${what} of ${this.label}`);
       await this.assertExists();
@@ -1355,6 +1361,7 @@ export class MaildirMailbox implements StoreMailbox {
         await this.completeHeader(ul);
         await this.writeEntries(lock, ul, [], true);
       });
+      if (served) touchDir(path.join(this.mailDir, 'cur'));
     });
   }
 
@@ -1370,18 +1377,26 @@ export class MaildirMailbox implements StoreMailbox {
     if (!Number.isInteger(uidValidity) || uidValidity < 1 || uidValidity > MAX_UID) {
       return Promise.reject(new Error(`invalid UIDVALIDITY ${uidValidity}`));
     }
-    return this.headerChange('set the UIDVALIDITY', (ul) => {
-      ul.header.uidValidity = uidValidity;
-    });
+    return this.headerChange(
+      'set the UIDVALIDITY',
+      (ul) => {
+        ul.header.uidValidity = uidValidity;
+      },
+      true,
+    );
   }
 
   raiseUidNext(uidNext: number): Promise<void> {
     if (!Number.isInteger(uidNext) || uidNext < 1 || uidNext > MAX_UID + 1) {
       return Promise.reject(new Error(`invalid UIDNEXT ${uidNext}`));
     }
-    return this.headerChange('raise the UIDNEXT', (ul) => {
-      ul.nextUid = Math.max(ul.nextUid, uidNext);
-    });
+    return this.headerChange(
+      'raise the UIDNEXT',
+      (ul) => {
+        ul.nextUid = Math.max(ul.nextUid, uidNext);
+      },
+      true,
+    );
   }
 
   async close(): Promise<void> {
@@ -1392,6 +1407,16 @@ export class MaildirMailbox implements StoreMailbox {
     this.uidlistCache = null;
     this.kwCache = null;
     this.scanned = false;
+  }
+}
+
+/** Gives a directory the current time as its mtime; a directory that cannot be touched is left as it is. */
+function touchDir(dir: string): void {
+  try {
+    const now = new Date();
+    fs.utimesSync(dir, now, now);
+  } catch {
+    // only Dovecot's cached STATUS stays behind until the next change to the mailbox
   }
 }
 

@@ -207,6 +207,8 @@ export class MboxMailbox implements StoreMailbox {
   private closed = false;
   /** A save looked for spool and temp files of dead processes (once per mailbox object). */
   private tempsChecked = false;
+  /** The file's states (mtime in whole seconds, size) since our first look at it; see stampWrite. */
+  private stamps: Array<{ sec: number; size: number }> = [];
 
   constructor(
     private readonly env: MboxEnv,
@@ -281,6 +283,7 @@ export class MboxMailbox implements StoreMailbox {
         }
         parsing = { identity: id, done: new Promise<ParsedMbox | null>((resolve) => (settle = resolve)) };
         this.parsing = parsing;
+        if (this.stamps.length === 0) this.stamps.push({ sec: Math.floor(id.mtimeMs / 1000), size: id.size });
         const parsed = await parseMbox(fh, id, { warn: this.ctx.warn, label: this.file, quoting: this.env.quoting });
         const after = identityOf(await fh.stat());
         const onPath = await fsp.stat(this.file).catch(() => null);
@@ -735,6 +738,7 @@ export class MboxMailbox implements StoreMailbox {
           await fh.close();
         }
       }
+      await this.stampWrite();
     } catch (e) {
       if (!renamed) await fsp.unlink(temp).catch(() => undefined);
       throw e instanceof StorageError ? e : toStorageError(e, 'rewrite', this.file);
@@ -744,6 +748,39 @@ export class MboxMailbox implements StoreMailbox {
       await src.close().catch(() => undefined);
     }
     this.parsed = null;
+  }
+
+  /**
+   * After each write: Dovecot takes an mbox for unchanged (its own sync and its cached STATUS)
+   * while the file's mtime in whole seconds and its size are those of its last look. A write of
+   * ours within the same second that leaves a size the file already had then would go unseen
+   * (same-size changes are common: flags, X-IMAPbase). Dovecot itself waits for the next second
+   * in that case; we set the mtime one second past every state seen instead (so at most a
+   * second or two ahead of the clock).
+   */
+  private async stampWrite(): Promise<void> {
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(this.file);
+    } catch {
+      return;
+    }
+    let sec = Math.floor(st.mtimeMs / 1000);
+    let latest = sec;
+    let clash = false;
+    for (const s of this.stamps) {
+      if (s.sec === sec && s.size === st.size) clash = true;
+      latest = Math.max(latest, s.sec);
+    }
+    if (clash) {
+      sec = latest + 1;
+      try {
+        fs.utimesSync(this.file, st.atime, sec);
+      } catch {
+        return; // not ours to touch: Dovecot sees the change with the next one
+      }
+    }
+    this.stamps.push({ sec, size: st.size });
   }
 
   private pseudoPieces(p: ParsedMbox, plan: RewritePlan): Piece[] {
@@ -1052,6 +1089,7 @@ export class MboxMailbox implements StoreMailbox {
       w?.release();
       await app?.close().catch(() => undefined);
     }
+    await this.stampWrite();
     // Parse just what we appended.
     const fh2 = await this.openFile();
     try {
@@ -1231,6 +1269,7 @@ export class MboxMailbox implements StoreMailbox {
             await fh.close().catch(() => undefined);
           }
           this.parsed = null;
+          await this.stampWrite();
           return;
         }
         await this.rewrite(lock, p, {
