@@ -237,7 +237,12 @@ export class Location {
 
   // ---- tree changes requested by the sync (recorded with the current time) ----
 
-  async createMailbox(name: MailboxName, guid: string, uidValidity: number): Promise<void> {
+  /**
+   * Creates a mailbox. `at` dates it: for a copy of the peer's mailbox, its creation (or last
+   * rename) there, so that a rename of it on the peer made meanwhile does not look older than
+   * this copy (it would lose, and be undone); by default now.
+   */
+  async createMailbox(name: MailboxName, guid: string, uidValidity: number, at = this.now()): Promise<void> {
     const uv = uidValidity || (await this.store.newUidValidity());
     await this.store.createMailbox(name, { guid, uidValidity: uv });
     this.index.transaction(() => {
@@ -248,7 +253,7 @@ export class Location {
         uidNext: 1,
         highestModseq: 0,
         firstRecentUid: 1,
-        lastRenamedOrCreated: this.now(),
+        lastRenamedOrCreated: at,
         scanToken: null,
       });
       this.index.deleteTombstone('mailbox', guid);

@@ -115,7 +115,7 @@ export async function applyTreeActions(
     switch (a.op) {
       case 'create': {
         const name = toLocalName(a.name);
-        if (await tolerate(`creating ${show(name)}`, () => loc.createMailbox(name, a.guid, a.uidValidity))) {
+        if (await tolerate(`creating ${show(name)}`, () => loc.createMailbox(name, a.guid, a.uidValidity, a.at))) {
           res.summary.push(`mailbox ${show(name)}: created`);
         } else {
           res.unsyncable.add(a.guid);

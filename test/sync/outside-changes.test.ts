@@ -22,8 +22,11 @@ import { snapshot, type Snapshot } from '../helpers/snapshot.js';
 import { scratchDir } from '../helpers/tmp.js';
 import { putFile } from '../robustness/helpers.js';
 
-/** The store, except that right before the first save() into a mailbox, `before` runs. */
-function withHook(store: MailStore, before: () => Promise<void>): MailStore {
+/**
+ * The store, except that right before the first call of `method` (save() of a mailbox, or
+ * createMailbox() of the store), `before` runs.
+ */
+function withHook(store: MailStore, before: () => Promise<void>, method: 'save' | 'createMailbox' = 'save'): MailStore {
   let fired = false;
   const bind = <T extends object>(target: T, wrap: (prop: string | symbol, value: unknown) => unknown): T =>
     new Proxy(target, {
@@ -33,30 +36,37 @@ function withHook(store: MailStore, before: () => Promise<void>): MailStore {
         return w !== undefined ? w : typeof v === 'function' ? v.bind(t) : v;
       },
     });
+  const hooked =
+    (target: object, f: unknown) =>
+    async (...args: unknown[]) => {
+      if (!fired) {
+        fired = true;
+        await before();
+      }
+      return (f as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+    };
+  if (method === 'createMailbox') return bind(store, (prop, v) => (prop === 'createMailbox' ? hooked(store, v) : undefined));
   return bind(store, (prop, v) => {
     if (prop !== 'openMailbox') return undefined;
     return async (...args: unknown[]) => {
       const mb = await (v as (...a: unknown[]) => Promise<object | null>).apply(store, args);
       if (!mb) return mb;
-      return bind(mb, (p, f) => {
-        if (p !== 'save') return undefined;
-        return async (requests: SaveRequest[]) => {
-          if (!fired) {
-            fired = true;
-            await before();
-          }
-          return (f as (r: SaveRequest[]) => Promise<void>).call(mb, requests);
-        };
-      });
+      return bind(mb, (p, f) => (p === 'save' ? hooked(mb, f) : undefined));
     };
   });
 }
 
 const quiet = () => new Logger({ sink: { write: () => undefined } });
-/** One mirror run of A and B (A's store with the hook, see withHook), its brains in this process. */
-async function syncWithHook(a: string, b: string, before: () => Promise<void>): Promise<{ changesDuringSync: boolean; warnings: string }> {
-  const storeA = withHook(await openStore(parseMailLocation(`maildir:${a}`, {}), { warn: () => {} }), before);
-  const storeB = await openStore(parseMailLocation(`maildir:${b}`, {}), { warn: () => {} });
+/** One mirror run of A and B (A's or B's store with the hook, see withHook), its brains in this process. */
+async function syncWithHook(
+  a: string,
+  b: string,
+  before: () => Promise<void>,
+  where: 'save on A' | 'create on B' = 'save on A',
+): Promise<{ changesDuringSync: boolean; warnings: string }> {
+  const open = (dir: string) => openStore(parseMailLocation(`maildir:${dir}`, {}), { warn: () => {} });
+  const storeA = where === 'save on A' ? withHook(await open(a), before) : await open(a);
+  const storeB = where === 'create on B' ? withHook(await open(b), before, 'createMailbox') : await open(b);
   const locA = Location.open(storeA, { indexPath: path.join(a, INDEX_FILE), log: quiet() });
   const locB = Location.open(storeB, { indexPath: path.join(b, INDEX_FILE), log: quiet() });
   const warnings: string[] = [];
@@ -133,4 +143,25 @@ test('a mailbox renamed by another program while its mail is saved: the run asks
   const sa = await snapshot(`maildir:${a}`);
   assert.deepEqual(await snapshot(`maildir:${b}`), sa);
   assert.deepEqual(sa.mailboxes.map((m) => [m.name, m.messages.length]), [['INBOX', 1], ['Moved', 4]]);
+});
+
+// Found with a live Dovecot (busy.test.ts: a user's RENAME R33 refused, "Mailbox doesn't exist"):
+// the side that created the peer's new mailbox dated the creation "now". A rename of it on the
+// peer made in between (after the peer's listing, before our create) looked older than that
+// copy, lost, and the next run renamed it back. A copied creation keeps the peer's time.
+test('a mailbox renamed by another program after the run listed it, before the peer created its copy: the rename stands', async () => {
+  const root = scratchDir('dsync-create-stamp-');
+  const a = path.join(root, 'a');
+  const b = path.join(root, 'b');
+  putFile(a, 'cur', '1700000000.seed.x:2,S', makeMessage('seed'));
+  assert.equal((await mirror(`maildir:${a}`, `maildir:${b}`)).exitCode, 0);
+  putFile(path.join(a, '.Fresh'), 'cur', '1700000001.f.x:2,S', makeMessage('fresh'));
+  await syncWithHook(a, b, async () => fs.renameSync(path.join(a, '.Fresh'), path.join(a, '.Renamed')), 'create on B');
+
+  let r = await mirror(`maildir:${a}`, `maildir:${b}`);
+  for (let i = 0; i < 2 && r.exitCode === 2; i++) r = await mirror(`maildir:${a}`, `maildir:${b}`);
+  assert.equal(r.exitCode, 0, r.log.join('\n'));
+  const sa = await snapshot(`maildir:${a}`);
+  assert.deepEqual(await snapshot(`maildir:${b}`), sa);
+  assert.deepEqual(sa.mailboxes.map((m) => [m.name, m.messages.length]), [['INBOX', 1], ['Renamed', 1]]);
 });

@@ -22,9 +22,9 @@ const side = (nodes: MailboxTreeNodeRecord[], d: Partial<TreeSide['deletes']> = 
 });
 const G = (c: string) => c.repeat(32);
 
-test('a mailbox on one side is created on the other with the same GUID and UIDVALIDITY', () => {
-  const p = planTree(side([box(['Archive'], G('a'), { uidValidity: 77 })]), side([]), 'mirror');
-  assert.deepEqual(p.slave, [{ op: 'create', name: ['Archive'], guid: G('a'), uidValidity: 77 }]);
+test('a mailbox on one side is created on the other with the same GUID and UIDVALIDITY, dated as there', () => {
+  const p = planTree(side([box(['Archive'], G('a'), { uidValidity: 77, lastRenamedOrCreated: 1234 })]), side([]), 'mirror');
+  assert.deepEqual(p.slave, [{ op: 'create', name: ['Archive'], guid: G('a'), uidValidity: 77, at: 1234 }]);
   assert.deepEqual(p.master, []);
 });
 
@@ -45,7 +45,7 @@ test('a delete tombstone deletes an unchanged mailbox, but not one with news sin
   const p = planTree(side([box(['X'], G('a'), { changedSinceSync: false })]), side([], tomb), 'mirror');
   assert.deepEqual(p.master, [{ op: 'delete', guid: G('a'), name: ['X'] }]);
   const q = planTree(side([box(['X'], G('a'), { changedSinceSync: true })]), side([], tomb), 'mirror');
-  assert.deepEqual(q.slave, [{ op: 'create', name: ['X'], guid: G('a'), uidValidity: 100 }]);
+  assert.deepEqual(q.slave, [{ op: 'create', name: ['X'], guid: G('a'), uidValidity: 100, at: 0 }]);
 });
 
 test('subscriptions: the newer change wins, subscribe wins a tie', () => {
@@ -67,7 +67,7 @@ test('two different mailboxes wanting one name: the older moves aside on both si
     { op: 'rename', guid: G('a'), from: ['A'], to: ['B'], at: 20 },
     { op: 'rename', guid: G('b'), from: ['B'], to: aside, at: 10 },
   ]);
-  assert.deepEqual(p.master, [{ op: 'create', name: aside, guid: G('b'), uidValidity: 100 }]);
+  assert.deepEqual(p.master, [{ op: 'create', name: aside, guid: G('b'), uidValidity: 100, at: 10 }]);
 });
 
 test('backup: the destination mirrors the source and the source is never changed', () => {
@@ -75,7 +75,7 @@ test('backup: the destination mirrors the source and the source is never changed
   assert.deepEqual(p.master, []);
   assert.deepEqual(p.slave, [
     { op: 'delete', guid: G('z'), name: ['Z'] },
-    { op: 'create', name: ['A'], guid: G('a'), uidValidity: 100 },
+    { op: 'create', name: ['A'], guid: G('a'), uidValidity: 100, at: 0 },
   ]);
 });
 

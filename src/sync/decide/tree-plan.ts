@@ -10,7 +10,8 @@ export interface TreeSide {
 }
 
 export type TreeAction =
-  | { op: 'create'; name: string[]; guid: string; uidValidity: number }
+  /** at: when the mailbox was created or last renamed on the side that has it, recorded with the copy. */
+  | { op: 'create'; name: string[]; guid: string; uidValidity: number; at: number }
   /** at: when the winning name was given (its side's timestamp), recorded with the rename. */
   | { op: 'rename'; guid: string; from: string[]; to: string[]; at: number }
   | { op: 'delete'; guid: string; name: string[] }
@@ -161,8 +162,8 @@ export function planTree(master: TreeSide, slave: TreeSide, mode: TreeMode): Tre
     }
   }
   for (const f of ordered) {
-    if (!f.inMaster) plan.master.push({ op: 'create', name: f.name, guid: f.guid, uidValidity: f.uidValidity });
-    if (!f.inSlave) plan.slave.push({ op: 'create', name: f.name, guid: f.guid, uidValidity: f.uidValidity });
+    if (!f.inMaster) plan.master.push({ op: 'create', name: f.name, guid: f.guid, uidValidity: f.uidValidity, at: f.stamp });
+    if (!f.inSlave) plan.slave.push({ op: 'create', name: f.name, guid: f.guid, uidValidity: f.uidValidity, at: f.stamp });
   }
 
   planDirs(master, slave, mode, finals, plan);
