@@ -829,7 +829,7 @@ async function saveSkippingUnreadable(ctx: Ctx, box: LocationMailbox, requests: 
   }
   let saved = 0;
   for (const r of requests) {
-    if (r.uid < box.status().uidNext) continue; // saved before the failure
+    if (box.keyOf(r.uid) === r.guid) continue; // saved before the failure
     try {
       await box.save([r]);
       saved++;

@@ -363,10 +363,16 @@ export class MaildirMailbox implements StoreMailbox {
     return changed;
   }
 
-  /** Appends entries (or rewrites when a rewrite is due anyway). Caller holds the lock. */
+  /**
+   * Appends entries (or rewrites when a rewrite is due anyway). Caller holds the lock.
+   * Then cur/ gets a new mtime: Dovecot answers STATUS from its mailbox list index for as long as
+   * new/ and cur/ keep the mtimes it recorded, and a change to the uidlist alone (a raised
+   * UIDNEXT; UIDs for files that were already in cur/ when Dovecot last looked) changes neither.
+   */
   private async writeEntries(lock: DotLock, ul: Uidlist, added: UidlistEntry[], rewrite: boolean): Promise<void> {
     if (rewrite) {
       await lock.replaceTarget(serializeUidlist(ul));
+      touchDir(path.join(this.mailDir, 'cur'));
       return;
     }
     if (added.length === 0) return;
@@ -383,6 +389,7 @@ export class MaildirMailbox implements StoreMailbox {
       if (fd !== undefined) closeQuietly(fd);
     }
     ul.endsWithNewline = true;
+    touchDir(path.join(this.mailDir, 'cur'));
   }
 
   /**
@@ -1345,13 +1352,8 @@ export class MaildirMailbox implements StoreMailbox {
 
   // ---------------------------------------------------------------- header changes
 
-  /**
-   * Rewrites the uidlist's header. `served`: the change is one an IMAP client sees in STATUS
-   * (UIDVALIDITY, UIDNEXT). Dovecot answers STATUS from its mailbox list index as long as new/
-   * and cur/ keep the mtimes it recorded, and a change to the uidlist alone changes neither; so
-   * cur/ gets a new mtime, and Dovecot looks again.
-   */
-  private headerChange(what: string, change: (ul: Uidlist) => void, served = false): Promise<void> {
+  /** Rewrites the uidlist's header. */
+  private headerChange(what: string, change: (ul: Uidlist) => void): Promise<void> {
     return this.serial(async () => {
       assertWritable(this.ctx, `${what} of ${this.label}`);
       await this.assertExists();
@@ -1361,7 +1363,6 @@ export class MaildirMailbox implements StoreMailbox {
         await this.completeHeader(ul);
         await this.writeEntries(lock, ul, [], true);
       });
-      if (served) touchDir(path.join(this.mailDir, 'cur'));
     });
   }
 
@@ -1377,26 +1378,18 @@ export class MaildirMailbox implements StoreMailbox {
     if (!Number.isInteger(uidValidity) || uidValidity < 1 || uidValidity > MAX_UID) {
       return Promise.reject(new Error(`invalid UIDVALIDITY ${uidValidity}`));
     }
-    return this.headerChange(
-      'set the UIDVALIDITY',
-      (ul) => {
-        ul.header.uidValidity = uidValidity;
-      },
-      true,
-    );
+    return this.headerChange('set the UIDVALIDITY', (ul) => {
+      ul.header.uidValidity = uidValidity;
+    });
   }
 
   raiseUidNext(uidNext: number): Promise<void> {
     if (!Number.isInteger(uidNext) || uidNext < 1 || uidNext > MAX_UID + 1) {
       return Promise.reject(new Error(`invalid UIDNEXT ${uidNext}`));
     }
-    return this.headerChange(
-      'raise the UIDNEXT',
-      (ul) => {
-        ul.nextUid = Math.max(ul.nextUid, uidNext);
-      },
-      true,
-    );
+    return this.headerChange('raise the UIDNEXT', (ul) => {
+      ul.nextUid = Math.max(ul.nextUid, uidNext);
+    });
   }
 
   async close(): Promise<void> {
