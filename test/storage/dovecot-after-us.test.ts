@@ -271,3 +271,45 @@ for (const format of ['maildir', 'mbox'] as const) {
     ]);
   });
 }
+
+// Dovecot with Debian's `mbox_write_locks = fcntl dotlock` opens the mbox, locks that open file
+// with fcntl and then waits for the dotlock, without looking again whether the path still names
+// the file it opened. A rewrite of ours (a new file renamed into place) finished while Dovecot
+// waited made it append into the replaced file: APPEND answered OK, the mail gone (found by
+// test/oracle/busy.test.ts). A rewrite now gives way to a process holding a lock on the file.
+test('mbox: an APPEND Dovecot starts while we rewrite the file waits for us and is not lost', { skip }, async (t) => {
+  const dir = makeTempDir('dsync-after-us-');
+  t.after(() => removeTree(dir));
+  const root = path.join(dir, 'mail');
+  const loc = `mbox:${root}:INBOX=${root}/inbox`;
+  const box = await (await openMbox(loc, { warn: () => {} })).openMailbox(['INBOX']);
+  // Big enough that our rewrite takes a while (~40 MB).
+  const big = `Subject: big\nMessage-ID: <big@x>\n\n${'y'.repeat(99)}\n`.repeat(1);
+  const filler = `${'z'.repeat(199)}\n`.repeat(5000);
+  await box.save(Array.from({ length: 40 }, (_, i) => req(i + 1, `${big}${filler}`.replace('<big@x>', `<big${i}@x>`))));
+  chownTree(dir);
+  const inbox = path.join(root, 'inbox');
+  const { result: appended, problems: logged } = await serve(loc, async (server) => {
+    const c = await imapSession(server.port, 'u', ORACLE_PASSWORD);
+    try {
+      await c.status('INBOX', { messages: true }); // Dovecot indexes the mailbox
+      const b = await (await openMbox(loc, { warn: () => {} })).openMailbox(['INBOX']);
+      await b.scan();
+      const rewriting = b.updateFlags([{ uid: 1, flags: Flag.Seen | Flag.Flagged, keywords: ['with-a-rather-long-keyword'] }]);
+      // Once our dotlock is there, the APPEND: Dovecot locks the open file, then waits for us.
+      while (!fs.existsSync(`${inbox}.lock`)) await new Promise((r) => setTimeout(r, 1));
+      const appending = c.append('INBOX', Buffer.from('Subject: during\nMessage-ID: <during@x>\n\nappended during our rewrite\n'));
+      await rewriting;
+      return await appending;
+    } finally {
+      await c.logout().catch(() => c.close());
+    }
+  });
+  assert.ok(appended && appended.uid, 'Dovecot answered the APPEND');
+  assert.deepEqual(logged.filter((l) => !/Next message unexpectedly corrupted/.test(l)), []);
+  assert.ok(fs.readFileSync(inbox, 'latin1').includes('<during@x>'), 'the appended mail is in the file');
+  const after = await (await openMbox(loc, { readOnly: true, warn: () => {} })).openMailbox(['INBOX']);
+  const msgs = await after.scan();
+  assert.equal(msgs.length, 41);
+  assert.equal(msgs.find((m) => m.uid === 1)!.flags, Flag.Seen | Flag.Flagged, 'our change is in too');
+});

@@ -36,6 +36,7 @@ import {
 } from '../types.js';
 import { assertWritable, closeQuietly, errCode, fsyncDir, isNotFound, randomHex, readFullyAt, toStorageError, type FsContext } from '../maildir/io.js';
 import { DotLock } from '../maildir/lock.js';
+import { lockIdentity, otherLockHolders, type LockedFile } from './file-locks.js';
 import { invalidKeywordReason } from '../maildir/keywords.js';
 import {
   identityOf,
@@ -118,6 +119,18 @@ const STREAM_CHUNK = 256 * 1024;
 const LF_SEPARATOR = Buffer.from('\n');
 const TOUCH_EVERY_MS = 30_000;
 const READ_ATTEMPTS = 5;
+/** Rewrites given up for another process's lock on the file (see withLock) before failing. */
+const GIVE_WAY_ATTEMPTS = 20;
+
+/** A rewrite found another process holding a lock on the file; nothing was written. */
+class GiveWay extends Error {
+  constructor(
+    readonly file: LockedFile,
+    readonly holders: number[],
+  ) {
+    super('another process holds a lock on the file');
+  }
+}
 
 function isNew(m: MboxMessage | NewMessage): m is NewMessage {
   return (m as NewMessage).head !== undefined;
@@ -207,7 +220,7 @@ export class MboxMailbox implements StoreMailbox {
   private closed = false;
   /** A save looked for spool and temp files of dead processes (once per mailbox object). */
   private tempsChecked = false;
-  /** The file's states (mtime in whole seconds, size) since our first look at it; see stampWrite. */
+  /** The file's states (mtime in whole seconds, size) we saw or made since our first look; see stampWrite. */
   private stamps: Array<{ sec: number; size: number }> = [];
 
   constructor(
@@ -283,7 +296,7 @@ export class MboxMailbox implements StoreMailbox {
         }
         parsing = { identity: id, done: new Promise<ParsedMbox | null>((resolve) => (settle = resolve)) };
         this.parsing = parsing;
-        if (this.stamps.length === 0) this.stamps.push({ sec: Math.floor(id.mtimeMs / 1000), size: id.size });
+        this.stamps.push({ sec: Math.floor(id.mtimeMs / 1000), size: id.size });
         const parsed = await parseMbox(fh, id, { warn: this.ctx.warn, label: this.file, quoting: this.env.quoting });
         const after = identityOf(await fh.stat());
         const onPath = await fsp.stat(this.file).catch(() => null);
@@ -326,29 +339,60 @@ export class MboxMailbox implements StoreMailbox {
 
   // ---------------------------------------------------------------- locking
 
+  /**
+   * Runs fn holding the mbox's dotlock. A rewrite that finds another process holding a kernel
+   * lock on the file (GiveWay, see rewrite) leaves it to that process first: the dotlock is
+   * released, and fn runs again from the start once the other process is done with the file.
+   */
   private async withLock<T>(fn: (lock: DotLock) => Promise<T>): Promise<T> {
     assertWritable(this.ctx, `change ${this.label}`);
     return this.env.exclusive(this.file, async () => {
-      let lock: DotLock;
-      try {
-        lock = await DotLock.acquire(this.ctx, this.file, { staleMs: this.env.lockStaleMs, timeoutMs: this.env.lockTimeoutMs });
-      } catch (e) {
-        if (e instanceof StorageError && e.code === 'LOCKED') {
-          const holder = await fsp.readFile(`${this.file}.lock`, 'utf8').catch(() => '');
+      for (let attempt = 1; ; attempt++) {
+        let lock: DotLock;
+        try {
+          lock = await DotLock.acquire(this.ctx, this.file, { staleMs: this.env.lockStaleMs, timeoutMs: this.env.lockTimeoutMs });
+        } catch (e) {
+          if (e instanceof StorageError && e.code === 'LOCKED') {
+            const holder = await fsp.readFile(`${this.file}.lock`, 'utf8').catch(() => '');
+            throw new StorageError(
+              `${this.label} is locked by another program (${this.file}.lock${holder ? `, held by ${holder.trim().slice(0, 80)}` : ''}); ` +
+                `gave up after ${Math.round(this.env.lockTimeoutMs / 1000)} s`,
+              'LOCKED',
+            );
+          }
+          throw e;
+        }
+        let gaveWay: GiveWay;
+        try {
+          return await fn(lock);
+        } catch (e) {
+          if (!(e instanceof GiveWay)) throw e;
+          gaveWay = e;
+        } finally {
+          await lock.release();
+        }
+        if (attempt >= GIVE_WAY_ATTEMPTS || !(await this.waitUntilUnlocked(gaveWay.file))) {
           throw new StorageError(
-            `${this.label} is locked by another program (${this.file}.lock${holder ? `, held by ${holder.trim().slice(0, 80)}` : ''}); ` +
-              `gave up after ${Math.round(this.env.lockTimeoutMs / 1000)} s`,
+            `${this.label} is kept busy by another program (process ${gaveWay.holders.join(', ')} holds a lock on it); nothing written, try again later`,
             'LOCKED',
           );
         }
-        throw e;
-      }
-      try {
-        return await fn(lock);
-      } finally {
-        await lock.release();
+        this.parsed = null;
       }
     });
+  }
+
+  /** Waits (up to the lock timeout) until no other process holds a kernel lock on the file. */
+  private async waitUntilUnlocked(file: LockedFile): Promise<boolean> {
+    const deadline = Date.now() + this.env.lockTimeoutMs;
+    let delay = 5;
+    for (;;) {
+      const holders = otherLockHolders(file);
+      if (holders === null || holders.length === 0) return true;
+      if (Date.now() >= deadline) return false;
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 50);
+    }
   }
 
   /**
@@ -721,6 +765,11 @@ export class MboxMailbox implements StoreMailbox {
       if (onPath.ino !== st.ino || onPath.dev !== st.dev) {
         throw new StorageError(`${this.label} was replaced by another program while we rewrote it; nothing written`, 'LOCKED');
       }
+      // Another process with a lock on the file (Dovecot waiting for our dotlock, or reading)
+      // would go on with the old file once we replaced it: let it finish first (see file-locks).
+      const locked = lockIdentity(this.file);
+      const holders = locked && otherLockHolders(locked);
+      if (locked && holders && holders.length > 0) throw new GiveWay(locked, holders);
       await fsp.rename(temp, this.file);
       renamed = true;
       await fsyncDir(dir).catch(() => undefined);
@@ -741,7 +790,7 @@ export class MboxMailbox implements StoreMailbox {
       await this.stampWrite();
     } catch (e) {
       if (!renamed) await fsp.unlink(temp).catch(() => undefined);
-      throw e instanceof StorageError ? e : toStorageError(e, 'rewrite', this.file);
+      throw e instanceof StorageError || e instanceof GiveWay ? e : toStorageError(e, 'rewrite', this.file);
     } finally {
       w?.release();
       await out?.close().catch(() => undefined);
@@ -752,11 +801,13 @@ export class MboxMailbox implements StoreMailbox {
 
   /**
    * After each write: Dovecot takes an mbox for unchanged (its own sync and its cached STATUS)
-   * while the file's mtime in whole seconds and its size are those of its last look. A write of
-   * ours within the same second that leaves a size the file already had then would go unseen
-   * (same-size changes are common: flags, X-IMAPbase). Dovecot itself waits for the next second
-   * in that case; we set the mtime one second past every state seen instead (so at most a
-   * second or two ahead of the clock).
+   * while the file's mtime in whole seconds and its size are those it recorded at its last look,
+   * and then trusts the message offsets in its index. A write of ours within the second of an
+   * earlier state whose size it happens to restore would go unseen ("Next message unexpectedly
+   * corrupted" in its log, or stale flags served): same-size changes are common (flags,
+   * X-IMAPbase), and what Dovecot recorded may be a state this handle never saw. So every write
+   * leaves the file with an mtime second later than that of every state seen, even if that is
+   * a second or two ahead of the clock (Dovecot itself waits for the next second instead).
    */
   private async stampWrite(): Promise<void> {
     let st: fs.Stats;
@@ -766,13 +817,9 @@ export class MboxMailbox implements StoreMailbox {
       return;
     }
     let sec = Math.floor(st.mtimeMs / 1000);
-    let latest = sec;
-    let clash = false;
-    for (const s of this.stamps) {
-      if (s.sec === sec && s.size === st.size) clash = true;
-      latest = Math.max(latest, s.sec);
-    }
-    if (clash) {
+    let latest = -1;
+    for (const s of this.stamps) latest = Math.max(latest, s.sec);
+    if (sec <= latest) {
       sec = latest + 1;
       try {
         fs.utimesSync(this.file, st.atime, sec);
