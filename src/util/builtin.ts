@@ -35,11 +35,6 @@ export function readableFrom(source: Iterable<unknown> | AsyncIterable<unknown>,
   return (stream ??= load('node:stream') as typeof Stream).Readable.from(source, options);
 }
 
-/** V8's heap statistics (~10 us; process.memoryUsage() costs 20-200 us, most of it the RSS). */
-export function heapStatistics(): V8.HeapInfo {
-  return (v8 ??= load('node:v8') as typeof V8).getHeapStatistics();
-}
-
 export function setV8Flags(flags: string): void {
   (v8 ??= load('node:v8') as typeof V8).setFlagsFromString(flags);
 }

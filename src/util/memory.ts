@@ -6,7 +6,7 @@
 // full collection, which V8 by itself starts only ~64 MB of buffers later; so external growth of
 // EXTERNAL_STEP triggers one too.
 import vm from 'node:vm';
-import { heapStatistics, setV8Flags } from './builtin.js';
+import { setV8Flags } from './builtin.js';
 
 const FLOOR = 32 * 1024 * 1024;
 /** Heap growth since the last collection that triggers the next one. */
@@ -15,18 +15,22 @@ let gc: (() => void) | null | undefined;
 let limit = FLOOR;
 const EXTERNAL_STEP = 16 * 1024 * 1024;
 let externalLimit = EXTERNAL_STEP;
+const CHECK_EVERY_MS = 10;
+let lastCheck = 0;
 
 /**
  * Runs a full garbage collection when the heap in use has outgrown twice the last live size, or
  * memory outside the heap (buffers) has grown by EXTERNAL_STEP since the last one.
  */
 export function trimHeap(): void {
-  // First V8's own figures, which cost a tenth of memoryUsage() (called after every mailbox).
-  // Its external_memory counts the buffers too, but drops only at the next collection, so it is
-  // at least arrayBuffers: below the limit, so is arrayBuffers.
-  const v = heapStatistics();
-  if (v.used_heap_size < limit && v.external_memory < externalLimit) return;
-  // arrayBuffers (Node's count) drops as soon as a collection's freed buffers are swept.
+  // memoryUsage() costs 20-200 us (the RSS most of it; node:v8's heap statistics are cheaper but
+  // load node:stream); called after every mailbox, at most one look per CHECK_EVERY_MS: what a
+  // few milliseconds of work leave is no reason to collect yet.
+  const now = Date.now();
+  if (now - lastCheck < CHECK_EVERY_MS) return;
+  lastCheck = now;
+  // arrayBuffers (Node's count) drops as soon as a collection's freed buffers are swept; V8's
+  // external_memory only at the next collection.
   const m = process.memoryUsage();
   if (m.heapUsed < limit && m.arrayBuffers < externalLimit) return;
   if (gc === undefined) {
