@@ -5,6 +5,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as fsp from 'node:fs/promises';
+import { FileShrank, WindowReader } from '../../src/storage/mbox/reader.js';
 import { Flag } from '../../src/model/flags.js';
 import { StorageError } from '../../src/storage/types.js';
 import { headerHash } from '../../src/storage/header-hash.js';
@@ -304,4 +306,20 @@ test('read-only: UIDs for mail without X-UID are given in memory, nothing is wri
     await store.close();
   }
   assert.equal(hashTree(dir), before, 'a read-only store writes nothing, not even a lock file');
+});
+
+test('reader: a file that shrank while it is read says so (FileShrank: the caller reads it again), it does not hand out a short window', async (t) => {
+  const dir = tempDir(t);
+  const file = path.join(dir, 'box');
+  fs.writeFileSync(file, Buffer.alloc(3 << 20, 0x61));
+  const fh = await fsp.open(file, 'r');
+  try {
+    const r = new WindowReader(fh, 3 << 20);
+    await r.ensure(0, 10);
+    assert.equal(r.byteAt(5), 0x61);
+    fs.truncateSync(file, 1 << 20); // Dovecot compacts the mbox in place meanwhile
+    await assert.rejects(r.ensure(2 << 20, 10), FileShrank);
+  } finally {
+    await fh.close();
+  }
 });

@@ -56,7 +56,7 @@ import {
 } from './parse.js';
 import { layoutMessage, metaHeaders, padUid, pseudoMessage, type MessageShape, type Piece } from './compose.js';
 import { formatFromLine, parseFromLine } from './from-line.js';
-import { WindowReader } from './reader.js';
+import { FileShrank, WindowReader } from './reader.js';
 import type { DovecotIndexUids } from './dovecot-index.js';
 
 /** What a mailbox needs from its store. */
@@ -307,6 +307,7 @@ export class MboxMailbox implements StoreMailbox {
           return parsed;
         }
       } catch (e) {
+        if (e instanceof FileShrank) continue; // truncated while we read it: read it again
         throw toStorageError(e, 'read', this.file);
       } finally {
         if (parsing) {

@@ -22,6 +22,9 @@ function giveBuffer(b: Buffer): void {
   if (b.length >= DEFAULT_WINDOW && spare.length < MAX_SPARE && !spare.includes(b)) spare.push(b);
 }
 
+/** The file became shorter than its size when the reader was made: read it again. */
+export class FileShrank extends Error {}
+
 export class WindowReader {
   private buf: Buffer = Buffer.alloc(0);
   private winStart = 0;
@@ -79,7 +82,10 @@ export class WindowReader {
       if (bytesRead === 0) break;
       off += bytesRead;
     }
-    this.buf = off === want ? buf : buf.subarray(0, off);
+    // The file ended early: another program truncated it while we read (Dovecot compacts an
+    // mbox in place). The reader of such a file gives up; its caller reads it again.
+    if (off < want) throw new FileShrank(`the file shrank to ${pos + off} bytes while it was being read (${this.size} before)`);
+    this.buf = buf;
     this.winStart = pos;
   }
 
