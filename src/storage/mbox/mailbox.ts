@@ -773,6 +773,12 @@ export class MboxMailbox implements StoreMailbox {
       if (locked && holders && holders.length > 0) throw new GiveWay(locked, holders);
       await fsp.rename(temp, this.file);
       renamed = true;
+      // One that locked the old file between that look and the rename (a few microseconds) goes
+      // on with it: what it writes there is lost. Rare; not to be silent about.
+      const late = locked && otherLockHolders(locked);
+      if (late && late.length > 0) {
+        this.ctx.warn(`${this.label}: process ${late.join(', ')} locked the file just as it was replaced; a change it makes now goes to the old copy and is lost (check the mailbox; run dsync again)`);
+      }
       await fsyncDir(dir).catch(() => undefined);
       // Last chance for bytes appended to the old file between the check and the rename.
       const last = await src.stat();
