@@ -220,8 +220,8 @@ export class MboxMailbox implements StoreMailbox {
   private closed = false;
   /** A save looked for spool and temp files of dead processes (once per mailbox object). */
   private tempsChecked = false;
-  /** The file's states (mtime in whole seconds, size) we saw or made since our first look; see stampWrite. */
-  private stamps: Array<{ sec: number; size: number }> = [];
+  /** The latest mtime, in whole seconds, of the file's states we saw or made; see stampWrite. */
+  private latestSecond = -1;
 
   constructor(
     private readonly env: MboxEnv,
@@ -296,7 +296,7 @@ export class MboxMailbox implements StoreMailbox {
         }
         parsing = { identity: id, done: new Promise<ParsedMbox | null>((resolve) => (settle = resolve)) };
         this.parsing = parsing;
-        this.stamps.push({ sec: Math.floor(id.mtimeMs / 1000), size: id.size });
+        this.latestSecond = Math.max(this.latestSecond, Math.floor(id.mtimeMs / 1000));
         const parsed = await parseMbox(fh, id, { warn: this.ctx.warn, label: this.file, quoting: this.env.quoting });
         const after = identityOf(await fh.stat());
         const onPath = await fsp.stat(this.file).catch(() => null);
@@ -824,17 +824,15 @@ export class MboxMailbox implements StoreMailbox {
       return;
     }
     let sec = Math.floor(st.mtimeMs / 1000);
-    let latest = -1;
-    for (const s of this.stamps) latest = Math.max(latest, s.sec);
-    if (sec <= latest) {
-      sec = latest + 1;
+    if (sec <= this.latestSecond) {
+      sec = this.latestSecond + 1;
       try {
         fs.utimesSync(this.file, st.atime, sec);
       } catch {
         return; // not ours to touch: Dovecot sees the change with the next one
       }
     }
-    this.stamps.push({ sec, size: st.size });
+    this.latestSecond = sec;
   }
 
   private pseudoPieces(p: ParsedMbox, plan: RewritePlan): Piece[] {
