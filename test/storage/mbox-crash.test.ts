@@ -41,10 +41,11 @@ test('crash: SIGKILL during a rewrite leaves the mbox as it was; the next run re
   const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  // Wait until the rewrite has started writing its temp file, then kill.
+  // Wait until the rewrite has started writing its temp file ("Big.dsync-<pid>-<hex>.tmp.lock";
+  // not the dotlock's own "Big.<pid>.<n>.tmp.lock", there for an instant), then kill.
   let temp: string | undefined;
   for (let i = 0; i < 4000 && !temp; i++) {
-    temp = fs.readdirSync(`${dir}/m`).find((n) => n.endsWith('.tmp.lock') && fs.statSync(`${dir}/m/${n}`).size > 0);
+    temp = fs.readdirSync(`${dir}/m`).find((n) => n.startsWith('Big.dsync-') && n.endsWith('.tmp.lock') && fs.statSync(`${dir}/m/${n}`).size > 0);
     if (!temp) await sleep(2);
   }
   child.kill('SIGKILL');
