@@ -314,6 +314,14 @@ function vanished(ctx: Ctx, name: string[], err: unknown): boolean {
   return true;
 }
 
+/** UIDs still taken after MAX_UID_RETRIES moves (a busy IMAP server): warned, the run asks to be run again. */
+function uidsKeptTaken(ctx: Ctx, name: string[], err: unknown): boolean {
+  if (!(err instanceof StorageError && err.code === 'UIDTAKEN')) return false;
+  ctx.log.warn(`mailbox ${ctx.show(name)}: another program kept giving out the UIDs this run meant to use; the rest of its mail waits for the next run (run dsync again)`);
+  ctx.changesDuringSync = true;
+  return true;
+}
+
 /**
  * How long to wait, once, for changes to become old enough for a change token (the Maildir
  * store trusts a token 30 ms after a change on file systems with fine timestamps, at once on
@@ -747,8 +755,10 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
       i = j;
     }
   } catch (err) {
-    // Renamed or deleted here by another program while its mail was being saved.
-    if (!vanished(ctx, box.name, err)) throw err;
+    // Renamed or deleted here by another program while its mail was being saved, or another
+    // program kept taking the UIDs we moved on to (MAX_UID_RETRIES times): the rest waits for
+    // the next run (nothing was changed by the attempt that failed).
+    if (!vanished(ctx, box.name, err) && !uidsKeptTaken(ctx, box.name, err)) throw err;
     changesDuringSync = true;
   }
   prepared.clear();

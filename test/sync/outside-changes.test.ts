@@ -26,8 +26,8 @@ import { putFile } from '../robustness/helpers.js';
  * The store, except that right before the first call of `method` (save() of a mailbox, or
  * createMailbox() of the store), `before` runs.
  */
-function withHook(store: MailStore, before: () => Promise<void>, method: 'save' | 'createMailbox' = 'save'): MailStore {
-  let fired = false;
+function withHook(store: MailStore, before: () => Promise<void>, method: 'save' | 'createMailbox' = 'save', times = 1): MailStore {
+  let fired = 0;
   const bind = <T extends object>(target: T, wrap: (prop: string | symbol, value: unknown) => unknown): T =>
     new Proxy(target, {
       get(t, prop) {
@@ -39,8 +39,8 @@ function withHook(store: MailStore, before: () => Promise<void>, method: 'save' 
   const hooked =
     (target: object, f: unknown) =>
     async (...args: unknown[]) => {
-      if (!fired) {
-        fired = true;
+      if (fired < times) {
+        fired++;
         await before();
       }
       return (f as (...a: unknown[]) => Promise<unknown>).apply(target, args);
@@ -63,9 +63,10 @@ async function syncWithHook(
   b: string,
   before: () => Promise<void>,
   where: 'save on A' | 'create on B' = 'save on A',
+  times = 1,
 ): Promise<{ changesDuringSync: boolean; warnings: string }> {
   const open = (dir: string) => openStore(parseMailLocation(`maildir:${dir}`, {}), { warn: () => {} });
-  const storeA = where === 'save on A' ? withHook(await open(a), before) : await open(a);
+  const storeA = where === 'save on A' ? withHook(await open(a), before, 'save', times) : await open(a);
   const storeB = where === 'create on B' ? withHook(await open(b), before, 'createMailbox') : await open(b);
   const locA = Location.open(storeA, { indexPath: path.join(a, INDEX_FILE), log: quiet() });
   const locB = Location.open(storeB, { indexPath: path.join(b, INDEX_FILE), log: quiet() });
@@ -84,6 +85,19 @@ async function syncWithHook(
   }
 }
 
+/** "Another program": a second store on A that saves a mail into INBOX under A's next UID. */
+async function saveElsewhere(a: string, guid: string, body: Buffer): Promise<void> {
+  const other = await openStore(parseMailLocation(`maildir:${a}`, {}), { warn: () => {} });
+  try {
+    const mb = (await other.openMailbox(['INBOX']))!;
+    const uid = (await mb.status()).uidNext;
+    await mb.save([{ uid, guid, flags: 0, keywords: [], internalDate: 1_700_000_500, body }]);
+    await mb.close();
+  } finally {
+    await other.close();
+  }
+}
+
 const shas = (s: Snapshot) => s.mailboxes.flatMap((m) => m.messages.map((x) => x.sha)).sort();
 
 test('UIDs given out by another program right before a save: the mails take the next free ones, the run asks to run again, the next one converges', async () => {
@@ -95,19 +109,7 @@ test('UIDs given out by another program right before a save: the mails take the 
   for (let i = 0; i < 5; i++) putFile(b, 'cur', `1700000100.b${i}.x:2,S`, makeMessage(`b${i}`));
 
   // "Another program": a second store on A that saves a mail under A's next UID.
-  const foreign = makeMessage('delivered meanwhile');
-  const deliverElsewhere = async () => {
-    const other = await openStore(parseMailLocation(`maildir:${a}`, {}), { warn: () => {} });
-    try {
-      const mb = (await other.openMailbox(['INBOX']))!;
-      const uid = (await mb.status()).uidNext;
-      await mb.save([{ uid, guid: 'foreign-mail-guid', flags: 0, keywords: [], internalDate: 1_700_000_500, body: foreign }]);
-      await mb.close();
-    } finally {
-      await other.close();
-    }
-  };
-  const { changesDuringSync, warnings } = await syncWithHook(a, b, deliverElsewhere);
+  const { changesDuringSync, warnings } = await syncWithHook(a, b, () => saveElsewhere(a, 'foreign-mail-guid', makeMessage('delivered meanwhile')));
   assert.equal(changesDuringSync, true, 'the run asks to be run again');
   assert.match(warnings, /another program gave out UIDs during the sync/);
   const afterRun = await snapshot(`maildir:${a}`);
@@ -121,6 +123,28 @@ test('UIDs given out by another program right before a save: the mails take the 
   assert.equal(shas(sa).length, 7);
   assert.equal(new Set(shas(sa)).size, 7, 'every mail once');
   assert.deepEqual((await mirror(`maildir:${a}`, `maildir:${b}`)).summary, [], 'then nothing to do');
+});
+
+test('another program taking the UIDs again and again: after 10 moves the rest waits for the next run, nothing lost', async () => {
+  const root = scratchDir('dsync-uid-taken-again-');
+  const a = path.join(root, 'a');
+  const b = path.join(root, 'b');
+  putFile(a, 'cur', '1700000000.seed.x:2,S', makeMessage('seed'));
+  assert.equal((await mirror(`maildir:${a}`, `maildir:${b}`)).exitCode, 0);
+  for (let i = 0; i < 5; i++) putFile(b, 'cur', `1700000100.b${i}.x:2,S`, makeMessage(`b${i}`));
+  let foreign = 0;
+  // Before every save: a busy IMAP server that never stops delivering.
+  const deliver = () => saveElsewhere(a, `foreign-${foreign}`, makeMessage(`foreign ${foreign++}`));
+  const { changesDuringSync, warnings } = await syncWithHook(a, b, deliver, 'save on A', 1000);
+  assert.equal(changesDuringSync, true, 'the run asks to be run again');
+  assert.match(warnings, /kept giving out the UIDs this run meant to use/);
+  let r = await mirror(`maildir:${a}`, `maildir:${b}`);
+  for (let i = 0; i < 2 && r.exitCode === 2; i++) r = await mirror(`maildir:${a}`, `maildir:${b}`);
+  assert.equal(r.exitCode, 0, r.log.join('\n'));
+  const sa = await snapshot(`maildir:${a}`);
+  assert.deepEqual(await snapshot(`maildir:${b}`), sa);
+  assert.equal(shas(sa).length, 1 + 5 + foreign, 'the seed, the five from B and every foreign mail');
+  assert.equal(new Set(shas(sa)).size, shas(sa).length, 'every mail once');
 });
 
 test('a mailbox renamed by another program while its mail is saved: the run asks to run again, the next one converges', async () => {
