@@ -206,13 +206,15 @@ async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise
   for (const row of loc.mailboxes()) {
     if (!wanted(ctx, row.name)) continue;
     if (!full && !deletedByPeer.has(row.guid) && !early.has(row.guid)) continue;
-    const box = await loc.openMailbox(row.guid);
-    if (!box) continue;
+    // Renamed or deleted by another program since the listing: opening it fails as a scan would.
+    let box: LocationMailbox | undefined;
     try {
+      box = await loc.openMailbox(row.guid);
+      if (!box) continue;
       await box.refresh(full);
     } catch (err) {
-      await box.close();
-      if (vanished(ctx, box.name, err)) continue;
+      await box?.close();
+      if (vanished(ctx, box?.name ?? row.name, err)) continue;
       throw err;
     }
     if (kept + box.heldCount <= KEEP_OPEN_MESSAGES) {
