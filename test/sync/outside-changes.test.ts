@@ -109,14 +109,20 @@ async function converge(a: string, b: string): Promise<Snapshot> {
   return sa;
 }
 
-const shas = (s: Snapshot) => s.mailboxes.flatMap((m) => m.messages.map((x) => x.sha)).sort();
-
-test('UIDs given out by another program right before a save: the mails take the next free ones, the run asks to run again, the next one converges', async () => {
-  const root = scratchDir('dsync-uid-taken-');
+/** A and B, A with one mail in INBOX, mirrored once. */
+async function syncedPair(prefix: string): Promise<{ a: string; b: string }> {
+  const root = scratchDir(prefix);
   const a = path.join(root, 'a');
   const b = path.join(root, 'b');
   putFile(a, 'cur', '1700000000.seed.x:2,S', makeMessage('seed'));
   assert.equal((await mirror(`maildir:${a}`, `maildir:${b}`)).exitCode, 0);
+  return { a, b };
+}
+
+const shas = (s: Snapshot) => s.mailboxes.flatMap((m) => m.messages.map((x) => x.sha)).sort();
+
+test('UIDs given out by another program right before a save: the mails take the next free ones, the run asks to run again, the next one converges', async () => {
+  const { a, b } = await syncedPair('dsync-uid-taken-');
   for (let i = 0; i < 5; i++) putFile(b, 'cur', `1700000100.b${i}.x:2,S`, makeMessage(`b${i}`));
 
   // "Another program": a second store on A that saves a mail under A's next UID.
@@ -133,11 +139,7 @@ test('UIDs given out by another program right before a save: the mails take the 
 });
 
 test('another program taking the UIDs again and again: after 10 moves the rest waits for the next run, nothing lost', async () => {
-  const root = scratchDir('dsync-uid-taken-again-');
-  const a = path.join(root, 'a');
-  const b = path.join(root, 'b');
-  putFile(a, 'cur', '1700000000.seed.x:2,S', makeMessage('seed'));
-  assert.equal((await mirror(`maildir:${a}`, `maildir:${b}`)).exitCode, 0);
+  const { a, b } = await syncedPair('dsync-uid-taken-again-');
   for (let i = 0; i < 5; i++) putFile(b, 'cur', `1700000100.b${i}.x:2,S`, makeMessage(`b${i}`));
   let foreign = 0;
   // Before every save: a busy IMAP server that never stops delivering.
@@ -173,11 +175,7 @@ test('a mailbox renamed by another program while its mail is saved: the run asks
 // peer made in between (after the peer's listing, before our create) looked older than that
 // copy, lost, and the next run renamed it back. A copied creation keeps the peer's time.
 test('a mailbox renamed by another program after the run listed it, before the peer created its copy: the rename stands', async () => {
-  const root = scratchDir('dsync-create-stamp-');
-  const a = path.join(root, 'a');
-  const b = path.join(root, 'b');
-  putFile(a, 'cur', '1700000000.seed.x:2,S', makeMessage('seed'));
-  assert.equal((await mirror(`maildir:${a}`, `maildir:${b}`)).exitCode, 0);
+  const { a, b } = await syncedPair('dsync-create-stamp-');
   putFile(path.join(a, '.Fresh'), 'cur', '1700000001.f.x:2,S', makeMessage('fresh'));
   await syncWithHook(a, b, async () => fs.renameSync(path.join(a, '.Fresh'), path.join(a, '.Renamed')), 'create on B');
 
@@ -189,11 +187,7 @@ test('a mailbox renamed by another program after the run listed it, before the p
 // to the index is scanned before the tree is sent, and another program renamed it between the
 // listing and that scan. Opening it failed the run; now it is given up like any vanished one.
 test('a new mailbox renamed by another program between the listing and its first scan: the run asks to run again, the next one converges', async () => {
-  const root = scratchDir('dsync-vanished-early-');
-  const a = path.join(root, 'a');
-  const b = path.join(root, 'b');
-  putFile(a, 'cur', '1700000000.seed.x:2,S', makeMessage('seed'));
-  assert.equal((await mirror(`maildir:${a}`, `maildir:${b}`)).exitCode, 0);
+  const { a, b } = await syncedPair('dsync-vanished-early-');
   putFile(path.join(a, '.Fresh'), 'cur', '1700000001.f.x:2,S', makeMessage('fresh'));
   // With its uidlist (as an IMAP server creates it), so that the listing learns its GUID without opening it.
   fs.writeFileSync(path.join(a, '.Fresh', 'dovecot-uidlist'), `3 V1700000000 N2 G${'ab'.repeat(16)}\n1 :1700000001.f.x\n`);
