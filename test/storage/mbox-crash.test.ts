@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Flag } from '../../src/model/flags.js';
 import { tempDir, warnings } from './helpers.js';
-import { openMbox, write } from './mbox-helpers.js';
+import { bodyOf, openMbox, write } from './mbox-helpers.js';
 
 const storeModule = fileURLToPath(new URL('../../src/storage/mbox/store.js', import.meta.url));
 const locationModule = fileURLToPath(new URL('../../src/storage/location.js', import.meta.url));
@@ -65,4 +65,82 @@ test('crash: SIGKILL during a rewrite leaves the mbox as it was; the next run re
   assert.deepEqual(fs.readdirSync(`${dir}/m`).sort(), ['.imap', 'Big'], 'no lock or temp file left');
   const msgs = await box.scan();
   assert.deepEqual([msgs[0]!.flags, msgs[1]!.flags], [0, Flag.Flagged]);
+});
+
+/** An mbox of three mails (UIDVALIDITY 1700000050, last UID 3). */
+function threeMails(file: string): string {
+  const text = [1, 2, 3]
+    .map((i) => `From a@b Tue Jan  2 10:00:00 2024\n${i === 1 ? 'X-IMAPbase: 1700000050 0000000003\n' : ''}X-UID: ${i}\nSubject: ${i}\n\nbody ${i}\n\n`)
+    .join('');
+  write(file, text);
+  return text;
+}
+
+test('crash: SIGKILL in the middle of an append; readers never see the torn mail and the next writer cuts it off', async (t) => {
+  const dir = tempDir(t, 'dsync-mbox-append-crash-');
+  const file = `${dir}/m/Box`;
+  const original = threeMails(file);
+  const script = `${dir}/child.mjs`;
+  // The child stops for good after its first block of appended bytes (4 MB of a 10 MB mail):
+  // a kill then lands inside the append every time.
+  fs.writeFileSync(
+    script,
+    `import * as fsp from 'node:fs/promises';
+     import { MboxStore } from ${JSON.stringify(storeModule)};
+     import { parseMailLocation } from ${JSON.stringify(locationModule)};
+     const probe = await fsp.open(${JSON.stringify(script)}, 'r');
+     const proto = Object.getPrototypeOf(probe);
+     await probe.close();
+     const writev = proto.writev;
+     proto.writev = async function (...args) {
+       const r = await writev.apply(this, args);
+       process.stdout.write('torn\\n');
+       await new Promise(() => {});
+       return r;
+     };
+     const store = await MboxStore.open(parseMailLocation('mbox:${dir}/m', {}), { warn: () => {} });
+     const box = await store.openMailbox(['Box']);
+     await box.scan();
+     const big = Buffer.from('Subject: big\\nMessage-ID: <big@x>\\n\\n' + ('y'.repeat(99) + '\\n').repeat(100000));
+     await box.save([
+       { uid: 4, guid: 'g4', flags: 0, keywords: [], internalDate: 1700000000, body: big },
+       { uid: 5, guid: 'g5', flags: 0, keywords: [], internalDate: 1700000001, body: Buffer.from('Subject: small\\n\\nsmall\\n') },
+     ]);
+     process.stdout.write('done\\n');`,
+  );
+  const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  for (let i = 0; i < 3000 && !out.includes('torn') && child.exitCode === null; i++) await sleep(5);
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+  assert.match(out, /torn/, 'the child appended its first block');
+  const tornSize = fs.statSync(file).size;
+  assert.ok(tornSize > original.length + 1_000_000, `part of the mail was appended (${tornSize} bytes)`);
+  assert.ok(fs.existsSync(`${file}.dsync-append.lock`), 'the record of the append is left behind');
+
+  // A read-only look (a backup's source) sees the mailbox as before the append.
+  const ro = await openMbox(`mbox:${dir}/m`, { readOnly: true, warn: () => {} });
+  const roBox = await ro.openMailbox(['Box']);
+  assert.deepEqual((await roBox.scan()).map((m) => m.uid), [1, 2, 3]);
+  assert.equal(fs.statSync(file).size, tornSize, 'a reader changes nothing');
+
+  // So does a writable store's scan, before it writes; its first write cuts the tail off.
+  const w = warnings();
+  const store = await openMbox(`mbox:${dir}/m`, { warn: w.warn });
+  const box = await store.openMailbox(['Box']);
+  assert.deepEqual((await box.scan()).map((m) => m.uid), [1, 2, 3]);
+  await box.save([{ uid: 6, guid: 'g6', flags: 0, keywords: [], internalDate: 1700000002, body: Buffer.from('Subject: six\n\nsix\n') }]);
+  assert.ok(w.has(/removed the last \d+ bytes, the unfinished part of an append that was interrupted/), w.list.join('\n'));
+  const msgs = await box.scan();
+  assert.deepEqual(
+    msgs.map((m) => m.uid),
+    [1, 2, 3, 6],
+  );
+  assert.equal((await bodyOf(box, 6)).toString(), 'Subject: six\n\nsix\n');
+  const text = fs.readFileSync(file, 'latin1');
+  // The three mails are as they were, apart from the last UID (raised to 5, then 6).
+  assert.equal(text.slice(0, original.length), original.replace('0000000003', '0000000006'));
+  assert.doesNotMatch(text, /big@x/);
+  assert.ok(!fs.existsSync(`${file}.dsync-append.lock`), 'the record is gone');
 });

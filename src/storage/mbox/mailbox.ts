@@ -37,6 +37,7 @@ import {
 import { assertWritable, closeQuietly, errCode, fsyncDir, isNotFound, randomHex, readFullyAt, toStorageError, type FsContext } from '../maildir/io.js';
 import { DotLock } from '../maildir/lock.js';
 import { lockIdentity, otherLockHolders, type LockedFile } from './file-locks.js';
+import { INTENT_HEAD_BYTES, judgeIntent, readAppendIntent, removeAppendIntent, settleAppendIntent, writeAppendIntent } from './append-intent.js';
 import { invalidKeywordReason } from '../maildir/keywords.js';
 import {
   identityOf,
@@ -297,7 +298,8 @@ export class MboxMailbox implements StoreMailbox {
         parsing = { identity: id, done: new Promise<ParsedMbox | null>((resolve) => (settle = resolve)) };
         this.parsing = parsing;
         this.latestSecond = Math.max(this.latestSecond, Math.floor(id.mtimeMs / 1000));
-        const parsed = await parseMbox(fh, id, { warn: this.ctx.warn, label: this.file, quoting: this.env.quoting });
+        const end = await this.visibleEnd(fh, id);
+        const parsed = await parseMbox(fh, id, { warn: this.ctx.warn, label: this.file, quoting: this.env.quoting, end });
         const after = identityOf(await fh.stat());
         const onPath = await fsp.stat(this.file).catch(() => null);
         if (sameIdentity(after, id) && onPath && onPath.ino === id.ino && onPath.dev === id.dev) {
@@ -318,6 +320,17 @@ export class MboxMailbox implements StoreMailbox {
       }
     }
     throw new StorageError(`${this.label} kept changing while it was being read (another program is writing it); try again later`, 'LOCKED');
+  }
+
+  /**
+   * Where the mailbox ends for readers: before the tail of an unfinished append, if a record
+   * says there is one (see append-intent.ts; a writer cuts it off under the lock).
+   */
+  private async visibleEnd(fh: fsp.FileHandle, id: FileIdentity): Promise<number | undefined> {
+    const intent = await readAppendIntent(this.file);
+    if (intent === null || intent === 'invalid') return undefined;
+    const state = await judgeIntent(intent, fh.fd, id);
+    return state.kind === 'torn' ? state.keep : undefined;
   }
 
   /**
@@ -365,6 +378,11 @@ export class MboxMailbox implements StoreMailbox {
         }
         let gaveWay: GiveWay;
         try {
+          // An append interrupted by a crash is cut off before anything reads the file.
+          if (await settleAppendIntent(this.ctx, this.file)) {
+            this.parsed = null;
+            await this.stampWrite();
+          }
           return await fn(lock);
         } catch (e) {
           if (!(e instanceof GiveWay)) throw e;
@@ -1088,6 +1106,14 @@ export class MboxMailbox implements StoreMailbox {
     const uv = this.uidValidityOf(p);
     const plan: RewritePlan = { uidValidity: uv, lastUid, keywordList, messages: [] };
     const firstFrom = p.identity.size + (!empty && !p.endsWithNewline ? 1 : 0);
+    // All pieces first: the record of the append (append-intent.ts) names where it will end.
+    const pieces: OutPiece[] = [];
+    if (!empty && !p.endsWithNewline) pieces.push({ bytes: Buffer.from('\n') });
+    for (let i = 0; i < prepared.length; i++) {
+      const m = prepared[i]!;
+      pieces.push(...(await this.messagePieces({ src: m, uid: m.uid, flags: m.flags, keywords: m.keywords }, empty && i === 0 ? plan : null)));
+    }
+    const length = pieces.reduce((n, pc) => n + piecesLength(pc), 0);
 
     let fh: fsp.FileHandle | undefined;
     try {
@@ -1096,6 +1122,13 @@ export class MboxMailbox implements StoreMailbox {
       if (!sameIdentity(st, p.identity)) {
         throw new StorageError(`${this.label} changed under our lock (another program does not honour ${this.file}.lock); nothing written`, 'LOCKED');
       }
+      await writeAppendIntent(this.ctx, this.file, {
+        dev: st.dev,
+        ino: st.ino,
+        start: st.size,
+        end: st.size + length,
+        head: await headOf(pieces, INTENT_HEAD_BYTES, spool),
+      });
       if (!empty && baseField && lastUid > p.lastUid) {
         // Raise the last UID first: a crash after this leaves only unused UIDs.
         const digits = Buffer.from(padUid(lastUid), 'latin1');
@@ -1113,13 +1146,11 @@ export class MboxMailbox implements StoreMailbox {
     try {
       app = await fsp.open(this.file, 'a');
       w = new PieceWriter(app, lock, null, spool);
-      if (!empty && !p.endsWithNewline) await w.write([{ bytes: Buffer.from('\n') }]);
-      for (let i = 0; i < prepared.length; i++) {
-        const m = prepared[i]!;
-        await w.write(await this.messagePieces({ src: m, uid: m.uid, flags: m.flags, keywords: m.keywords }, empty && i === 0 ? plan : null));
-      }
+      await w.write(pieces);
       await w.flush();
       await app.sync();
+      // Left behind, the record would only be judged complete and dropped by the next writer.
+      await removeAppendIntent(this.file).catch((e: Error) => this.ctx.warn(e.message));
     } catch (e) {
       // Cut our partial append off again, but only if nobody else wrote after it.
       const written = w?.written ?? 0;
@@ -1129,6 +1160,7 @@ export class MboxMailbox implements StoreMailbox {
           if (st.size === p.identity.size + written) {
             await app.truncate(p.identity.size);
             await app.sync();
+            await removeAppendIntent(this.file);
           } else {
             this.ctx.warn(`${this.label}: could not undo a partial append (the file grew meanwhile); the last message may be incomplete`);
           }
@@ -1343,6 +1375,30 @@ export class MboxMailbox implements StoreMailbox {
 }
 
 /** Bytes [r.start, r.end) of a new message (head, then body) as output pieces. */
+function piecesLength(pc: OutPiece): number {
+  if ('bytes' in pc) return pc.bytes.length;
+  if ('spool' in pc) return pc.spool.end - pc.spool.start;
+  return pc.range.end - pc.range.start;
+}
+
+/** The first n bytes the pieces make (new messages' pieces: literal bytes and spool ranges). */
+async function headOf(pieces: OutPiece[], n: number, spool: Spool): Promise<Buffer> {
+  const out: Buffer[] = [];
+  let have = 0;
+  for (const pc of pieces) {
+    if (have >= n) break;
+    const want = Math.min(n - have, piecesLength(pc));
+    if ('bytes' in pc) out.push(pc.bytes.subarray(0, want));
+    else if ('spool' in pc) {
+      const buf = Buffer.alloc(want);
+      await spool.read(buf, pc.spool.start);
+      out.push(buf);
+    } else throw new Error('headOf: an append has no ranges of the old file');
+    have += want;
+  }
+  return Buffer.concat(out);
+}
+
 function newMessageRange(m: NewMessage, r: ByteRange): OutPiece[] {
   const out: OutPiece[] = [];
   const hl = m.head.length;

@@ -349,6 +349,11 @@ export interface ParseOptions {
    * line) and X-IMAPbase's last UID was set to `lastUid`: earlier messages are taken over.
    */
   resume?: { prev: ParsedMbox; offset: number; lastUid: number };
+  /**
+   * Parse only the file's first `end` bytes (the rest is the unfinished part of an interrupted
+   * append, see append-intent.ts). The identity stays the whole file's.
+   */
+  end?: number;
 }
 
 /** A message as parseMessages hands it over: its metadata fields are only needed until its UID is assigned. */
@@ -374,7 +379,8 @@ export async function parseMbox(fh: FileHandle, identity: FileIdentity, opts: Pa
   // A file size from fstat is a double; offsets computed from it would be too, and V8 then keeps
   // every offset field of every message in a separate heap number (16 bytes each). As a small
   // integer they stay inline (files up to 1 GiB; beyond, offsets are doubles anyway).
-  const size = identity.size <= 0x3fffffff ? identity.size | 0 : identity.size;
+  const visible = opts.end !== undefined ? Math.min(opts.end, identity.size) : identity.size;
+  const size = visible <= 0x3fffffff ? visible | 0 : visible;
   // One window buffer for the whole file (views into it are used before the window moves, or copied).
   const r = new WindowReader(fh, size, undefined, true);
   try {

@@ -56,6 +56,7 @@ import { identityOf, peekBase, type MboxQuoting } from './parse.js';
 import { derivedUidValidity, MboxMailbox, type MboxEnv } from './mailbox.js';
 import { GUID_MAP_NAME, GuidMap } from './guids.js';
 import { readDovecotIndexUids, type DovecotIndexUids } from './dovecot-index.js';
+import { removeAppendIntent, settleAppendIntent } from './append-intent.js';
 import { hostname } from 'node:os';
 
 export interface MboxStoreOptions {
@@ -529,6 +530,7 @@ export class MboxStore implements MailStore {
       } catch (e) {
         if (!isNotFound(e)) throw toStorageError(e, 'unlink', file);
       }
+      await removeAppendIntent(file);
     });
     await this.removeDovecotIndex(file);
     await this.guids.remove(n);
@@ -585,8 +587,13 @@ export class MboxStore implements MailStore {
         throw toStorageError(e, 'rename', s);
       }
     };
-    if (sk === 'file') await this.withFileLock(s, move);
-    else await move();
+    // The record of an interrupted append names the old path: settled before the file moves.
+    if (sk === 'file') {
+      await this.withFileLock(s, async () => {
+        await settleAppendIntent(this.ctx, s);
+        await move();
+      });
+    } else await move();
     // Dovecot's index (and with it Dovecot's mailbox GUID) moves along, as in Dovecot's RENAME.
     const si = this.dovecotIndexDir(s);
     if ((await kindOf(si)) === 'dir') {
