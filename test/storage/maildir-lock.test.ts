@@ -99,3 +99,24 @@ test('dotlock: a lock carried away by a rename of its folder is still removed on
   await again.release();
   assert.equal(fs.readFileSync(path.join(dir, 'H', 'dovecot-uidlist.lock'), 'utf8'), 'someone else');
 });
+
+test('dotlock: private files of locks left by a killed run are removed once they are older than the stale timeout', async (t) => {
+  const dir = tempDir(t);
+  const target = path.join(dir, 'dovecot-uidlist');
+  fs.writeFileSync(target, 'x');
+  const old = new Date(Date.now() - 200_000);
+  const left = [`dovecot-uidlist.4242.7.tmp.lock`, `dovecot-uidlist.4242.tmp.lock`];
+  for (const n of left) {
+    fs.writeFileSync(path.join(dir, n), '4242:host');
+    fs.utimesSync(path.join(dir, n), old, old);
+  }
+  // Not ours, or too young to be abandoned: kept.
+  const kept = ['dovecot-uidlist.4243.1.tmp.lock', 'dovecot-uidlist.x.tmp.lock', 'other.4242.1.tmp.lock', 'dovecot-uidlist.4242.tmp'];
+  for (const n of kept) fs.writeFileSync(path.join(dir, n), '');
+  fs.utimesSync(path.join(dir, kept[1]!), old, old);
+  fs.utimesSync(path.join(dir, kept[2]!), old, old);
+  fs.utimesSync(path.join(dir, kept[3]!), old, old);
+  const lock = await DotLock.acquire(ctx(), target);
+  await lock.release();
+  assert.deepEqual(fs.readdirSync(dir).sort(), ['dovecot-uidlist', ...kept].sort());
+});

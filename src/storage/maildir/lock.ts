@@ -68,6 +68,7 @@ export class DotLock {
         fd = openIfPresent(lockPath);
         // Gone or replaced within these microseconds: overridden as stale by someone; try again.
         if (fd === undefined || fs.fstatSync(fd).ino !== ino) throw Object.assign(new Error('lock taken over'), { code: 'EEXIST' });
+        sweepAbandonedTemps(target, staleMs);
         return new DotLock(target, lockPath, fd, ino, ctx, ctx.fileMode);
       } catch (e) {
         if (fd !== undefined) closeQuietly(fd);
@@ -121,7 +122,8 @@ export class DotLock {
   async replaceTarget(data: string | Buffer): Promise<void> {
     if (this.released) throw new Error('lock already released');
     // A temp file of our own (not the lock file, which keeps naming its holder) renamed over the target.
-    const temp = `${this.target}.${process.pid}.tmp`;
+    // Ends in ".lock" for the reasons of dotLockTempName.
+    const temp = `${this.target}.${process.pid}.tmp.lock`;
     try {
       const fd = fs.openSync(temp, 'w', this.mode);
       try {
@@ -184,6 +186,37 @@ export class DotLock {
     }
     if (now.endsWith(' (deleted)') || !now.endsWith('.lock')) return;
     if (inodeOf(now) === this.ino) unlinkQuietly(now);
+  }
+}
+
+const swept = new Set<string>();
+
+/**
+ * Removes the private files of locks and replaceTarget ("<target>.<pid>.<n>.tmp.lock",
+ * "<target>.<pid>.tmp.lock") that a killed run left behind: those older than the stale timeout, when
+ * any lock would be overridden too. Once per target and process: they are rare, and the
+ * directory may be big (the mbox root).
+ */
+function sweepAbandonedTemps(target: string, staleMs: number): void {
+  if (swept.has(target)) return;
+  swept.add(target);
+  const dir = path.dirname(target);
+  const base = path.basename(target);
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return;
+  }
+  const ours = /^\.\d+(\.\d+)?\.tmp\.lock$/;
+  for (const n of names) {
+    if (!n.startsWith(base) || !ours.test(n.slice(base.length))) continue;
+    const p = path.join(dir, n);
+    try {
+      if (Date.now() - fs.lstatSync(p).mtimeMs > staleMs) unlinkQuietly(p);
+    } catch {
+      // gone meanwhile
+    }
   }
 }
 
