@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { planMailbox, type MessageView, type SideView } from '../../src/sync/decide/mailbox-plan.js';
 import { Flag } from '../../src/model/flags.js';
+import { EMPTY_HEADER_HASH } from '../../src/storage/header-hash.js';
 
 const msg = (uid: number, key: string, p: Partial<MessageView> = {}): MessageView => ({
   uid,
@@ -101,16 +102,45 @@ test('without state, a mail the other side logged as expunged under another UID 
   assert.deepEqual(plan.slave.saves, []);
 });
 
-test('with header-hash keys, an expunge logged under another UID expunges nothing (two mails may share a key)', () => {
+test('with header-hash keys, an expunge logged under another UID counts where the hash is the only one of its kind here', () => {
+  // The mbox case of the test above: 'h' is Date + Message-ID of the mail, not a GUID.
   const plan = planMailbox({
     master: view(4, [msg(1, 'c'), msg(3, 'h')]),
     slave: view(5, [msg(1, 'c')], { expunges: [{ uid: 4, key: 'h' }] }),
     lastCommonUid: 0,
     uniqueKeys: false,
   });
-  // Copied to the slave, under a fresh UID on both sides (3 is used up on the slave): kept.
-  assert.deepEqual(plan.slave.saves.map((s) => [s.uid, s.key]), [[5, 'h']]);
-  assert.deepEqual(plan.master.saves.map((s) => [s.uid, s.key, s.from]), [[5, 'h', 'local']]);
+  assert.deepEqual(plan.master.expunges, [{ uid: 3, key: 'h' }]);
+  assert.deepEqual(plan.slave.saves, []);
+});
+
+test('with header-hash keys, an expunge logged under another UID expunges nothing where the hash may name another mail', () => {
+  const cases: [string, MessageView[], string][] = [
+    // Two mails here share the hash (a message delivered twice): which one was expunged there?
+    ['two mails with the hash', [msg(1, 'c'), msg(3, 'h'), msg(4, 'h')], 'h'],
+    // The hash of every mail without Date and Message-ID.
+    ['no Date, no Message-ID', [msg(1, 'c'), msg(3, EMPTY_HEADER_HASH)], EMPTY_HEADER_HASH],
+  ];
+  for (const [what, messages, key] of cases) {
+    const plan = planMailbox({
+      master: view(6, messages),
+      slave: view(6, [msg(1, 'c')], { expunges: [{ uid: 5, key }] }),
+      lastCommonUid: 0,
+      uniqueKeys: false,
+    });
+    // Kept: moved to fresh UIDs here (the slave used them up) and copied there.
+    const n = messages.filter((m) => m.key === key).length;
+    assert.equal(plan.master.saves.filter((s) => s.key === key && s.from === 'local').length, n, `${what}: kept`);
+    assert.equal(plan.slave.saves.filter((s) => s.key === key).length, n, `${what}: copied`);
+  }
+  // Under the same UID it counts, as before: the mail there was that mail.
+  const same = planMailbox({
+    master: view(4, [msg(1, 'c'), msg(3, EMPTY_HEADER_HASH)]),
+    slave: view(4, [msg(1, 'c')], { expunges: [{ uid: 3, key: EMPTY_HEADER_HASH }] }),
+    lastCommonUid: 0,
+    uniqueKeys: false,
+  });
+  assert.deepEqual(same.master.expunges, [{ uid: 3, key: EMPTY_HEADER_HASH }]);
 });
 
 test('without state and without any log, a mail missing on one side is copied (never lost)', () => {

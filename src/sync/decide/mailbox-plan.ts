@@ -4,6 +4,7 @@
 import { NO_STRINGS } from '../../util/empty.js';
 import { mergeFlags, sameFlags, type FlagSide } from './flag-merge.js';
 import { assignUids } from './uid-assign.js';
+import { EMPTY_HEADER_HASH } from '../../storage/header-hash.js';
 
 export interface MessageView extends FlagSide {
   uid: number;
@@ -67,6 +68,14 @@ export interface PlanInput {
 
 const emptyActions = (): SideActions => ({ expunges: [], flagUpdates: [], saves: [] });
 
+/** Keys that more than one of the messages have. */
+function keysSeenTwice(list: MessageView[]): Set<string> {
+  const once = new Set<string>();
+  const twice = new Set<string>();
+  for (const m of list) (once.has(m.key) ? twice : once).add(m.key);
+  return twice;
+}
+
 export function planMailbox({ master, slave, lastCommonUid: L, uniqueKeys = true }: PlanInput): MailboxPlan {
   const out = { master: emptyActions(), slave: emptyActions() };
   const mByUid = new Map(master.messages.map((m) => [m.uid, m]));
@@ -109,16 +118,20 @@ export function planMailbox({ master, slave, lastCommonUid: L, uniqueKeys = true
   let sNew = slave.messages.filter((m) => m.uid > L);
   if (L === 0) {
     // Without a common state, a mail whose twin the other side logged as expunged (same
-    // identity, and no longer there) was expunged there: expunge it here too. With unique keys
-    // (GUIDs) under any UID: a run that found its UIDs taken by another program (a delivery, an
-    // IMAP server) saves mails under other UIDs on one side and forgets the state, and an expunge
-    // made before the next run must not be undone. With header hashes, only under the same UID:
-    // two mails may share one.
+    // identity, and no longer there) was expunged there: expunge it here too. Under any UID: a
+    // run that found its UIDs taken by another program (a delivery, an IMAP server) saves mails
+    // under other UIDs on one side and forgets the state, and an expunge made before the next run
+    // must not be undone. Header hashes (Date and Message-ID) may be shared by two mails: under
+    // another UID only where this side has just the one mail with the hash, and never the hash of
+    // mails without either header (protocol 4).
     const gone = (list: MessageView[], exp: Map<number, ExpungeView>, otherKeys: Set<string>, mine: SideActions) => {
-      const byKey = uniqueKeys ? new Map([...exp.values()].map((e) => [e.key, e])) : undefined;
+      const expKeys = new Set([...exp.values()].map((e) => e.key));
+      const shared = uniqueKeys ? undefined : keysSeenTwice(list);
+      const loggedUnderAnyUid = (key: string): boolean =>
+        expKeys.has(key) && (uniqueKeys || (!shared!.has(key) && key !== EMPTY_HEADER_HASH));
       return list.filter((m) => {
         const e = exp.get(m.uid);
-        const logged = e && e.key === m.key ? e : byKey?.get(m.key);
+        const logged = (e && e.key === m.key) || loggedUnderAnyUid(m.key);
         if (logged && !otherKeys.has(m.key)) {
           mine.expunges.push({ uid: m.uid, key: m.key });
           return false;
