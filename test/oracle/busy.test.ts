@@ -75,18 +75,49 @@ async function assertConverged(A: Side, B: Side, live: Map<string, string>): Pro
   return present;
 }
 
-/** Waits for the user's last IMAP command; one that gets no answer within 20 s is given up. */
-async function finishUser(user: Promise<void>, c: ImapFlow, t: TestContext): Promise<void> {
+/**
+ * Waits for the user's last IMAP command; one that gets no answer within 20 s is given up, and
+ * the lock files under the user's mail (which Dovecot may be waiting for) are reported.
+ */
+async function finishUser(user: Promise<void>, c: ImapFlow, t: TestContext, mail: string): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<void>((resolve) => {
     timer = setTimeout(() => {
       t.diagnostic('the IMAP session got no answer for 20 s and was closed');
+      for (const l of lockFiles(mail)) t.diagnostic(`  lock file then: ${l}`);
       c.close();
       resolve();
     }, 20_000);
   });
   await Promise.race([user.catch(() => undefined), late]);
   clearTimeout(timer);
+}
+
+/** Every "*.lock" file under dir: path, age, content (a dotlock names its holder). */
+function lockFiles(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string): void => {
+    let entries: fs.Dirent[];
+    try {
+      entries = fs.readdirSync(d, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.name.endsWith('.lock')) {
+        try {
+          const age = Math.round((Date.now() - fs.statSync(p).mtimeMs) / 1000);
+          out.push(`${path.relative(dir, p)} (${age} s old, our pid ${process.pid}): ${fs.readFileSync(p, 'latin1').slice(0, 80).trim()}`);
+        } catch {
+          // gone meanwhile
+        }
+      }
+    }
+  };
+  walk(dir);
+  return out;
 }
 
 /**
@@ -187,7 +218,7 @@ async function userChangesMail(t: TestContext, format: 'maildir' | 'mbox'): Prom
         }
       } finally {
         stop = true;
-        await finishUser(user, c, t);
+        await finishUser(user, c, t, A.root);
       }
     });
   });
@@ -268,7 +299,7 @@ test('a user creates, renames and deletes folders through Dovecot while our mirr
         }
       } finally {
         stop = true;
-        await finishUser(user, c, t);
+        await finishUser(user, c, t, A.root);
       }
     });
   });

@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { DotLock, withDotLock } from '../../src/storage/maildir/lock.js';
 import type { FsContext } from '../../src/storage/maildir/io.js';
 import { StorageError } from '../../src/storage/types.js';
@@ -119,4 +120,27 @@ test('dotlock: private files of locks left by a killed run are removed once they
   const lock = await DotLock.acquire(ctx(), target);
   await lock.release();
   assert.deepEqual(fs.readdirSync(dir).sort(), ['dovecot-uidlist', ...kept].sort());
+});
+
+test('dotlock: a failure right after the lock became ours (reopening it) does not leave it behind', async (t) => {
+  const dir = tempDir(t);
+  const target = path.join(dir, 'file');
+  fs.writeFileSync(target, 'x');
+  const require = createRequire(import.meta.url);
+  const cjsFs = require('node:fs') as typeof fs;
+  const openSync = cjsFs.openSync;
+  cjsFs.openSync = ((p: fs.PathLike, ...rest: unknown[]) => {
+    if (p === `${target}.lock`) throw Object.assign(new Error('EMFILE: too many open files'), { code: 'EMFILE' });
+    return (openSync as (...a: unknown[]) => number)(p, ...rest);
+  }) as typeof fs.openSync;
+  syncBuiltinESMExports();
+  try {
+    await assert.rejects(DotLock.acquire(ctx(), target), /EMFILE/);
+  } finally {
+    cjsFs.openSync = openSync;
+    syncBuiltinESMExports();
+  }
+  assert.deepEqual(fs.readdirSync(dir), ['file'], 'no lock left');
+  const again = await DotLock.acquire(ctx(), target, { timeoutMs: 100 });
+  await again.release();
 });

@@ -53,14 +53,16 @@ export class DotLock {
       // the lock appears at once as it should be, and link() fails if someone else holds it.
       const temp = dotLockTempName(target);
       let fd: number | undefined;
+      let linked: number | undefined;
       try {
         fd = fs.openSync(temp, 'wx', ctx.fileMode);
         chownIfNeededSync(ctx, temp);
         // Like Dovecot's dotlocks, the lock names its holder, so a crashed holder is seen at once.
         fs.writeSync(fd, `${process.pid}:${hostname()}`, 0);
-        fs.linkSync(temp, lockPath);
-        unlinkQuietly(temp);
         const ino = fs.fstatSync(fd).ino;
+        fs.linkSync(temp, lockPath);
+        linked = ino;
+        unlinkQuietly(temp);
         closeQuietly(fd);
         fd = undefined;
         // Held open under the lock's own name: /proc then tells where it went if the folder is
@@ -73,7 +75,11 @@ export class DotLock {
       } catch (e) {
         if (fd !== undefined) closeQuietly(fd);
         unlinkQuietly(temp);
-        if (errCode(e) !== 'EEXIST') throw toStorageError(e, 'create lock', lockPath);
+        if (errCode(e) !== 'EEXIST') {
+          // Failed after the lock was ours (EMFILE reopening it...): not left behind for a live pid.
+          if (linked !== undefined && inodeOf(lockPath) === linked) unlinkQuietly(lockPath);
+          throw toStorageError(e, 'create lock', lockPath);
+        }
       }
       // Someone holds it. Stale?
       try {
