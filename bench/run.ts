@@ -19,7 +19,7 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 const RESULTS_DIR = path.join(REPO, 'bench', 'results');
 const MD_PATH = path.join(REPO, 'BENCHMARKS.md');
 
-const SCENARIOS = ['initial', 'rerun1', 'indexed', 'backup', 'links', 'remote', 'ssh', 'nochange', 'nochange-full', 'incremental', 'incremental-next', 'remote-incremental', 'conflicts', 'convert', 'floors'] as const;
+const SCENARIOS = ['initial', 'rerun1', 'indexed', 'backup', 'links', 'nofsync', 'remote', 'ssh', 'nochange', 'nochange-full', 'incremental', 'incremental-next', 'remote-incremental', 'conflicts', 'convert', 'floors'] as const;
 type ScenarioId = (typeof SCENARIOS)[number];
 const SSH_TITLE = '(h″) initial mirror → empty, B over ssh (a private sshd on 127.0.0.1)';
 /** How long after the end of (d) its next run (d′) starts. */
@@ -278,7 +278,7 @@ class SizeBench {
         label: 'Dovecot',
         key: 'lfSha',
         env: this.dove.env,
-        cmd: (mode, a, b, full) => doveadmSyncCmd(this.dove, mode, a, b, full),
+        cmd: (mode, a, b, full, extra = []) => doveadmSyncCmd(this.dove, mode, a, b, full, extra),
         locCmd: (mode, local, remote) => doveadmCmd(this.doveConvert, mode, local, remote),
         remoteCmd: (mode, a, b) => doveadmRemoteCmd(this.dove, mode, a, b),
         sshCmd: (mode, a, b, login) => doveadmRemoteCmd(this.dove, mode, a, b, login),
@@ -417,7 +417,7 @@ class SizeBench {
   // -------------------------------------------------------------- scenarios
 
   /** (a) / (a') / (b): initial sync from an MDA-delivered (or Dovecot-indexed) tree into nothing. */
-  async initial(id: 'initial' | 'indexed' | 'backup' | 'links' | 'remote' | 'ssh', reps: number, login?: string[]): Promise<void> {
+  async initial(id: 'initial' | 'indexed' | 'backup' | 'links' | 'nofsync' | 'remote' | 'ssh', reps: number, login?: string[]): Promise<void> {
     const mode = id === 'backup' ? 'backup' : 'mirror';
     const source = id === 'indexed' ? this.corpus.primed! : this.corpus.maildir;
     const title = {
@@ -425,11 +425,12 @@ class SizeBench {
       indexed: '(a′) initial mirror, source already indexed by Dovecot',
       backup: '(b) initial backup → empty',
       links: '(a″) initial mirror → empty with `-o dsync_hardlinks=yes` (ours only; compare with `cp -al`)',
+      nofsync: '(a‴) initial mirror → empty with `-o mail_fsync=never` (both; compare with `cp -a`)',
       remote: '(h) initial mirror → empty, B behind a pipe (a server process, as over ssh)',
       ssh: SSH_TITLE,
     }[id];
     // Dovecot has no such option: its cell stays empty.
-    const extra = id === 'links' ? ['-o', 'dsync_hardlinks=yes'] : [];
+    const extra = id === 'links' ? ['-o', 'dsync_hardlinks=yes'] : id === 'nofsync' ? ['-o', 'mail_fsync=never'] : [];
     const res: ScenarioResult = { id, title, ours: [], dovecot: id === 'links' ? { unsupported: 'no such option' } : [], notes: [] };
     const rerun: ScenarioResult = { id: 'rerun1', title: '(c0) no-change re-run, 1st after the initial mirror', ours: [], dovecot: [], notes: [] };
     const wantRerun = id === 'initial' && this.o.only.has('rerun1');
@@ -790,6 +791,7 @@ class SizeBench {
     if (only.has('indexed')) await this.initial('indexed', this.o.indexedReps);
     if (only.has('backup')) await this.initial('backup', initialReps);
     if (only.has('links')) await this.initial('links', initialReps);
+    if (only.has('nofsync')) await this.initial('nofsync', initialReps);
     if (only.has('remote')) await this.initial('remote', initialReps);
     if (only.has('ssh')) await this.overSsh(initialReps);
     if (only.has('nochange')) await this.fromGolden('nochange', '(c) no-change re-run (steady state)', null, false);

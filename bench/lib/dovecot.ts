@@ -46,13 +46,13 @@ export function dovecotVersion(): string {
 }
 
 /** doveadm's own command line for a sync: `doveadm -c CONF -o mail_location=maildir:A sync|backup [-f] maildir:B`. */
-export function doveadmSyncCmd(d: DoveadmEnv, mode: 'mirror' | 'backup', a: string, b: string, full: boolean): string[] {
-  return doveadmCmd(d, mode, `maildir:${a}`, `maildir:${b}`, full);
+export function doveadmSyncCmd(d: DoveadmEnv, mode: 'mirror' | 'backup', a: string, b: string, full: boolean, extra: string[] = []): string[] {
+  return doveadmCmd(d, mode, `maildir:${a}`, `maildir:${b}`, full, extra);
 }
 
 /** The same between any two locations (`maildir:DIR`, `mbox:DIR:INBOX=FILE`, ...). */
-export function doveadmCmd(d: DoveadmEnv, mode: 'mirror' | 'backup', local: string, remote: string, full = false): string[] {
-  return ['doveadm', '-c', d.configPath, '-o', `mail_location=${local}`, mode === 'mirror' ? 'sync' : 'backup', ...(full ? ['-f'] : []), remote];
+export function doveadmCmd(d: DoveadmEnv, mode: 'mirror' | 'backup', local: string, remote: string, full = false, extra: string[] = []): string[] {
+  return ['doveadm', '-c', d.configPath, ...extra, '-o', `mail_location=${local}`, mode === 'mirror' ? 'sync' : 'backup', ...(full ? ['-f'] : []), remote];
 }
 
 /**

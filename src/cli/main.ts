@@ -110,6 +110,7 @@ async function run(args: ParsedArgs, io: MainIO, log: Logger, stdout: () => LogS
       input: io.stdin ?? process.stdin,
       output,
       tempDir: rs.mailTempDir,
+      mailFsync: rs.mailFsync,
     };
     if (owner) o.owner = owner;
     try {
@@ -135,6 +136,7 @@ async function run(args: ParsedArgs, io: MainIO, log: Logger, stdout: () => LogS
     remote,
     log,
     tempDir: rs.mailTempDir,
+    mailFsync: rs.mailFsync,
   };
   if (args.mailbox !== undefined) o.mailbox = args.mailbox;
   if (owner) o.owner = owner;

@@ -8,6 +8,7 @@ import { resolveGid, resolveUid } from './user.js';
 import { expandPercentVars } from './vars.js';
 import { parseMailLocation, type LocationVars, type MailLocation } from '../storage/location.js';
 import type { RemoteSpec } from '../sync/run.js';
+import type { MailFsync } from '../storage/maildir/io.js';
 
 /**
  * Default `dsync_remote_cmd`. Dovecot's is `ssh -l%{login} %{host} doveadm dsync-server -u%u -U`;
@@ -37,6 +38,8 @@ export interface RunSettings {
   remoteCmd: string;
   /** dsync_hardlinks: a local Maildir -> Maildir run links mail files instead of copying them. */
   hardLinks: boolean;
+  /** mail_fsync: optimized (default), always, or never (no fsync of mail: for migrations). */
+  mailFsync: MailFsync;
   /** The variables locations were expanded with. */
   vars: LocationVars;
 }
@@ -97,6 +100,7 @@ export function resolveRunSettings(settings: Settings, user: UserInfo, opts: Res
     mailTempDir: expandPercentVars(settings.get('mail_temp_dir') || DEFAULT_MAIL_TEMP_DIR, { ...vars }, 'mail_temp_dir'),
     remoteCmd: settings.get('dsync_remote_cmd') || DEFAULT_REMOTE_CMD,
     hardLinks: yesNo(settings.get('dsync_hardlinks'), 'dsync_hardlinks'),
+    mailFsync: mailFsyncOf(settings.get('mail_fsync')),
     vars,
   };
   const mailUid = settings.get('mail_uid');
@@ -104,6 +108,17 @@ export function resolveRunSettings(settings: Settings, user: UserInfo, opts: Res
   if (mailUid) run.mailUid = resolveUid(mailUid, opts.passwdPath);
   if (mailGid) run.mailGid = resolveGid(mailGid, opts.groupPath);
   return run;
+}
+
+const MAIL_FSYNC_VALUES: readonly MailFsync[] = ['optimized', 'always', 'never'];
+
+/** mail_fsync; unset or empty = optimized, Dovecot's default. */
+function mailFsyncOf(value: string | undefined): MailFsync {
+  const v = (value ?? '').trim();
+  if (v === '') return 'optimized';
+  const found = MAIL_FSYNC_VALUES.find((m) => m === v);
+  if (!found) throw new ConfigError(`mail_fsync must be optimized, always or never, got '${v}'`);
+  return found;
 }
 
 /** A Dovecot boolean setting: yes/no (also true/false, 1/0); unset or empty = no. */

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { createHash, spawn } from '../util/builtin.js';
 import type { MailLocation } from '../storage/location.js';
 import { openStore } from '../storage/open.js';
+import { setMailFsync, type MailFsync } from '../storage/maildir/io.js';
 import { clockMs, msSince, type Logger } from '../util/log.js';
 import { Location } from '../location/location.js';
 import { acquireLock, createInPlace } from '../location/lock.js';
@@ -33,6 +34,8 @@ export interface RunSyncOptions {
   hardLinks?: boolean;
   /** mail_temp_dir: where a remote run spools mail bodies it cannot hold in memory (default the system's). */
   tempDir?: string;
+  /** mail_fsync for this process's mail (default optimized; see setMailFsync). A remote side follows its own. */
+  mailFsync?: MailFsync;
   /**
    * For tests: the two brains of a local run talk through the byte-stream channel of remote runs
    * (its framing and flow control, with this memory budget) instead of handing records over.
@@ -155,6 +158,7 @@ function sameDirectory(a: string, b: string): boolean {
 }
 
 export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
+  setMailFsync(o.mailFsync ?? 'optimized');
   if (o.remote.kind === 'command') return runRemote(o, o.remote.argv);
   const remote = o.remote.location;
   if (sameDirectory(o.local.path, remote.path)) throw new Error(`both locations point to the same directory (${o.local.path})`);
@@ -276,7 +280,10 @@ export async function runServer(o: {
   output: NodeJS.WritableStream;
   /** See RunSyncOptions.tempDir. */
   tempDir?: string;
+  /** See RunSyncOptions.mailFsync. */
+  mailFsync?: MailFsync;
 }): Promise<number> {
+  setMailFsync(o.mailFsync ?? 'optimized');
   const ch = new (await streamChannel())(o.input as Readable, o.output as Writable, { peerName: 'the dsync that started this server', spoolDir: o.tempDir });
   let opened: OpenedLocation | undefined;
   try {

@@ -195,3 +195,13 @@ test('dsync_hardlinks is a yes/no setting, off by default', () => {
     (err: unknown) => err instanceof ConfigError && err.message === "dsync_hardlinks must be yes or no, got 'maybe'",
   );
 });
+
+test('mail_fsync: optimized (the default), always or never', () => {
+  const base = { mail_location: 'maildir:~/Maildir' };
+  assert.equal(resolveRunSettings(settings(base), alice).mailFsync, 'optimized');
+  for (const v of ['optimized', 'always', 'never'] as const) assert.equal(resolveRunSettings(settings({ ...base, mail_fsync: v }), alice).mailFsync, v);
+  assert.throws(
+    () => resolveRunSettings(settings({ ...base, mail_fsync: 'sometimes' }), alice),
+    (err: unknown) => err instanceof ConfigError && err.message === "mail_fsync must be optimized, always or never, got 'sometimes'",
+  );
+});

@@ -10,7 +10,7 @@ export interface MirrorRun extends RunSyncResult {
 export async function mirror(
   a: string,
   b: string,
-  opts: { full?: boolean; mailbox?: string; backup?: boolean; reverse?: boolean; altChar?: string; hardLinks?: boolean; streamBudget?: number } = {},
+  opts: { full?: boolean; mailbox?: string; backup?: boolean; reverse?: boolean; altChar?: string; hardLinks?: boolean; streamBudget?: number; mailFsync?: 'optimized' | 'always' | 'never' } = {},
 ): Promise<MirrorRun> {
   const lines: string[] = [];
   const log = new Logger({ sink: { write: (s: string) => lines.push(s.trimEnd()) }, verbose: true });
@@ -26,6 +26,7 @@ export async function mirror(
     lockTimeout: 5,
     ...(opts.hardLinks ? { hardLinks: true } : {}),
     ...(opts.streamBudget !== undefined ? { streamBudget: opts.streamBudget } : {}),
+    ...(opts.mailFsync ? { mailFsync: opts.mailFsync } : {}),
   });
   return { ...res, log: lines };
 }

@@ -103,11 +103,36 @@ export async function mkdirp(ctx: FsContext, dir: string): Promise<boolean> {
 }
 
 /**
+ * Dovecot's mail_fsync. 'optimized' (the default) and 'always': mail files, the files that list
+ * them (uidlists, mbox files) and their directories are fsynced before anything counts on them.
+ * 'never': no fsync of mail at all, the choice Dovecot's documentation suggests for migrations;
+ * a crash of the machine (not of dsync) may then lose mail that the next run does not copy again.
+ * The change index keeps its own durability. One setting per process, as in Dovecot.
+ */
+export type MailFsync = 'optimized' | 'always' | 'never';
+let syncMail = true;
+
+export function setMailFsync(mode: MailFsync): void {
+  syncMail = mode !== 'never';
+}
+
+/** fsync(2) of an open FileHandle, unless mail_fsync=never. */
+export function syncHandle(fh: { sync(): Promise<void> }): Promise<void> {
+  return syncMail ? fh.sync() : Promise.resolve();
+}
+
+/** fsync(2) of an open file descriptor, synchronously, unless mail_fsync=never. */
+export function fsyncFdSync(fd: number): void {
+  if (syncMail) fs.fsyncSync(fd);
+}
+
+/**
  * fsync(2) of an open file in the thread pool. The small metadata operations of this module are
  * synchronous (a thread-pool round trip costs ~70 us here, more than most of them), but an fsync
  * waits for the disk: off the main thread the other side of a local sync works meanwhile.
  */
 export function fsyncFd(fd: number): Promise<void> {
+  if (!syncMail) return Promise.resolve();
   return new Promise((resolve, reject) => fs.fsync(fd, (e) => (e ? reject(e) : resolve())));
 }
 
@@ -134,10 +159,12 @@ export function writeNext(fd: number, buf: Buffer, off: number, len: number): Pr
 
 /** fdatasync(2) in the thread pool: the file's data, and only the metadata needed to read it. */
 export function fdatasyncFd(fd: number): Promise<void> {
+  if (!syncMail) return Promise.resolve();
   return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
 }
 
 export async function fsyncDir(dir: string): Promise<void> {
+  if (!syncMail) return;
   let fd: number | undefined;
   try {
     fd = fs.openSync(dir, 'r');
@@ -191,7 +218,7 @@ export function writeNewFile(ctx: FsContext, p: string, data: string | Buffer, m
   try {
     fd = fs.openSync(p, 'wx', mode);
     fs.writeFileSync(fd, data);
-    fs.fsyncSync(fd);
+    fsyncFdSync(fd);
   } catch (e) {
     throw toStorageError(e, 'write', p);
   } finally {

@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { hostname } from 'node:os';
-import { closeQuietly, fsyncDir, isNotFound, readFullyAt, toStorageError, unlinkQuietly, writeNewFile, type FsContext } from '../maildir/io.js';
+import { closeQuietly, fsyncDir, fsyncFdSync, isNotFound, readFullyAt, toStorageError, unlinkQuietly, writeNewFile, type FsContext } from '../maildir/io.js';
 import type { FileIdentity } from './parse.js';
 
 /** How many of the first appended bytes the record keeps, to recognise them later. */
@@ -173,7 +173,7 @@ export async function settleAppendIntent(ctx: FsContext, mbox: string): Promise<
       const st = fs.fstatSync(fd);
       if (st.ino !== judged.id.ino || st.size !== judged.id.size) throw new Error('the file changed under the lock');
       fs.ftruncateSync(fd, keep);
-      fs.fsyncSync(fd);
+      fsyncFdSync(fd);
     } catch (e) {
       throw toStorageError(e, 'cut off an interrupted append in', mbox);
     } finally {

@@ -34,7 +34,7 @@ import {
   type StoreMailboxStatus,
   type StoreMessage,
 } from '../types.js';
-import { assertWritable, closeQuietly, errCode, fsyncDir, isNotFound, randomHex, readFullyAt, toStorageError, type FsContext } from '../maildir/io.js';
+import { assertWritable, closeQuietly, errCode, fsyncDir, isNotFound, randomHex, readFullyAt, syncHandle, toStorageError, type FsContext } from '../maildir/io.js';
 import { DotLock } from '../maildir/lock.js';
 import { lockIdentity, otherLockHolders, type LockedFile } from './file-locks.js';
 import { INTENT_HEAD_BYTES, judgeIntent, readAppendIntent, removeAppendIntent, settleAppendIntent, writeAppendIntent } from './append-intent.js';
@@ -766,7 +766,7 @@ export class MboxMailbox implements StoreMailbox {
         copied = now.size;
       }
       await w.flush();
-      await out.sync();
+      await syncHandle(out);
       await out.chmod(st.mode & 0o7777);
       try {
         if (typeof process.getuid === 'function') await out.chown(st.uid, st.gid);
@@ -807,7 +807,7 @@ export class MboxMailbox implements StoreMailbox {
         const fh = await fsp.open(this.file, 'a');
         try {
           await fh.writeFile(tail);
-          await fh.sync();
+          await syncHandle(fh);
         } finally {
           await fh.close();
         }
@@ -1134,7 +1134,7 @@ export class MboxMailbox implements StoreMailbox {
         const digits = Buffer.from(padUid(lastUid), 'latin1');
         if (digits.length !== baseField.end - baseField.start) throw new Error('last-UID field width changed');
         await fh.write(digits, 0, digits.length, baseField.start);
-        await fh.sync();
+        await syncHandle(fh);
       }
     } catch (e) {
       throw toStorageError(e, 'update', this.file);
@@ -1148,7 +1148,7 @@ export class MboxMailbox implements StoreMailbox {
       w = new PieceWriter(app, lock, null, spool);
       await w.write(pieces);
       await w.flush();
-      await app.sync();
+      await syncHandle(app);
       // Left behind, the record would only be judged complete and dropped by the next writer.
       await removeAppendIntent(this.file).catch((e: Error) => this.ctx.warn(e.message));
     } catch (e) {
@@ -1159,7 +1159,7 @@ export class MboxMailbox implements StoreMailbox {
           const st = await app.stat();
           if (st.size === p.identity.size + written) {
             await app.truncate(p.identity.size);
-            await app.sync();
+            await syncHandle(app);
             await removeAppendIntent(this.file);
           } else {
             this.ctx.warn(`${this.label}: could not undo a partial append (the file grew meanwhile); the last message may be incomplete`);
@@ -1348,7 +1348,7 @@ export class MboxMailbox implements StoreMailbox {
               throw new StorageError(`${this.label} changed under our lock; nothing written`, 'LOCKED');
             }
             await fh.write(Buffer.from(padUid(lastUid), 'latin1'), 0, 10, baseField.start);
-            await fh.sync();
+            await syncHandle(fh);
           } finally {
             await fh.close().catch(() => undefined);
           }
