@@ -7,7 +7,8 @@
 // parse made under the lock:
 //  * new mail is appended (O_APPEND) after the last UID in X-IMAPbase/X-IMAP was raised in place
 //    (exactly its 10 digits, nothing moves: a crash in between only leaves a UID gap); a failed
-//    append is cut off again;
+//    append is cut off again, and one a crash interrupted is hidden from readers and cut off by
+//    the next writer (append-intent.ts);
 //  * everything else (flags, keywords, expunges, UIDs given by scan, UIDVALIDITY, new keywords in
 //    X-IMAPbase) writes a complete new file next to the old one, fsyncs it, gives it the old one's
 //    mode and owner and renames it over the old one. A failure at any point leaves the original as
