@@ -438,7 +438,7 @@ export class LocationMailbox {
       if (a.expungedGuid === undefined || this.rows.has(uid)) continue;
       if (mode.lastCommonUid > 0 && uid > mode.lastCommonUid) continue;
       const key = this.identity === 'guid' ? a.expungedGuid : a.expungedHash;
-      if (key) expunges.push({ uid, key });
+      if (key) expunges.push({ uid, key, at: a.changedAt });
     }
     expunges.sort((x, y) => x.uid - y.uid);
     const expIter = expunges[Symbol.iterator]();
@@ -447,7 +447,7 @@ export class LocationMailbox {
       while (!nextExp.done && nextExp.value.uid < uid) {
         const e = nextExp.value;
         const id = this.identity === 'guid' ? { guid: e.key } : { hdrHash: e.key };
-        records.push({ type: 'change', changeType: 'expunge', uid: e.uid, ...id, modseq: 0, addFlags: 0, removeFlags: 0, finalFlags: 0, keywordChanges: [] });
+        records.push({ type: 'change', changeType: 'expunge', uid: e.uid, ...id, modseq: 0, addFlags: 0, removeFlags: 0, finalFlags: 0, keywordChanges: [], changeTimestamp: e.at ?? 0 });
         nextExp = expIter.next();
       }
     };

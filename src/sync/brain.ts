@@ -31,7 +31,8 @@ import { NO_STRINGS, orShared } from '../util/empty.js';
  * Record protocol version; 2: the tombstones (`deletes`) come before the tree nodes; 3: without
  * a common state, an expunge the peer logged counts under any UID (GUID identity), which both
  * sides' plans must agree on; 4: so it does with header-hash identity, where the hash is the
- * only one of its kind on the side that still has the mail (see planMailbox).
+ * only one of its kind on the side that still has the mail, for a mail last changed before the
+ * expunge (expunge records carry their time; see planMailbox).
  */
 export const PROTOCOL = 4;
 
@@ -503,7 +504,7 @@ function viewFromRecords(records: MailChangeRecord[], uidNext: number, complete:
   const expunges: SideView['expunges'] = [];
   for (const r of records) {
     if (r.changeType === 'expunge') {
-      expunges.push({ uid: r.uid, key: (identity === 'guid' ? r.guid : r.hdrHash) ?? '' });
+      expunges.push({ uid: r.uid, key: (identity === 'guid' ? r.guid : r.hdrHash) ?? '', at: r.changeTimestamp ?? 0 });
       continue;
     }
     let keywords = NO_STRINGS;

@@ -133,6 +133,23 @@ test('with header-hash keys, an expunge logged under another UID expunges nothin
     assert.equal(plan.master.saves.filter((s) => s.key === key && s.from === 'local').length, n, `${what}: kept`);
     assert.equal(plan.slave.saves.filter((s) => s.key === key).length, n, `${what}: copied`);
   }
+  // A mail that arrived (or changed) here after the other side expunged its twin: a copy delivered
+  // again (a list's resend keeps Date and Message-ID), not the mail expunged there.
+  const later = planMailbox({
+    master: view(6, [msg(1, 'c'), msg(3, 'h', { changedAt: 2_000 })]),
+    slave: view(6, [msg(1, 'c')], { expunges: [{ uid: 5, key: 'h', at: 1_000 }] }),
+    lastCommonUid: 0,
+    uniqueKeys: false,
+  });
+  assert.equal(later.slave.saves.filter((x) => x.key === 'h').length, 1, 'a later copy is kept and copied');
+  assert.deepEqual(later.master.expunges.filter((e) => e.uid === 3 && e.key === 'h' && !later.master.saves.some((x) => x.sourceUid === 3)), []);
+  // With GUIDs the time does not matter: a GUID names one mail.
+  const guid = planMailbox({
+    master: view(4, [msg(1, 'c'), msg(3, 'g', { changedAt: 2_000 })]),
+    slave: view(5, [msg(1, 'c')], { expunges: [{ uid: 4, key: 'g', at: 1_000 }] }),
+    lastCommonUid: 0,
+  });
+  assert.deepEqual(guid.master.expunges, [{ uid: 3, key: 'g' }]);
   // Under the same UID it counts, as before: the mail there was that mail.
   const same = planMailbox({
     master: view(4, [msg(1, 'c'), msg(3, EMPTY_HEADER_HASH)]),

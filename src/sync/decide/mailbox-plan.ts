@@ -17,6 +17,8 @@ export interface MessageView extends FlagSide {
 export interface ExpungeView {
   uid: number;
   key: string;
+  /** When the side logged the expunge (its clock); 0 when unknown. */
+  at?: number;
 }
 
 export interface SideView {
@@ -122,16 +124,23 @@ export function planMailbox({ master, slave, lastCommonUid: L, uniqueKeys = true
     // run that found its UIDs taken by another program (a delivery, an IMAP server) saves mails
     // under other UIDs on one side and forgets the state, and an expunge made before the next run
     // must not be undone. Header hashes (Date and Message-ID) may be shared by two mails: under
-    // another UID only where this side has just the one mail with the hash, and never the hash of
-    // mails without either header (protocol 4).
+    // another UID only where this side has just the one mail with the hash, never the hash of
+    // mails without either header, and only for a mail last changed here before the other side
+    // expunged its twin (a copy delivered again later, a list's resend, is a new mail: losing it
+    // would be worse than a deleted mail coming back). Protocol 4.
     const gone = (list: MessageView[], exp: Map<number, ExpungeView>, otherKeys: Set<string>, mine: SideActions) => {
-      const expKeys = new Set([...exp.values()].map((e) => e.key));
+      const lastExpunged = new Map<string, number>();
+      for (const e of exp.values()) lastExpunged.set(e.key, Math.max(lastExpunged.get(e.key) ?? 0, e.at ?? 0));
       const shared = uniqueKeys ? undefined : keysSeenTwice(list);
-      const loggedUnderAnyUid = (key: string): boolean =>
-        expKeys.has(key) && (uniqueKeys || (!shared!.has(key) && key !== EMPTY_HEADER_HASH));
+      const loggedUnderAnyUid = (m: MessageView): boolean => {
+        const at = lastExpunged.get(m.key);
+        if (at === undefined) return false;
+        if (uniqueKeys) return true;
+        return !shared!.has(m.key) && m.key !== EMPTY_HEADER_HASH && m.changedAt <= at;
+      };
       return list.filter((m) => {
         const e = exp.get(m.uid);
-        const logged = (e && e.key === m.key) || loggedUnderAnyUid(m.key);
+        const logged = (e && e.key === m.key) || loggedUnderAnyUid(m);
         if (logged && !otherKeys.has(m.key)) {
           mine.expunges.push({ uid: m.uid, key: m.key });
           return false;
