@@ -31,8 +31,8 @@ import { NO_STRINGS, orShared } from '../util/empty.js';
  * Record protocol version; 2: the tombstones (`deletes`) come before the tree nodes; 3: without
  * a common state, an expunge the peer logged counts under any UID (GUID identity), which both
  * sides' plans must agree on; 4: so it does with header-hash identity, where the hash is the
- * only one of its kind on the side that still has the mail, for a mail last changed before the
- * expunge (expunge records carry their time; see planMailbox).
+ * only one of its kind on the side that still has the mail, for a mail whose INTERNALDATE is before
+ * the expunge (expunge records carry their time; see planMailbox).
  */
 export const PROTOCOL = 4;
 

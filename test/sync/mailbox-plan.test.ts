@@ -106,7 +106,7 @@ test('with header-hash keys, an expunge logged under another UID counts where th
   // The mbox case of the test above: 'h' is Date + Message-ID of the mail, not a GUID.
   const plan = planMailbox({
     master: view(4, [msg(1, 'c'), msg(3, 'h')]),
-    slave: view(5, [msg(1, 'c')], { expunges: [{ uid: 4, key: 'h' }] }),
+    slave: view(5, [msg(1, 'c')], { expunges: [{ uid: 4, key: 'h', at: 1_700_001_000_000 }] }),
     lastCommonUid: 0,
     uniqueKeys: false,
   });
@@ -133,20 +133,28 @@ test('with header-hash keys, an expunge logged under another UID expunges nothin
     assert.equal(plan.master.saves.filter((s) => s.key === key && s.from === 'local').length, n, `${what}: kept`);
     assert.equal(plan.slave.saves.filter((s) => s.key === key).length, n, `${what}: copied`);
   }
-  // A mail that arrived (or changed) here after the other side expunged its twin: a copy delivered
-  // again (a list's resend keeps Date and Message-ID), not the mail expunged there.
+  // A mail that arrived here (INTERNALDATE) after the other side expunged its twin: a copy
+  // delivered again (a list's resend keeps Date and Message-ID), not the mail expunged there.
   const later = planMailbox({
-    master: view(6, [msg(1, 'c'), msg(3, 'h', { changedAt: 2_000 })]),
-    slave: view(6, [msg(1, 'c')], { expunges: [{ uid: 5, key: 'h', at: 1_000 }] }),
+    master: view(6, [msg(1, 'c'), msg(3, 'h', { internalDate: 1_700_002_000, changedAt: 1_700_002_000_000 })]),
+    slave: view(6, [msg(1, 'c')], { expunges: [{ uid: 5, key: 'h', at: 1_700_001_000_000 }] }),
     lastCommonUid: 0,
     uniqueKeys: false,
   });
   assert.equal(later.slave.saves.filter((x) => x.key === 'h').length, 1, 'a later copy is kept and copied');
   assert.deepEqual(later.master.expunges.filter((e) => e.uid === 3 && e.key === 'h' && !later.master.saves.some((x) => x.sourceUid === 3)), []);
+  // One that arrived before and only had its flags changed since is that mail: it goes.
+  const flagged = planMailbox({
+    master: view(4, [msg(1, 'c'), msg(3, 'h', { internalDate: 1_700_000_500, changedAt: 1_700_002_000_000 })]),
+    slave: view(5, [msg(1, 'c')], { expunges: [{ uid: 4, key: 'h', at: 1_700_001_000_000 }] }),
+    lastCommonUid: 0,
+    uniqueKeys: false,
+  });
+  assert.deepEqual(flagged.master.expunges, [{ uid: 3, key: 'h' }]);
   // With GUIDs the time does not matter: a GUID names one mail.
   const guid = planMailbox({
-    master: view(4, [msg(1, 'c'), msg(3, 'g', { changedAt: 2_000 })]),
-    slave: view(5, [msg(1, 'c')], { expunges: [{ uid: 4, key: 'g', at: 1_000 }] }),
+    master: view(4, [msg(1, 'c'), msg(3, 'g', { internalDate: 1_700_002_000 })]),
+    slave: view(5, [msg(1, 'c')], { expunges: [{ uid: 4, key: 'g', at: 1_700_001_000_000 }] }),
     lastCommonUid: 0,
   });
   assert.deepEqual(guid.master.expunges, [{ uid: 3, key: 'g' }]);

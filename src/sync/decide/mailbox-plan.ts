@@ -11,13 +11,14 @@ export interface MessageView extends FlagSide {
   /** Identity: GUID, or header hash where GUIDs cannot be saved. */
   key: string;
   kind: 'save' | 'flags';
+  /** INTERNALDATE, Unix seconds. */
   internalDate: number;
 }
 
 export interface ExpungeView {
   uid: number;
   key: string;
-  /** When the side logged the expunge (its clock); 0 when unknown. */
+  /** When the side logged the expunge (its clock, Unix milliseconds); 0 when unknown. */
   at?: number;
 }
 
@@ -125,9 +126,9 @@ export function planMailbox({ master, slave, lastCommonUid: L, uniqueKeys = true
     // under other UIDs on one side and forgets the state, and an expunge made before the next run
     // must not be undone. Header hashes (Date and Message-ID) may be shared by two mails: under
     // another UID only where this side has just the one mail with the hash, never the hash of
-    // mails without either header, and only for a mail last changed here before the other side
-    // expunged its twin (a copy delivered again later, a list's resend, is a new mail: losing it
-    // would be worse than a deleted mail coming back). Protocol 4.
+    // mails without either header, and only for a mail that arrived (INTERNALDATE) before the
+    // other side logged the expunge of its twin (a copy delivered again later, a list's resend,
+    // is a new mail: losing it would be worse than a deleted mail coming back). Protocol 4.
     const gone = (list: MessageView[], exp: Map<number, ExpungeView>, otherKeys: Set<string>, mine: SideActions) => {
       const lastExpunged = new Map<string, number>();
       for (const e of exp.values()) lastExpunged.set(e.key, Math.max(lastExpunged.get(e.key) ?? 0, e.at ?? 0));
@@ -136,7 +137,7 @@ export function planMailbox({ master, slave, lastCommonUid: L, uniqueKeys = true
         const at = lastExpunged.get(m.key);
         if (at === undefined) return false;
         if (uniqueKeys) return true;
-        return !shared!.has(m.key) && m.key !== EMPTY_HEADER_HASH && m.changedAt <= at;
+        return !shared!.has(m.key) && m.key !== EMPTY_HEADER_HASH && m.internalDate * 1000 <= at;
       };
       return list.filter((m) => {
         const e = exp.get(m.uid);
