@@ -106,13 +106,13 @@ test('dotlock: private files of locks left by a killed run are removed once they
   const target = path.join(dir, 'dovecot-uidlist');
   fs.writeFileSync(target, 'x');
   const old = new Date(Date.now() - 200_000);
-  const left = [`dovecot-uidlist.4242.7.tmp.lock`, `dovecot-uidlist.4242.tmp.lock`];
+  const left = [`dovecot-uidlist.4242.7.tmp.lock`, `dovecot-uidlist.4242.tmp.lock`, 'dovecot-keywords.4242.1.tmp.lock'];
   for (const n of left) {
     fs.writeFileSync(path.join(dir, n), '4242:host');
     fs.utimesSync(path.join(dir, n), old, old);
   }
   // Not ours, or too young to be abandoned: kept.
-  const kept = ['dovecot-uidlist.4243.1.tmp.lock', 'dovecot-uidlist.x.tmp.lock', 'other.4242.1.tmp.lock', 'dovecot-uidlist.4242.tmp'];
+  const kept = ['dovecot-uidlist.4243.1.tmp.lock', 'dovecot-uidlist.x.tmp.lock', 'Trash.lock', 'dovecot-uidlist.4242.tmp'];
   for (const n of kept) fs.writeFileSync(path.join(dir, n), '');
   fs.utimesSync(path.join(dir, kept[1]!), old, old);
   fs.utimesSync(path.join(dir, kept[2]!), old, old);

@@ -196,27 +196,27 @@ export class DotLock {
 }
 
 const swept = new Set<string>();
+/** Names of the private files of locks and replaceTarget: "<target>.<pid>.<n>.tmp.lock", "<target>.<pid>.tmp.lock". */
+const LOCK_TEMP = /^.+\.\d+(\.\d+)?\.tmp\.lock$/;
 
 /**
- * Removes the private files of locks and replaceTarget ("<target>.<pid>.<n>.tmp.lock",
- * "<target>.<pid>.tmp.lock") that a killed run left behind: those older than the stale timeout, when
- * any lock would be overridden too. Once per target and process: they are rare, and the
- * directory may be big (the mbox root).
+ * Removes the private files of locks and replaceTarget that a killed run left behind next to the
+ * target: those older than the stale timeout, when any lock would be overridden too. Once per
+ * directory and process: they are rare, and the directory may be big (the mbox root, where
+ * every mailbox file is a target).
  */
 function sweepAbandonedTemps(target: string, staleMs: number): void {
-  if (swept.has(target)) return;
-  swept.add(target);
   const dir = path.dirname(target);
-  const base = path.basename(target);
+  if (swept.has(dir)) return;
+  swept.add(dir);
   let names: string[];
   try {
     names = fs.readdirSync(dir);
   } catch {
     return;
   }
-  const ours = /^\.\d+(\.\d+)?\.tmp\.lock$/;
   for (const n of names) {
-    if (!n.startsWith(base) || !ours.test(n.slice(base.length))) continue;
+    if (!LOCK_TEMP.test(n)) continue;
     const p = path.join(dir, n);
     try {
       if (Date.now() - fs.lstatSync(p).mtimeMs > staleMs) unlinkQuietly(p);
