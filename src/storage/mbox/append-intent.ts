@@ -16,7 +16,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { hostname } from 'node:os';
 import { closeQuietly, fsyncDir, fsyncFdSync, isNotFound, readFullyAt, toStorageError, unlinkQuietly, writeNewFile, type FsContext } from '../maildir/io.js';
-import type { FileIdentity } from './parse.js';
+import { identityOf, type FileIdentity } from './parse.js';
 
 /** How many of the first appended bytes the record keeps, to recognise them later. */
 export const INTENT_HEAD_BYTES = 256;
@@ -134,24 +134,6 @@ export async function judgeIntent(intent: AppendIntent, fd: number, id: FileIden
   return { kind: 'torn', keep: intent.start, torn: id.size - intent.start };
 }
 
-/** judgeIntent for a path (opened and closed here); null when the file is gone. */
-export async function judgeIntentAt(intent: AppendIntent, mbox: string): Promise<{ state: IntentState; id: FileIdentity } | null> {
-  let fd: number;
-  try {
-    fd = fs.openSync(mbox, 'r');
-  } catch (e) {
-    if (isNotFound(e)) return null;
-    throw toStorageError(e, 'open', mbox);
-  }
-  try {
-    const st = fs.fstatSync(fd);
-    const id: FileIdentity = { dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs };
-    return { state: await judgeIntent(intent, fd, id), id };
-  } finally {
-    closeQuietly(fd);
-  }
-}
-
 /**
  * Under the mbox's dotlock: cuts off the tail of an append that was interrupted, and drops the
  * record. Returns true when the file was changed.
@@ -163,29 +145,34 @@ export async function settleAppendIntent(ctx: FsContext, mbox: string): Promise<
     await removeAppendIntent(mbox);
     return false;
   }
-  const judged = await judgeIntentAt(intent, mbox);
+  let fd: number;
+  try {
+    fd = fs.openSync(mbox, 'r+');
+  } catch (e) {
+    if (!isNotFound(e)) throw toStorageError(e, 'open', mbox);
+    await removeAppendIntent(mbox); // the file is gone, and what the record was about with it
+    return false;
+  }
   let changed = false;
-  if (judged?.state.kind === 'torn' && judged.state.torn > 0) {
-    const { keep, torn } = judged.state;
-    let fd: number | undefined;
-    try {
-      fd = fs.openSync(mbox, 'r+');
-      const st = fs.fstatSync(fd);
-      if (st.ino !== judged.id.ino || st.size !== judged.id.size) throw new Error('the file changed under the lock');
-      fs.ftruncateSync(fd, keep);
-      fsyncFdSync(fd);
-    } catch (e) {
-      throw toStorageError(e, 'cut off an interrupted append in', mbox);
-    } finally {
-      if (fd !== undefined) closeQuietly(fd);
+  try {
+    const state = await judgeIntent(intent, fd, identityOf(fs.fstatSync(fd)));
+    if (state.kind === 'torn' && state.torn > 0) {
+      try {
+        fs.ftruncateSync(fd, state.keep);
+        fsyncFdSync(fd);
+      } catch (e) {
+        throw toStorageError(e, 'cut off an interrupted append in', mbox);
+      }
+      changed = true;
+      ctx.warn(
+        `${mbox}: removed the last ${state.torn} bytes, the unfinished part of an append that was interrupted (by process ${intent.pid} on ${intent.host}); ` +
+          'the mail in them is copied again by the next sync',
+      );
+    } else if (state.kind === 'stale') {
+      ctx.warn(`${mbox}: ignored the record of an interrupted append (${state.why})`);
     }
-    changed = true;
-    ctx.warn(
-      `${mbox}: removed the last ${torn} bytes, the unfinished part of an append that was interrupted (by process ${intent.pid} on ${intent.host}); ` +
-        'the mail in them is copied again by the next sync',
-    );
-  } else if (judged?.state.kind === 'stale') {
-    ctx.warn(`${mbox}: ignored the record of an interrupted append (${judged.state.why})`);
+  } finally {
+    closeQuietly(fd);
   }
   await removeAppendIntent(mbox);
   return changed;
