@@ -429,7 +429,7 @@ class SizeBench {
       remote: '(h) initial mirror → empty, B behind a pipe (a server process, as over ssh)',
       ssh: SSH_TITLE,
     }[id];
-    // Dovecot has no such option: its cell stays empty.
+    // Given to both tools; Dovecot has no dsync_hardlinks, so its cell of (a″) stays empty.
     const extra = id === 'links' ? ['-o', 'dsync_hardlinks=yes'] : id === 'nofsync' ? ['-o', 'mail_fsync=never'] : [];
     const res: ScenarioResult = { id, title, ours: [], dovecot: id === 'links' ? { unsupported: 'no such option' } : [], notes: [] };
     const rerun: ScenarioResult = { id: 'rerun1', title: '(c0) no-change re-run, 1st after the initial mirror', ours: [], dovecot: [], notes: [] };
