@@ -136,6 +136,20 @@ test('bin/dsync runs Node without NODE_EXTRA_CA_CERTS (parsing that file costs m
   });
 });
 
+test("bin/dsync runs Node with glibc's malloc tuned: fixed mmap threshold, 16 MB trim threshold, one arena (page faults)", () => {
+  withScratchInstall((dir) => {
+    const names = ['MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_ARENA_MAX'];
+    writeFileSync(
+      join(dir, 'dist', 'dsync.cjs'),
+      `exports.main = async function main() { process.stdout.write(${JSON.stringify(names)}.map((n) => n + '=' + process.env[n]).join(' ') + '\\n'); return 0; };\n`,
+    );
+    // Whatever the caller's environment says: the values are bin/dsync's (see its comment and bench/README.md).
+    const env = { ...process.env, DSYNC_NO_BUNDLE: '', MALLOC_ARENA_MAX: '8', MALLOC_TRIM_THRESHOLD_: '1' };
+    const r = spawnSync(join(dir, 'bin', 'dsync'), [], { encoding: 'utf8', env });
+    assert.deepEqual([r.status, r.stdout, r.stderr], [0, 'MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=16777216 MALLOC_ARENA_MAX=1\n', '']);
+  });
+});
+
 test('the build made a code cache that bin/dsync uses', (t) => {
   if (skipWithoutFreshBundle(t)) return;
   const r = spawnSync(bin, ['--version'], { cwd: root, encoding: 'utf8', env: { ...process.env, DSYNC_NO_BUNDLE: '', DSYNC_LOAD_TRACE: '1' } });
