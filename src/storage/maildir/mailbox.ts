@@ -27,7 +27,6 @@ import {
   fsyncFd,
   fdatasyncFd,
   unlinkQuietly,
-  io,
   isNotFound,
   mkdirp,
   randomHex,
@@ -969,28 +968,20 @@ export class MaildirMailbox implements StoreMailbox {
     }
   }
 
-  /** Moves tmp/<tmpBase> to cur/<name> without ever replacing an existing file. */
-  // Plain synchronous calls: a link and an unlink are far cheaper than two thread-pool round trips.
-  private async place(tmpPath: string, target: string): Promise<boolean> {
+  /**
+   * Moves tmp/<tmpBase> to cur/<name> with one rename, as Dovecot does. The caller made sure no
+   * file has the name (its scan, what it placed itself, new/ read under the lock); another program
+   * could only take it meanwhile with the same base name, which names the same mail. A link and
+   * an unlink (never replacing anything) cost two system calls per mail instead of one, each
+   * ~15-20 us on the benchmark VM, and protected only against that. Synchronous: cheaper than a
+   * thread-pool round trip.
+   */
+  private place(tmpPath: string, target: string): void {
     try {
-      fs.linkSync(tmpPath, target);
+      fs.renameSync(tmpPath, target);
     } catch (e) {
-      const c = errCode(e);
-      if (c === 'EEXIST') return false;
-      if (c === 'EPERM' || c === 'ENOTSUP' || c === 'EOPNOTSUPP' || c === 'ENOSYS' || c === 'EMLINK' || c === 'EXDEV') {
-        // File system without hard links: check, then rename.
-        if (fs.existsSync(target)) return false;
-        await io('rename', target, () => fsp.rename(tmpPath, target));
-        return true;
-      }
-      throw toStorageError(e, 'link', target);
+      throw toStorageError(e, 'rename', tmpPath);
     }
-    try {
-      fs.unlinkSync(tmpPath);
-    } catch {
-      /* already gone */
-    }
-    return true;
   }
 
   /**
@@ -1074,25 +1065,16 @@ export class MaildirMailbox implements StoreMailbox {
               const sizesOk = (hints.size === undefined || hints.size === p.size) && (hints.vsize === undefined || hints.vsize === p.vsize);
               if (sizesOk) candidate = req.guid;
             }
-            let base = candidate ?? `${p.tmpBase},S=${p.size},W=${p.vsize}`;
+            const base = candidate ?? `${p.tmpBase},S=${p.size},W=${p.vsize}`;
+            const name = fileNameOf(base, info);
             // Under another name the GUID lives only in the uidlist entry written below: killed
             // in between, the next scan would make the name the GUID, and the mail a second copy
             // of itself once synced. The pair is made durable first (see readPendingGuids).
-            const keepGuid = async () => {
-              if (base === req.guid || !isStorableGuidValue(req.guid)) return;
+            if (base !== req.guid && isStorableGuidValue(req.guid)) {
               await appendPendingGuid(this.ctx, this.pendingGuidsPath, base, req.guid);
               wrotePending = true;
-            };
-            let name = fileNameOf(base, info);
-            await keepGuid();
-            let ok = await this.place(p.tmpPath, path.join(curDir, name));
-            for (let attempt = 0; !ok && attempt < 10; attempt++) {
-              base = `${generateBaseName()},S=${p.size},W=${p.vsize}`;
-              name = fileNameOf(base, info);
-              await keepGuid();
-              ok = await this.place(p.tmpPath, path.join(curDir, name));
             }
-            if (!ok) throw new StorageError(`mailbox ${this.label}: could not find a free file name for UID ${req.uid}`, 'IO');
+            this.place(p.tmpPath, path.join(curDir, name));
             p.linked = true;
             taken.add(base);
             const ext: [string, string][] = [];
