@@ -37,9 +37,35 @@ function runAndKill(args: string[], ms: number, victim: Victim): Promise<number 
     }, ms);
     child.on('exit', (code) => {
       clearTimeout(timer);
-      resolve(code);
+      void groupGone(child.pid!).then(() => resolve(code));
     });
   });
+}
+
+/**
+ * Waits until no process of the group is left: a server whose master was killed goes on until it
+ * notices, and must not be still writing when the next round (or the final check) starts.
+ * SIGKILLs what is left after 20 s; gives up 5 s later (a zombie nobody reaps stays "alive").
+ */
+async function groupGone(pgid: number): Promise<void> {
+  const alive = () => {
+    try {
+      process.kill(-pgid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  for (let waited = 0; alive() && waited < 25_000; waited += 20) {
+    if (waited === 20_000) {
+      try {
+        process.kill(-pgid, 'SIGKILL');
+      } catch {
+        /* gone meanwhile */
+      }
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 function childrenOf(pid: number): number[] {
@@ -211,7 +237,14 @@ async function crashRounds(rounds: number, setup: CrashSetup, seed: string): Pro
     assert.deepEqual(await view(`maildir:${a}`), sa);
   } finally {
     if (process.env.DSYNC_CRASH_KEEP) console.log(`kept ${root}`);
-    else fs.rmSync(root, { recursive: true, force: true });
+    else {
+      // A failed removal is reported, never thrown: it would hide the run's own error.
+      try {
+        fs.rmSync(root, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+      } catch (err) {
+        console.log(`could not remove ${root}: ${(err as Error).message}`);
+      }
+    }
   }
 }
 

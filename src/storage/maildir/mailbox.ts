@@ -971,9 +971,9 @@ export class MaildirMailbox implements StoreMailbox {
   /**
    * Moves tmp/<tmpBase> to cur/<name> with one rename, as Dovecot does. The caller made sure no
    * file has the name (its scan, what it placed itself, new/ read under the lock); another program
-   * could only take it meanwhile with the same base name, which names the same mail. A link and
-   * an unlink (never replacing anything) cost two system calls per mail instead of one, each
-   * ~15-20 us on the benchmark VM, and protected only against that. Synchronous: cheaper than a
+   * could only take it meanwhile with the same base name, which names the same mail. A link and an
+   * unlink, which never replace a file, would guard only against that, at the cost of a second
+   * system call per mail (15-20 us each on the benchmark VM). Synchronous: cheaper than a
    * thread-pool round trip.
    */
   private place(tmpPath: string, target: string): void {
