@@ -14,7 +14,7 @@ import type { ImapFlow } from 'imapflow';
 import { chownTree, diffViews, dovecotSkipReason } from '../helpers/dovecot.js';
 import { mirror } from '../helpers/mirror.js';
 import { snapshot } from '../helpers/snapshot.js';
-import { T0, giveToDovecot, inBox, mirrorOk, serveLive, session, sideLoc, tempMailRoot, viewsWithLog, type Side } from './fixture.js';
+import { T0, giveToDovecot, inBox, keepForPostMortem, mirrorOk, serveLive, session, sideLoc, tempMailRoot, viewsWithLog, type Side } from './fixture.js';
 
 const skip = dovecotSkipReason();
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex').slice(0, 16);
@@ -33,10 +33,15 @@ async function busyPair(seed: string, format: 'maildir' | 'mbox' = 'maildir') {
   const rng = makeRng(seed);
   /** Message-ID -> digest of every mail nobody expunged. */
   const live = new Map<string, string>();
+  /** Message-ID -> where the mail came from (for the report of a lost mail). */
+  const origin = new Map<string, string>();
   let seq = 0;
-  const newMail = (): Buffer => {
+  /** Mirror runs made so far (the busy tests count theirs here, for the origins). */
+  const runs = { n: 0 };
+  const newMail = (from = `an IMAP APPEND (run ${runs.n})`): Buffer => {
     const body = makeMessage(`${seed}-${seq++}`, { size: 1000 + Math.floor(rng() * 6000) });
     live.set(messageId(body), sha(body));
+    origin.set(messageId(body), from);
     return body;
   };
   /** Written as an MDA writes: complete in tmp/, then moved into new/ (or cur/ with flags). */
@@ -44,7 +49,8 @@ async function busyPair(seed: string, format: 'maildir' | 'mbox' = 'maildir') {
     for (const d of ['cur', 'new', 'tmp']) fs.mkdirSync(path.join(folder, d), { recursive: true });
     const base = `${T0 + seq}.busy${seq}.mda`;
     const tmp = path.join(folder, 'tmp', base);
-    fs.writeFileSync(tmp, newMail());
+    const side = folder.startsWith(B.root) ? 'B' : 'A';
+    fs.writeFileSync(tmp, newMail(`delivered into ${side}'s ${path.relative(side === 'B' ? B.root : A.root, folder) || 'INBOX'} ${into}/ (run ${runs.n})`));
     fs.renameSync(tmp, path.join(folder, into, into === 'cur' ? `${base}:2,S` : base));
   };
   for (let i = 0; i < 100; i++) deliver(a, 'cur');
@@ -55,11 +61,15 @@ async function busyPair(seed: string, format: 'maildir' | 'mbox' = 'maildir') {
   giveToDovecot(B.root);
   await mirrorOk(sideLoc(A), sideLoc(B), 'first mirror');
   giveToDovecot(A.root);
-  return { A, B, rng, live, newMail, deliver };
+  return { A, B, rng, live, origin, runs, newMail, deliver };
 }
 
-/** Mirrors until a run exits 0 (4 runs at most); then both sides are the same and every live mail is there, once. */
-async function assertConverged(A: Side, B: Side, live: Map<string, string>): Promise<Set<string>> {
+/**
+ * Mirrors until a run exits 0 (4 runs at most); then both sides are the same and every live mail
+ * is there, once. A lost mail keeps both trees (their paths, the mail's origin and the logs of
+ * every run are reported, and the logs written next to the trees) for a post-mortem.
+ */
+async function assertConverged(A: Side, B: Side, live: Map<string, string>, post?: { t: TestContext; origin: Map<string, string>; logs: string[][] }): Promise<Set<string>> {
   let last = await mirror(sideLoc(A), sideLoc(B));
   for (let i = 0; i < 3 && last.exitCode === 2; i++) last = await mirror(sideLoc(A), sideLoc(B));
   assert.equal(last.exitCode, 0, last.log.join('\n'));
@@ -71,6 +81,13 @@ async function assertConverged(A: Side, B: Side, live: Map<string, string>): Pro
   }
   const present = new Set(sa.mailboxes.flatMap((m) => m.messages.map((x) => x.sha)));
   const lost = [...live].filter(([, s]) => !present.has(s)).map(([id]) => id);
+  if (lost.length > 0 && post) {
+    const kept = [A.root, B.root].map(keepForPostMortem);
+    const logFile = path.join(kept[0]!, 'mirror-runs.log');
+    fs.writeFileSync(logFile, post.logs.map((l, i) => `--- run ${i + 1}\n${l.join('\n')}\n`).join(''));
+    for (const id of lost) post.t.diagnostic(`lost ${id}: ${post.origin.get(id) ?? 'origin unknown'}`);
+    post.t.diagnostic(`kept for a post-mortem: A ${kept[0]}, B ${kept[1]}; the runs' logs in ${logFile}`);
+  }
   assert.deepEqual(lost, [], 'no mail the user did not expunge is missing');
   return present;
 }
@@ -142,9 +159,10 @@ async function assertClientSeesTheSame(A: Side, B: Side): Promise<void> {
   assert.deepEqual(problems, [], 'Dovecot opens both sides without complaint');
 }
 
-/** One of the mirror runs made while the user works: it may ask to be run again. */
-async function busyMirror(A: Side, B: Side, i: number, ops: { runs: number; runAgain: number; uidsMoved: number }): Promise<void> {
+/** One of the mirror runs made while the user works: it may ask to be run again. Its log goes to `logs`. */
+async function busyMirror(A: Side, B: Side, i: number, ops: { runs: number; runAgain: number; uidsMoved: number }, logs: string[][] = []): Promise<void> {
   const r = await mirror(sideLoc(A), sideLoc(B));
+  logs.push(r.log);
   assert.ok(r.exitCode === 0 || r.exitCode === 2, `mirror ${i}: exit ${r.exitCode}\n${r.log.join('\n')}`);
   ops.runs++;
   if (r.exitCode === 2) ops.runAgain++;
@@ -156,8 +174,9 @@ for (const format of ['maildir', 'mbox'] as const) {
 }
 
 async function userChangesMail(t: TestContext, format: 'maildir' | 'mbox'): Promise<void> {
-  const { A, B, rng, live, newMail, deliver } = await busyPair(format === 'mbox' ? 'busy-mbox' : 'busy', format);
+  const { A, B, rng, live, origin, runs, newMail, deliver } = await busyPair(format === 'mbox' ? 'busy-mbox' : 'busy', format);
   const b = B.root;
+  const logs: string[][] = [];
 
   const ops = { append: 0, flag: 0, expunge: 0, flagB: 0, expungeB: 0, runs: 0, runAgain: 0, uidsMoved: 0 };
   const problems = await serveLive([{ name: 'u', ...A }], async (server) => {
@@ -214,7 +233,8 @@ async function userChangesMail(t: TestContext, format: 'maildir' | 'mbox'): Prom
             }
           }
           chownTree(b);
-          await busyMirror(A, B, i, ops);
+          runs.n = i + 1;
+          await busyMirror(A, B, i, ops, logs);
         }
       } finally {
         stop = true;
@@ -225,7 +245,7 @@ async function userChangesMail(t: TestContext, format: 'maildir' | 'mbox'): Prom
   t.diagnostic(`while Dovecot served A: ${ops.append} appends, ${ops.flag} flag changes, ${ops.expunge} expunges through it; on B ${ops.flagB} flag changes, ${ops.expungeB} expunges; ${ops.runs} mirrors, ${ops.runAgain} of them asked to run again, ${ops.uidsMoved} because UIDs they meant to use were taken`);
   assert.ok(ops.append > 3 && ops.expunge > 3, 'the user and the mirrors overlapped');
 
-  const present = await assertConverged(A, B, live);
+  const present = await assertConverged(A, B, live, { t, origin, logs });
   // A run that finds the UIDs it meant to use taken gives the mails other UIDs on that side and
   // forgets the sync state. The next run recognises an expunge made in between under any UID
   // (protocol 3 with GUIDs; before, 1-3 mails came back per run of this test; protocol 4 with

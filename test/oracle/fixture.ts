@@ -71,6 +71,14 @@ after(() => {
   if (!process.env.DSYNC_KEEP_ORACLE) for (const d of cleanup) removeTree(d);
 });
 
+/** Keeps the temp dir of a side's root (see tempMailRoot) after the test file, for a post-mortem. */
+export function keepForPostMortem(mailRoot: string): string {
+  const dir = path.dirname(mailRoot);
+  const i = cleanup.indexOf(dir);
+  if (i >= 0) cleanup.splice(i, 1);
+  return dir;
+}
+
 /** A fresh temp dir (removed after the test file) with a not-yet-existing `mail` path inside. */
 export function tempMailRoot(prefix: string): string {
   const d = makeTempDir(prefix);
