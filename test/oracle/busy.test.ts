@@ -36,9 +36,9 @@ async function busyPair(seed: string, format: 'maildir' | 'mbox' = 'maildir') {
   /** Message-ID -> where the mail came from (for the report of a lost mail). */
   const origin = new Map<string, string>();
   let seq = 0;
-  /** Mirror runs made so far (the busy tests count theirs here, for the origins). */
+  /** The mirror run under way or last made (the busy tests count theirs here, for the origins). */
   const runs = { n: 0 };
-  const newMail = (from = `an IMAP APPEND (run ${runs.n})`): Buffer => {
+  const newMail = (from = `an IMAP APPEND during or after run ${runs.n}`): Buffer => {
     const body = makeMessage(`${seed}-${seq++}`, { size: 1000 + Math.floor(rng() * 6000) });
     live.set(messageId(body), sha(body));
     origin.set(messageId(body), from);
@@ -50,7 +50,7 @@ async function busyPair(seed: string, format: 'maildir' | 'mbox' = 'maildir') {
     const base = `${T0 + seq}.busy${seq}.mda`;
     const tmp = path.join(folder, 'tmp', base);
     const side = folder.startsWith(B.root) ? 'B' : 'A';
-    fs.writeFileSync(tmp, newMail(`delivered into ${side}'s ${path.relative(side === 'B' ? B.root : A.root, folder) || 'INBOX'} ${into}/ (run ${runs.n})`));
+    fs.writeFileSync(tmp, newMail(`delivered into ${side}'s ${path.relative(side === 'B' ? B.root : A.root, folder) || 'INBOX'} ${into}/ before run ${runs.n + 1}`));
     fs.renameSync(tmp, path.join(folder, into, into === 'cur' ? `${base}:2,S` : base));
   };
   for (let i = 0; i < 100; i++) deliver(a, 'cur');
