@@ -241,6 +241,8 @@ export class LocationMailbox {
       // Rows that no scanned message has: those messages are gone. With a digest, found before its
       // entries change (scanned UIDs are unique and ascending).
       const gone: MessageRow[] = [];
+      /** Rows whose UID now holds another mail (for -D). */
+      const replaced: MessageRow[] = [];
       if (digest) {
         let k = 0;
         digest.forEachUid((uid) => {
@@ -256,6 +258,7 @@ export class LocationMailbox {
         if (digest && digest.matches(m.uid, m.guid, m.flags, keywords)) continue;
         const old = rows.get(m.uid);
         if (old && old.guid !== m.guid) {
+          replaced.push(old);
           this.journalExpunge(old, '', now);
           rows.remove(m.uid);
         } else if (old) {
@@ -293,6 +296,10 @@ export class LocationMailbox {
       for (const m of gone) {
         this.journalExpunge(m, '', now);
         rows.remove(m.uid);
+      }
+      const log = this.location.log;
+      if (gone.length + replaced.length > 0 && log.debugEnabled) {
+        log.debug(`mailbox ${this.name.join(this.location.separator)}: gone outside dsync: ${[...replaced, ...gone].map((m) => `${m.uid}=${(m.hdrHash ?? m.guid).slice(0, 12)}`).join(' ')}`);
       }
       const maxUid = scanned.length ? scanned[scanned.length - 1].uid : 0;
       this.row.uidNext = Math.max(status.uidNext, maxUid + 1);

@@ -629,6 +629,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
   }
   const plan = await exchangeChanges(ctx, box, { lastCommonUid, sinceModseq: state?.myModseq ?? 0, complete }, mine, theirs);
   const actions = plan.actions;
+  if (ctx.log.debugEnabled) ctx.log.debug(`mailbox ${name}: ${ctx.role}'s ${describePlan(actions, lastCommonUid, complete)}`);
   if (ctx.isSource && (actions.saves.length || actions.expunges.length || actions.flagUpdates.length)) {
     throw new Error('internal error: the backup source was asked to change mail');
   }
@@ -883,6 +884,18 @@ function backupPlan(ctx: Ctx, myView: SideView, peerView: SideView, mine: Mailbo
   }
   const p = planBackup(source, myView, mine.uidValidity === theirs.uidValidity);
   return { actions: p.dest, uidNext: p.uidNext, lastCommonUid: p.uidNext - 1, renumbered: 0, rebuild: p.rebuild ? p.reason : undefined, quietRebuild: p.quiet };
+}
+
+/**
+ * This side's planned actions, for -D: every expunge and save with the mail's identity (the first
+ * 12 characters), so a run's decisions about one mail can be followed in its log.
+ */
+function describePlan(a: SideActions, lastCommonUid: number, complete: boolean): string {
+  const id = (key: string) => key.slice(0, 12);
+  const parts = [`${a.flagUpdates.length} flag updates`];
+  if (a.expunges.length) parts.push(`expunge ${a.expunges.map((e) => `${e.uid}=${id(e.key)}`).join(' ')}`);
+  if (a.saves.length) parts.push(`save ${a.saves.map((s) => `${s.uid}<-${s.from === 'local' ? 'here' : 'peer'}:${s.sourceUid}=${id(s.key)}`).join(' ')}`);
+  return `plan (from common UID ${lastCommonUid}${complete ? ', all mails compared' : ''}): ${parts.join('; ')}`;
 }
 
 /** The mailbox with more messages keeps its UIDVALIDITY; on a tie the higher value wins. */

@@ -10,10 +10,10 @@ export interface MirrorRun extends RunSyncResult {
 export async function mirror(
   a: string,
   b: string,
-  opts: { full?: boolean; mailbox?: string; backup?: boolean; reverse?: boolean; altChar?: string; hardLinks?: boolean; streamBudget?: number; mailFsync?: 'optimized' | 'always' | 'never' } = {},
+  opts: { full?: boolean; mailbox?: string; backup?: boolean; reverse?: boolean; altChar?: string; hardLinks?: boolean; streamBudget?: number; mailFsync?: 'optimized' | 'always' | 'never'; debug?: boolean } = {},
 ): Promise<MirrorRun> {
   const lines: string[] = [];
-  const log = new Logger({ sink: { write: (s: string) => lines.push(s.trimEnd()) }, verbose: true });
+  const log = new Logger({ sink: { write: (s: string) => lines.push(s.trimEnd()) }, verbose: true, debug: opts.debug ?? false });
   const res = await runSync({
     mode: opts.backup ? 'backup' : 'mirror',
     reverse: opts.reverse ?? false,

@@ -256,3 +256,23 @@ test("a rename copied from the other side keeps that side's time for it", async 
   };
   assert.equal(stampOf(b), stampOf(a));
 });
+
+test('-D shows what each side planned (expunges and saves with the mail\'s identity) and what a scan found gone', async () => {
+  const a = tmp();
+  const b = tmp();
+  deliver(a, makeMessage('debug-1'));
+  deliver(a, makeMessage('debug-2'));
+  const first = await mirror(`maildir:${a}`, `maildir:${b}`, { debug: true });
+  assert.equal(first.exitCode, 0, first.log.join('\n'));
+  const guid = (dir: string, uid: number) => withStore(dir, async (s) => (await (await s.openMailbox(['INBOX'])).scan()).find((m) => m.uid === uid)!.guid);
+  const g1 = (await guid(a, 1)).slice(0, 12);
+  const g2 = (await guid(a, 2)).slice(0, 12);
+  assert.ok(first.log.some((l) => l === `dsync: debug: mailbox INBOX: slave's plan (from common UID 0, all mails compared): 0 flag updates; save 1<-peer:1=${g1} 2<-peer:2=${g2}`), first.log.join('\n'));
+  await expunge(a, ['INBOX'], 2); // by the store alone: for the change index, outside dsync
+  const second = await mirror(`maildir:${a}`, `maildir:${b}`, { debug: true });
+  assert.equal(second.exitCode, 0, second.log.join('\n'));
+  assert.ok(second.log.includes(`dsync: debug: mailbox INBOX: gone outside dsync: 2=${g2}`), second.log.join('\n'));
+  assert.ok(second.log.includes(`dsync: debug: mailbox INBOX: slave's plan (from common UID 2): 0 flag updates; expunge 2=${g2}`), second.log.join('\n'));
+  const quiet = await mirror(`maildir:${a}`, `maildir:${b}`);
+  assert.ok(!quiet.log.some((l) => l.includes('debug:')), 'without -D no plan is shown');
+});
