@@ -15,6 +15,7 @@ import * as path from 'node:path';
 import { Flag } from '../../src/model/flags.js';
 import type { MailStore, SaveRequest } from '../../src/storage/types.js';
 import { KEYWORDS_PADDING } from '../../src/storage/mbox/compose.js';
+import { lockIdentity, otherLockHolders } from '../../src/storage/mbox/file-locks.js';
 import { chownTree, dovecotSkipReason, imapSession, imapView, ORACLE_PASSWORD, withImapServer, type ImapServer, type ImapView } from '../helpers/dovecot.js';
 import { makeTempDir, removeTree } from '../helpers/tmp.js';
 import { tempDir, openMaildir } from './helpers.js';
@@ -312,4 +313,57 @@ test('mbox: an APPEND Dovecot starts while we rewrite the file waits for us and 
   const msgs = await after.scan();
   assert.equal(msgs.length, 41);
   assert.equal(msgs.find((m) => m.uid === 1)!.flags, Flag.Seen | Flag.Flagged, 'our change is in too');
+});
+
+// The moment between our last look for lock holders and the rename: Dovecot looked at the path
+// (the old file) and locks it just then. The old file is put back, the rewrite gives way, and
+// Dovecot's APPEND lands in the file that stays (before, the warning "locked the file just as it
+// was replaced" and the mail lost).
+test('mbox: Dovecot locking the file just as our rewrite replaces it gets the old file back, and its APPEND is not lost', { skip }, async (t) => {
+  const dir = makeTempDir('dsync-after-us-');
+  t.after(() => removeTree(dir));
+  const root = path.join(dir, 'mail');
+  const loc = `mbox:${root}:INBOX=${root}/inbox`;
+  const inbox = path.join(root, 'inbox');
+  const box = await (await openMbox(loc, { warn: () => {} })).openMailbox(['INBOX']);
+  await box.save(Array.from({ length: 5 }, (_, i) => req(i + 1, `Subject: m${i}\nMessage-ID: <m${i}@x>\n\nbody ${i}\n`)));
+  chownTree(dir);
+  const warnings: string[] = [];
+  let hooks = 0;
+  const { result: appended, problems: logged } = await serve(loc, async (server) => {
+    const c = await imapSession(server.port, 'u', ORACLE_PASSWORD);
+    try {
+      await c.status('INBOX', { messages: true });
+      let appending: Promise<unknown> | undefined;
+      const b = await (
+        await openMbox(loc, {
+          warn: (m) => warnings.push(m),
+          beforeReplace: async () => {
+            if (hooks++ > 0) return;
+            // Dovecot opens the file still at the path, locks it with fcntl and waits for our dotlock.
+            const old = lockIdentity(inbox)!;
+            appending = c.append('INBOX', Buffer.from('Subject: late\nMessage-ID: <late@x>\n\nappended as we replaced the file\n'));
+            const deadline = Date.now() + 10_000;
+            while (!(otherLockHolders(old) ?? []).length) {
+              assert.ok(Date.now() < deadline, 'Dovecot locked the file');
+              await new Promise((r) => setTimeout(r, 1));
+            }
+          },
+        })
+      ).openMailbox(['INBOX']);
+      await b.scan();
+      await b.updateFlags([{ uid: 1, flags: Flag.Seen | Flag.Flagged, keywords: [] }]);
+      return await appending;
+    } finally {
+      await c.logout().catch(() => c.close());
+    }
+  });
+  assert.ok(appended, 'Dovecot answered the APPEND');
+  assert.equal(hooks, 2, 'the rewrite gave way once and was made again');
+  assert.deepEqual(warnings, []);
+  assert.deepEqual(logged.filter((l) => !/Next message unexpectedly corrupted/.test(l)), []);
+  const msgs = await (await (await openMbox(loc, { readOnly: true, warn: () => {} })).openMailbox(['INBOX'])).scan();
+  assert.equal(msgs.length, 6, 'the appended mail is in the file');
+  assert.equal(msgs.find((m) => m.uid === 1)!.flags, Flag.Seen | Flag.Flagged, 'our change is in too');
+  assert.deepEqual(fs.readdirSync(root).filter((n) => n.includes('.dsync-')), [], 'no second name of the old file is left');
 });

@@ -260,7 +260,7 @@ export async function withDotLock<T>(
 }
 
 /** True when the lock names a process on this host that no longer exists ("pid:host"). */
-async function holderIsDead(lockPath: string): Promise<boolean> {
+export async function holderIsDead(lockPath: string): Promise<boolean> {
   let content: string;
   try {
     content = fs.readFileSync(lockPath, 'utf8');

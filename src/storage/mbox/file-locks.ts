@@ -33,24 +33,29 @@ export function lockIdentity(file: string): LockedFile | null {
   };
 }
 
-/**
- * The processes other than this one holding (or waiting for) a lock on the file, or null when
- * the system does not tell (no /proc/locks: not Linux).
- */
-export function otherLockHolders(file: LockedFile): number[] | null {
+interface LockEntry {
+  pid: number;
+  write: boolean;
+  /** Waiting for the lock, not holding it. */
+  waiting: boolean;
+}
+
+/** The locks on the file held or waited for by processes other than this one; null without /proc/locks (not Linux). */
+function otherLocks(file: LockedFile): LockEntry[] | null {
   let text: string;
   try {
     text = fs.readFileSync('/proc/locks', 'latin1');
   } catch {
     return null;
   }
-  const pids: number[] = [];
+  const out: LockEntry[] = [];
   // "1: POSIX  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; a waiter's line has "->" after the number.
   const want = `:${file.ino}`;
   for (const line of text.split('\n')) {
     if (!line.includes(want)) continue;
     const f = line.trim().split(/\s+/);
-    const i = f[1] === '->' ? 2 : 1;
+    const waiting = f[1] === '->';
+    const i = waiting ? 2 : 1;
     const pid = Number(f[i + 3]);
     const id = f[i + 4]?.split(':');
     if (!id || id.length !== 3 || !Number.isInteger(pid)) continue;
@@ -59,7 +64,25 @@ export function otherLockHolders(file: LockedFile): number[] | null {
     } catch {
       continue;
     }
-    if (pid !== process.pid && !pids.includes(pid)) pids.push(pid);
+    if (pid !== process.pid) out.push({ pid, write: f[i + 2] === 'WRITE', waiting });
   }
-  return pids;
+  return out;
+}
+
+/**
+ * The processes other than this one holding (or waiting for) a lock on the file, or null when
+ * the system does not tell (no /proc/locks: not Linux).
+ */
+export function otherLockHolders(file: LockedFile): number[] | null {
+  const locks = otherLocks(file);
+  return locks && [...new Set(locks.map((l) => l.pid))];
+}
+
+/**
+ * The processes other than this one holding a write lock on the file (Dovecot holds its fcntl
+ * write lock through a whole in-place rewrite), or null when the system does not tell.
+ */
+export function otherWriteLockHolders(file: LockedFile): number[] | null {
+  const locks = otherLocks(file);
+  return locks && [...new Set(locks.filter((l) => l.write && !l.waiting).map((l) => l.pid))];
 }

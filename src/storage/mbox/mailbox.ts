@@ -1,8 +1,10 @@
 // One mbox mailbox (one file): scanning, bodies, saving, flag changes, expunges.
 //
-// Reading takes no lock: a read is repeated until the file's identity (inode, size, mtime, ctime)
-// is the same before and after it, so a concurrent in-place rewrite by Dovecot or an MDA appending
-// is noticed (and a read-only store writes nothing, not even a lock file).
+// Reading takes no lock (a read-only store writes nothing, not even a lock file). It waits while
+// another process holds the dotlock or a kernel write lock on the file (Dovecot's in-place
+// rewrites pass through states that never held as a whole), and is repeated until the file's
+// identity (inode, size, mtime, ctime) is the same before and after it, so a write that starts
+// meanwhile (an MDA appending, a rewrite) is noticed.
 // Every change takes the dotlock "<mbox>.lock" (see lock.ts in ../maildir) and works on a fresh
 // parse made under the lock:
 //  * new mail is appended (O_APPEND) after the last UID in X-IMAPbase/X-IMAP was raised in place
@@ -36,8 +38,8 @@ import {
   type StoreMessage,
 } from '../types.js';
 import { assertWritable, closeQuietly, errCode, fsyncDir, isNotFound, randomHex, readFullyAt, syncHandle, toStorageError, type FsContext } from '../maildir/io.js';
-import { DotLock } from '../maildir/lock.js';
-import { lockIdentity, otherLockHolders, type LockedFile } from './file-locks.js';
+import { DotLock, holderIsDead } from '../maildir/lock.js';
+import { lockIdentity, otherLockHolders, otherWriteLockHolders, type LockedFile } from './file-locks.js';
 import { INTENT_HEAD_BYTES, judgeIntent, readAppendIntent, removeAppendIntent, settleAppendIntent, writeAppendIntent } from './append-intent.js';
 import { invalidKeywordReason } from '../maildir/keywords.js';
 import {
@@ -76,6 +78,8 @@ export interface MboxEnv {
   dropDovecotIndex(name: MailboxName): Promise<void>;
   /** UIDVALIDITY / next UID in Dovecot's index of the mailbox, if it has a usable one (never throws). */
   dovecotIndexUids(name: MailboxName): Promise<DovecotIndexUids | null>;
+  /** Tests only: called by a rewrite between its last look for other lock holders and the rename. */
+  beforeReplace?: () => Promise<void>;
 }
 
 /** A message to append, prepared outside the lock. */
@@ -123,6 +127,19 @@ const TOUCH_EVERY_MS = 30_000;
 const READ_ATTEMPTS = 5;
 /** Rewrites given up for another process's lock on the file (see withLock) before failing. */
 const GIVE_WAY_ATTEMPTS = 20;
+
+/**
+ * How long after replacing an mbox we look again for a process that locked the old file (see
+ * rewrite): long enough for one that was between its look at the path and its lock.
+ */
+const LATE_LOCK_GRACE_MS = 3;
+
+/**
+ * Files whose dotlock this process holds now, with the number of holders: no other process
+ * writes them meanwhile, so a read need not wait for writers (see load). Dovecot holding an fcntl
+ * lock while it waits for our dotlock is no writer.
+ */
+const heldByUs = new Map<string, number>();
 
 /** A rewrite found another process holding a lock on the file; nothing was written. */
 class GiveWay extends Error {
@@ -280,7 +297,28 @@ export class MboxMailbox implements StoreMailbox {
    * for that parse instead of starting their own.
    */
   private async load(): Promise<ParsedMbox> {
-    for (let attempt = 0; attempt < READ_ATTEMPTS; attempt++) {
+    const p = await this.tryLoad(READ_ATTEMPTS);
+    if (p) return p;
+    const fail = (): never => {
+      throw new StorageError(`${this.label} kept changing while it was being read (another program is writing it); try again later`, 'LOCKED');
+    };
+    if (heldByUs.has(this.file)) fail();
+    // Another process keeps writing it, one change right after the other (a busy IMAP user): a
+    // store that may write takes the dotlock, which keeps Dovecot's writes out while we read; a
+    // read-only one waits for a pause.
+    if (!this.ctx.readOnly) return this.withLock(async () => (await this.tryLoad(READ_ATTEMPTS)) ?? fail());
+    const deadline = Date.now() + this.env.lockTimeoutMs;
+    for (let delay = 5; Date.now() < deadline; delay = Math.min(delay * 2, 200)) {
+      await new Promise((r) => setTimeout(r, delay));
+      const again = await this.tryLoad(1);
+      if (again) return again;
+    }
+    return fail();
+  }
+
+  /** load(), giving up (null) when the file changed during each of `attempts` reads. */
+  private async tryLoad(attempts: number): Promise<ParsedMbox | null> {
+    for (let attempt = 0; attempt < attempts; attempt++) {
       const fh = await this.openFile();
       let parsing: { identity: FileIdentity; done: Promise<ParsedMbox | null> } | null = null;
       let settle: ((p: ParsedMbox | null) => void) | undefined;
@@ -294,6 +332,10 @@ export class MboxMailbox implements StoreMailbox {
           await fh.close().catch(() => undefined);
           const p = await other.done;
           if (p && sameIdentity(p.identity, id)) return p;
+          continue;
+        }
+        if (!heldByUs.has(this.file) && (await this.waitWhileWritten(id))) {
+          attempt--; // waited for another process's rewrite: look at the file afresh
           continue;
         }
         parsing = { identity: id, done: new Promise<ParsedMbox | null>((resolve) => (settle = resolve)) };
@@ -320,7 +362,48 @@ export class MboxMailbox implements StoreMailbox {
         await fh.close().catch(() => undefined);
       }
     }
-    throw new StorageError(`${this.label} kept changing while it was being read (another program is writing it); try again later`, 'LOCKED');
+    return null;
+  }
+
+  /**
+   * Waits while another process is writing the file, and says whether it had to. A program that
+   * rewrites an mbox in place (Dovecot moves every message after an expunged one) passes through
+   * states that never held as a whole, and a parse made between two of its writes would take
+   * them for the mailbox (messages missing, or seen twice under new UIDs). Such a writer holds
+   * the dotlock, or a kernel write lock (fcntl, flock), for the whole rewrite; one that starts
+   * after this look changes the file's identity before the parse ends (the kernel gives a file
+   * written after a stat a newer time), which load() checks.
+   */
+  private async waitWhileWritten(id: FileIdentity): Promise<boolean> {
+    const deadline = Date.now() + this.env.lockTimeoutMs;
+    let delay = 2;
+    for (let waited = false; ; waited = true) {
+      const writers = await this.otherWriter(id);
+      if (!writers) return waited;
+      if (Date.now() >= deadline) {
+        throw new StorageError(`${this.label} is being written by another program (${writers}); gave up waiting after ${Math.round(this.env.lockTimeoutMs / 1000)} s`, 'LOCKED');
+      }
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 50);
+    }
+  }
+
+  /** Who is writing the file now, in words, or '' (see waitWhileWritten). */
+  private async otherWriter(id: FileIdentity): Promise<string> {
+    const dotlock = `${this.file}.lock`;
+    let st: fs.Stats | undefined;
+    try {
+      st = fs.statSync(dotlock);
+    } catch {
+      // no dotlock
+    }
+    // One left by a crash does not count (writers override it; an unfinished append it guarded
+    // is hidden from readers, see append-intent.ts).
+    if (st && Date.now() - st.mtimeMs < this.env.lockStaleMs && !(await holderIsDead(dotlock))) return `${dotlock} exists`;
+    const locked = lockIdentity(this.file);
+    if (!locked || locked.ino !== BigInt(id.ino)) return '';
+    const pids = otherWriteLockHolders(locked);
+    return pids && pids.length > 0 ? `process ${pids.join(', ')} holds a write lock on it` : '';
   }
 
   /**
@@ -384,7 +467,14 @@ export class MboxMailbox implements StoreMailbox {
             this.parsed = null;
             await this.stampWrite();
           }
-          return await fn(lock);
+          heldByUs.set(this.file, (heldByUs.get(this.file) ?? 0) + 1);
+          try {
+            return await fn(lock);
+          } finally {
+            const n = heldByUs.get(this.file)! - 1;
+            if (n > 0) heldByUs.set(this.file, n);
+            else heldByUs.delete(this.file);
+          }
         } catch (e) {
           if (!(e instanceof GiveWay)) throw e;
           gaveWay = e;
@@ -735,6 +825,7 @@ export class MboxMailbox implements StoreMailbox {
     let out: fsp.FileHandle | undefined;
     let w: PieceWriter | undefined;
     let renamed = false;
+    let keep: string | undefined;
     try {
       const st = await src.stat();
       if (!sameIdentity(identityOf(st), p.identity)) {
@@ -790,13 +881,38 @@ export class MboxMailbox implements StoreMailbox {
       const locked = lockIdentity(this.file);
       const holders = locked && otherLockHolders(locked);
       if (locked && holders && holders.length > 0) throw new GiveWay(locked, holders);
-      await fsp.rename(temp, this.file);
+      // A second name for the old file, so that it can be put back (below).
+      keep = locked ? path.join(dir, `${path.basename(this.file)}.dsync-${process.pid}-${randomHex(4)}.tmp.lock`) : undefined;
+      if (keep) {
+        try {
+          fs.linkSync(this.file, keep);
+        } catch {
+          keep = undefined; // no hard links here: a late lock (below) can only be reported
+        }
+      }
+      await this.env.beforeReplace?.();
+      fs.renameSync(temp, this.file);
       renamed = true;
-      // One that locked the old file between that look and the rename (a few microseconds) goes
-      // on with it: what it writes there is lost. Rare; not to be silent about.
-      const late = locked && otherLockHolders(locked);
-      if (late && late.length > 0) {
-        this.ctx.warn(`${this.label}: process ${late.join(', ')} locked the file just as it was replaced; a change it makes now goes to the old copy and is lost (check the mailbox; run dsync again)`);
+      if (locked) {
+        // Dovecot looks at the path and then locks the file it has open, two system calls apart:
+        // one that looked just before the rename and locks just after it would go on with the
+        // old file, and what it writes there would be lost. Wait a moment, look again, and if
+        // such a process is there, put the old file back (we still hold the dotlock, so it has
+        // written nothing yet) and give way to it.
+        await new Promise((r) => setTimeout(r, LATE_LOCK_GRACE_MS));
+        const late = otherLockHolders(locked);
+        if (late && late.length > 0) {
+          if (keep) {
+            const replaced = lockIdentity(this.file);
+            fs.renameSync(keep, this.file);
+            keep = undefined;
+            const stranded = replaced && otherLockHolders(replaced);
+            if (stranded && stranded.length > 0) this.lateLockWarning(stranded);
+            await fsyncDir(dir).catch(() => undefined);
+            throw new GiveWay(locked, late);
+          }
+          this.lateLockWarning(late);
+        }
       }
       await fsyncDir(dir).catch(() => undefined);
       // Last chance for bytes appended to the old file between the check and the rename.
@@ -818,11 +934,17 @@ export class MboxMailbox implements StoreMailbox {
       if (!renamed) await fsp.unlink(temp).catch(() => undefined);
       throw e instanceof StorageError || e instanceof GiveWay ? e : toStorageError(e, 'rewrite', this.file);
     } finally {
+      if (keep) await fsp.unlink(keep).catch(() => undefined);
       w?.release();
       await out?.close().catch(() => undefined);
       await src.close().catch(() => undefined);
     }
     this.parsed = null;
+  }
+
+  /** A process locked the file just as we replaced it, and the old one could not be put back. */
+  private lateLockWarning(pids: number[]): void {
+    this.ctx.warn(`${this.label}: process ${pids.join(', ')} locked the file just as it was replaced; a change it makes now goes to the old copy and is lost (check the mailbox; run dsync again)`);
   }
 
   /**

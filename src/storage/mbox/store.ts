@@ -74,6 +74,8 @@ export interface MboxStoreOptions {
    * read and quote on save. Also settable with the location parameter FROM_QUOTING=.
    */
   quoting?: MboxQuoting;
+  /** Tests only: see MboxEnv.beforeReplace. */
+  beforeReplace?: () => Promise<void>;
 }
 
 export const SUBSCRIPTIONS_FILE = '.subscriptions';
@@ -170,6 +172,7 @@ export class MboxStore implements MailStore {
       exclusive: (file, fn) => this.exclusive(file, fn),
       dropDovecotIndex: (name) => this.removeDovecotIndex(isInboxName(name) ? this.inboxPath : this.pathOf(name)),
       dovecotIndexUids: (name) => this.dovecotIndexUids(isInboxName(name) ? this.inboxPath : this.pathOf(name)),
+      ...(opts.beforeReplace ? { beforeReplace: opts.beforeReplace } : {}),
     };
   }
 
