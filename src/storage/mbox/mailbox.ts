@@ -893,13 +893,16 @@ export class MboxMailbox implements StoreMailbox {
       await this.env.beforeReplace?.();
       fs.renameSync(temp, this.file);
       renamed = true;
+      const renamedAt = Date.now();
+      await fsyncDir(dir).catch(() => undefined);
       if (locked) {
         // Dovecot looks at the path and then locks the file it has open, two system calls apart:
         // one that looked just before the rename and locks just after it would go on with the
         // old file, and what it writes there would be lost. Wait a moment, look again, and if
         // such a process is there, put the old file back (we still hold the dotlock, so it has
         // written nothing yet) and give way to it.
-        await new Promise((r) => setTimeout(r, LATE_LOCK_GRACE_MS));
+        const wait = renamedAt + LATE_LOCK_GRACE_MS - Date.now();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
         const late = otherLockHolders(locked);
         if (late && late.length > 0) {
           if (keep) {
@@ -914,7 +917,6 @@ export class MboxMailbox implements StoreMailbox {
           this.lateLockWarning(late);
         }
       }
-      await fsyncDir(dir).catch(() => undefined);
       // Last chance for bytes appended to the old file between the check and the rename.
       const last = await src.stat();
       if (last.size > copied) {
