@@ -3,9 +3,10 @@
 // its writes the file holds states that never existed as a whole. A parse made there (the file's
 // identity unchanged during the parse) saw messages missing, or a message twice and every later
 // one under new UIDs, or a message with a stranger's bytes: a sync would take that for expunges
-// and new mail. The reader now waits while another process holds a write lock (this test failed
-// in about half of its runs before, under load), and one that may write takes the dotlock when
-// the file changes during every read (Dovecot's changes come one right after the other here).
+// and new mail. The reader now waits while another process holds a write lock (before, 6 of 11
+// runs of this test and its first versions failed, most of them under load), and one that may
+// write takes the dotlock when the file changes during every read (Dovecot's changes come one
+// right after the other here).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
