@@ -507,7 +507,7 @@ export class MboxMailbox implements StoreMailbox {
 
   /**
    * Temp files of rewrites whose process died ("<mbox>.dsync-<pid>-<hex>.tmp.lock", written under
-   * the lock, which we hold), and spool files of saves whose process died on this host
+   * the lock, which we hold: the new file, or the old one's second name), and spool files of saves whose process died on this host
    * ("<mbox>.dsync-spool-<host>-<pid>-<hex>.tmp.lock", written without the lock, so only this
    * host can tell whether their process is gone).
    */
@@ -536,7 +536,7 @@ export class MboxMailbox implements StoreMailbox {
         }
       }
       if (alive) continue;
-      this.ctx.warn(`${this.label}: removing ${n}, left by an interrupted ${spool ? 'save' : 'rewrite'} (the mailbox itself was never touched by it)`);
+      this.ctx.warn(`${this.label}: removing ${n}, left by an interrupted ${spool ? 'save' : 'rewrite'} (a copy, or a second name of the file as it was; the mailbox itself is whole)`);
       await fsp.unlink(path.join(dir, n)).catch(() => undefined);
     }
   }
