@@ -31,8 +31,19 @@ export function dotLockTempName(target: string): string {
   return `${target}.${process.pid}.${++tempCounter}.tmp.lock`;
 }
 
+/** Targets whose dotlock this process holds now, with the number of holders (see heldHere). */
+const held = new Map<string, number>();
+
 export class DotLock {
   private released = false;
+
+  /**
+   * True while this process holds the dotlock of target (as named when it was taken): no other
+   * process that honours it writes the target meanwhile.
+   */
+  static heldHere(target: string): boolean {
+    return held.has(target);
+  }
 
   private constructor(
     readonly target: string,
@@ -71,6 +82,7 @@ export class DotLock {
         // Gone or replaced within these microseconds: overridden as stale by someone; try again.
         if (fd === undefined || fs.fstatSync(fd).ino !== ino) throw Object.assign(new Error('lock taken over'), { code: 'EEXIST' });
         sweepAbandonedTemps(target, staleMs);
+        held.set(target, (held.get(target) ?? 0) + 1);
         return new DotLock(target, lockPath, fd, ino, ctx, ctx.fileMode);
       } catch (e) {
         if (fd !== undefined) closeQuietly(fd);
@@ -173,6 +185,9 @@ export class DotLock {
   private releaseSync(): void {
     if (this.released) return;
     this.released = true;
+    const n = held.get(this.target)! - 1;
+    if (n > 0) held.set(this.target, n);
+    else held.delete(this.target);
     if (this.stillOurs()) unlinkQuietly(this.lockPath);
     else this.removeMovedLock();
     closeQuietly(this.fd);

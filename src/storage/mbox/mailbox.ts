@@ -37,7 +37,7 @@ import {
   type StoreMailboxStatus,
   type StoreMessage,
 } from '../types.js';
-import { assertWritable, closeQuietly, errCode, fsyncDir, isNotFound, randomHex, readFullyAt, syncHandle, toStorageError, type FsContext } from '../maildir/io.js';
+import { assertWritable, closeQuietly, errCode, fsyncDir, isNotFound, randomHex, readFullyAt, sleep, syncHandle, toStorageError, type FsContext } from '../maildir/io.js';
 import { DotLock, holderIsDead } from '../maildir/lock.js';
 import { lockIdentity, otherLockHolders, otherWriteLockHolders, type LockedFile } from './file-locks.js';
 import { INTENT_HEAD_BYTES, judgeIntent, readAppendIntent, removeAppendIntent, settleAppendIntent, writeAppendIntent } from './append-intent.js';
@@ -134,12 +134,19 @@ const GIVE_WAY_ATTEMPTS = 20;
  */
 const LATE_LOCK_GRACE_MS = 3;
 
+
 /**
- * Files whose dotlock this process holds now, with the number of holders: no other process
- * writes them meanwhile, so a read need not wait for writers (see load). Dovecot holding an fcntl
- * lock while it waits for our dotlock is no writer.
+ * Calls attempt until it gives a value (not undefined), pausing first ms, then twice as long each
+ * time up to max ms; undefined once the deadline (Date.now() ms) has passed.
  */
-const heldByUs = new Map<string, number>();
+async function retryUntil<T>(deadline: number, first: number, max: number, attempt: () => Promise<T | undefined> | T | undefined): Promise<T | undefined> {
+  for (let delay = first; ; delay = Math.min(delay * 2, max)) {
+    const v = await attempt();
+    if (v !== undefined) return v;
+    if (Date.now() >= deadline) return undefined;
+    await sleep(delay);
+  }
+}
 
 /** A rewrite found another process holding a lock on the file; nothing was written. */
 class GiveWay extends Error {
@@ -302,18 +309,13 @@ export class MboxMailbox implements StoreMailbox {
     const fail = (): never => {
       throw new StorageError(`${this.label} kept changing while it was being read (another program is writing it); try again later`, 'LOCKED');
     };
-    if (heldByUs.has(this.file)) fail();
+    if (DotLock.heldHere(this.file)) fail();
     // Another process keeps writing it, one change right after the other (a busy IMAP user): a
     // store that may write takes the dotlock, which keeps Dovecot's writes out while we read; a
     // read-only one waits for a pause.
     if (!this.ctx.readOnly) return this.withLock(async () => (await this.tryLoad(READ_ATTEMPTS)) ?? fail());
-    const deadline = Date.now() + this.env.lockTimeoutMs;
-    for (let delay = 5; Date.now() < deadline; delay = Math.min(delay * 2, 200)) {
-      await new Promise((r) => setTimeout(r, delay));
-      const again = await this.tryLoad(1);
-      if (again) return again;
-    }
-    return fail();
+    const again = await retryUntil(Date.now() + this.env.lockTimeoutMs, 5, 200, async () => (await this.tryLoad(1)) ?? undefined);
+    return again ?? fail();
   }
 
   /** load(), giving up (null) when the file changed during each of `attempts` reads. */
@@ -334,7 +336,9 @@ export class MboxMailbox implements StoreMailbox {
           if (p && sameIdentity(p.identity, id)) return p;
           continue;
         }
-        if (!heldByUs.has(this.file) && (await this.waitWhileWritten(id))) {
+        // Under our own dotlock nobody else writes; Dovecot may hold its fcntl lock meanwhile,
+        // waiting for our dotlock, and waiting for it here would never end.
+        if (!DotLock.heldHere(this.file) && (await this.waitWhileWritten(id))) {
           attempt--; // waited for another process's rewrite: look at the file afresh
           continue;
         }
@@ -375,17 +379,15 @@ export class MboxMailbox implements StoreMailbox {
    * written after a stat a newer time), which load() checks.
    */
   private async waitWhileWritten(id: FileIdentity): Promise<boolean> {
-    const deadline = Date.now() + this.env.lockTimeoutMs;
-    let delay = 2;
-    for (let waited = false; ; waited = true) {
-      const writers = await this.otherWriter(id);
-      if (!writers) return waited;
-      if (Date.now() >= deadline) {
-        throw new StorageError(`${this.label} is being written by another program (${writers}); gave up waiting after ${Math.round(this.env.lockTimeoutMs / 1000)} s`, 'LOCKED');
-      }
-      await new Promise((r) => setTimeout(r, delay));
-      delay = Math.min(delay * 2, 50);
-    }
+    let looks = 0;
+    let writers = '';
+    const free = await retryUntil(Date.now() + this.env.lockTimeoutMs, 2, 50, async () => {
+      looks++;
+      writers = await this.otherWriter(id);
+      return writers === '' ? true : undefined;
+    });
+    if (!free) throw new StorageError(`${this.label} is being written by another program (${writers}); gave up waiting after ${Math.round(this.env.lockTimeoutMs / 1000)} s`, 'LOCKED');
+    return looks > 1;
   }
 
   /** Who is writing the file now, in words, or '' (see waitWhileWritten). */
@@ -467,14 +469,7 @@ export class MboxMailbox implements StoreMailbox {
             this.parsed = null;
             await this.stampWrite();
           }
-          heldByUs.set(this.file, (heldByUs.get(this.file) ?? 0) + 1);
-          try {
-            return await fn(lock);
-          } finally {
-            const n = heldByUs.get(this.file)! - 1;
-            if (n > 0) heldByUs.set(this.file, n);
-            else heldByUs.delete(this.file);
-          }
+          return await fn(lock);
         } catch (e) {
           if (!(e instanceof GiveWay)) throw e;
           gaveWay = e;
@@ -494,15 +489,11 @@ export class MboxMailbox implements StoreMailbox {
 
   /** Waits (up to the lock timeout) until no other process holds a kernel lock on the file. */
   private async waitUntilUnlocked(file: LockedFile): Promise<boolean> {
-    const deadline = Date.now() + this.env.lockTimeoutMs;
-    let delay = 5;
-    for (;;) {
+    const unlocked = await retryUntil(Date.now() + this.env.lockTimeoutMs, 5, 50, () => {
       const holders = otherLockHolders(file);
-      if (holders === null || holders.length === 0) return true;
-      if (Date.now() >= deadline) return false;
-      await new Promise((r) => setTimeout(r, delay));
-      delay = Math.min(delay * 2, 50);
-    }
+      return holders === null || holders.length === 0 ? true : undefined;
+    });
+    return unlocked ?? false;
   }
 
   /**
@@ -902,7 +893,7 @@ export class MboxMailbox implements StoreMailbox {
         // such a process is there, put the old file back (we still hold the dotlock, so it has
         // written nothing yet) and give way to it.
         const wait = renamedAt + LATE_LOCK_GRACE_MS - Date.now();
-        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        if (wait > 0) await sleep(wait);
         const late = otherLockHolders(locked);
         if (late && late.length > 0) {
           if (keep) {
