@@ -375,8 +375,9 @@ export class MboxMailbox implements StoreMailbox {
    * states that never held as a whole, and a parse made between two of its writes would take
    * them for the mailbox (messages missing, or seen twice under new UIDs). Such a writer holds
    * the dotlock, or a kernel write lock (fcntl, flock), for the whole rewrite; one that starts
-   * after this look changes the file's identity before the parse ends (the kernel gives a file
-   * written after a stat a newer time), which load() checks.
+   * after this look changes the file's identity before the parse ends (kernels with multigrain
+   * timestamps give a file written after a stat a newer time; docs/architecture.md), which
+   * load() checks.
    */
   private async waitWhileWritten(id: FileIdentity): Promise<boolean> {
     let looks = 0;
