@@ -66,29 +66,45 @@ async function busyPair(seed: string, format: 'maildir' | 'mbox' = 'maildir') {
 
 /**
  * Mirrors until a run exits 0 (4 runs at most); then both sides are the same and every live mail
- * is there, once. A lost mail keeps both trees (their paths, the mail's origin and the logs of
- * every run are reported, and the logs written next to the trees) for a post-mortem.
+ * is there, once. A failed check keeps both trees (their paths are reported, with a lost mail's
+ * origin, and the logs of every run, with -D, are written next to them) for a post-mortem.
  */
 async function assertConverged(A: Side, B: Side, live: Map<string, string>, post?: { t: TestContext; origin: Map<string, string>; logs: string[][] }): Promise<Set<string>> {
-  let last = await mirror(sideLoc(A), sideLoc(B));
-  for (let i = 0; i < 3 && last.exitCode === 2; i++) last = await mirror(sideLoc(A), sideLoc(B));
-  assert.equal(last.exitCode, 0, last.log.join('\n'));
+  const runs: string[][] = [...(post?.logs ?? [])];
+  /** Keeps both trees and every run's log when a check below fails. */
+  const keep = (): void => {
+    if (!post) return;
+    const kept = [A.root, B.root].map(keepForPostMortem);
+    const logFile = path.join(kept[0]!, 'mirror-runs.log');
+    fs.writeFileSync(logFile, runs.map((l, i) => `--- run ${i + 1}\n${l.join('\n')}\n`).join(''));
+    post.t.diagnostic(`kept for a post-mortem: A ${kept[0]}, B ${kept[1]}; the runs' logs in ${logFile}`);
+  };
+  const check = (fn: () => void): void => {
+    try {
+      fn();
+    } catch (e) {
+      keep();
+      throw e;
+    }
+  };
+  let last = await mirror(sideLoc(A), sideLoc(B), { debug: true });
+  runs.push(last.log);
+  for (let i = 0; i < 3 && last.exitCode === 2; i++) {
+    last = await mirror(sideLoc(A), sideLoc(B), { debug: true });
+    runs.push(last.log);
+  }
+  check(() => assert.equal(last.exitCode, 0, last.log.join('\n')));
   const sa = await snapshot(sideLoc(A));
-  assert.deepEqual(await snapshot(sideLoc(B)), sa, 'both sides the same');
+  const sb = await snapshot(sideLoc(B));
+  check(() => assert.deepEqual(sb, sa, 'both sides the same'));
   for (const m of sa.mailboxes) {
     const shas = m.messages.map((x) => x.sha);
-    assert.deepEqual(shas.filter((s, i) => shas.indexOf(s) !== i), [], `no mail twice in ${m.name}`);
+    check(() => assert.deepEqual(shas.filter((s, i) => shas.indexOf(s) !== i), [], `no mail twice in ${m.name}`));
   }
   const present = new Set(sa.mailboxes.flatMap((m) => m.messages.map((x) => x.sha)));
   const lost = [...live].filter(([, s]) => !present.has(s)).map(([id]) => id);
-  if (lost.length > 0 && post) {
-    const kept = [A.root, B.root].map(keepForPostMortem);
-    const logFile = path.join(kept[0]!, 'mirror-runs.log');
-    fs.writeFileSync(logFile, post.logs.map((l, i) => `--- run ${i + 1}\n${l.join('\n')}\n`).join(''));
-    for (const id of lost) post.t.diagnostic(`lost ${id}: ${post.origin.get(id) ?? 'origin unknown'}`);
-    post.t.diagnostic(`kept for a post-mortem: A ${kept[0]}, B ${kept[1]}; the runs' logs in ${logFile}`);
-  }
-  assert.deepEqual(lost, [], 'no mail the user did not expunge is missing');
+  if (post) for (const id of lost) post.t.diagnostic(`lost ${id}: ${post.origin.get(id) ?? 'origin unknown'}`);
+  check(() => assert.deepEqual(lost, [], 'no mail the user did not expunge is missing'));
   return present;
 }
 
