@@ -10,9 +10,9 @@ import { lockIdentity, otherLockHolders, otherWriteLockHolders } from '../../src
 import { tempDir } from './helpers.js';
 import { openMbox, write } from './mbox-helpers.js';
 
-const skip = !fs.existsSync('/proc/locks') ? 'no /proc/locks (not Linux)' : spawnFails('flock') ? 'flock(1) is not installed' : undefined;
+const skip = !fs.existsSync('/proc/locks') ? 'no /proc/locks (not Linux)' : notInstalled('flock') ? 'flock(1) is not installed' : undefined;
 
-function spawnFails(cmd: string): boolean {
+function notInstalled(cmd: string): boolean {
   return !['/usr/bin', '/bin', '/usr/local/bin'].some((d) => fs.existsSync(`${d}/${cmd}`));
 }
 

@@ -499,9 +499,9 @@ export class MboxMailbox implements StoreMailbox {
 
   /**
    * Temp files of rewrites whose process died ("<mbox>.dsync-<pid>-<hex>.tmp.lock", written under
-   * the lock, which we hold: the new file, or the old one's second name), and spool files of saves whose process died on this host
-   * ("<mbox>.dsync-spool-<host>-<pid>-<hex>.tmp.lock", written without the lock, so only this
-   * host can tell whether their process is gone).
+   * the lock, which we hold: the new file, or the old one's second name), and spool files of
+   * saves whose process died on this host ("<mbox>.dsync-spool-<host>-<pid>-<hex>.tmp.lock",
+   * written without the lock, so only this host can tell whether their process is gone).
    */
   private async removeStaleTemps(dir: string): Promise<void> {
     const prefix = `${path.basename(this.file)}.dsync-`;
