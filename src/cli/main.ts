@@ -112,6 +112,7 @@ async function run(args: ParsedArgs, io: MainIO, log: Logger, stdout: () => LogS
       tempDir: rs.mailTempDir,
       mailFsync: rs.mailFsync,
     };
+    if (rs.mboxLockTimeoutMs !== undefined) o.mboxLockTimeoutMs = rs.mboxLockTimeoutMs;
     if (owner) o.owner = owner;
     try {
       return await runServer(o);
@@ -139,6 +140,7 @@ async function run(args: ParsedArgs, io: MainIO, log: Logger, stdout: () => LogS
     mailFsync: rs.mailFsync,
   };
   if (args.mailbox !== undefined) o.mailbox = args.mailbox;
+  if (rs.mboxLockTimeoutMs !== undefined) o.mboxLockTimeoutMs = rs.mboxLockTimeoutMs;
   if (owner) o.owner = owner;
   if (rs.hardLinks) {
     if (remote.kind === 'location') o.hardLinks = true;

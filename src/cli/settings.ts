@@ -40,6 +40,8 @@ export interface RunSettings {
   hardLinks: boolean;
   /** mail_fsync: optimized (default), always, or never (no fsync of mail: for migrations). */
   mailFsync: MailFsync;
+  /** mbox_lock_timeout: how long an mbox waits for another program's lock, when set. */
+  mboxLockTimeoutMs?: number;
   /** The variables locations were expanded with. */
   vars: LocationVars;
 }
@@ -103,6 +105,8 @@ export function resolveRunSettings(settings: Settings, user: UserInfo, opts: Res
     mailFsync: mailFsyncOf(settings.get('mail_fsync')),
     vars,
   };
+  const mboxLockTimeout = settings.get('mbox_lock_timeout');
+  if (mboxLockTimeout !== undefined && mboxLockTimeout.trim() !== '') run.mboxLockTimeoutMs = durationMs(mboxLockTimeout, 'mbox_lock_timeout');
   const mailUid = settings.get('mail_uid');
   const mailGid = settings.get('mail_gid');
   if (mailUid) run.mailUid = resolveUid(mailUid, opts.passwdPath);
@@ -119,6 +123,22 @@ function mailFsyncOf(value: string | undefined): MailFsync {
   const found = MAIL_FSYNC_VALUES.find((m) => m === v);
   if (!found) throw new ConfigError(`mail_fsync must be optimized, always or never, got '${v}'`);
   return found;
+}
+
+const TIME_UNITS: [RegExp, number][] = [
+  [/^(ms|msecs?|milliseconds?)$/, 1],
+  [/^(|s|secs?|seconds?)$/, 1000],
+  [/^(m|mins?|minutes?)$/, 60_000],
+  [/^(h|hours?)$/, 3_600_000],
+  [/^(d|days?)$/, 86_400_000],
+];
+
+/** A Dovecot time setting ("30 secs", "5 mins", "2s"; a bare number is seconds), in ms. */
+export function durationMs(value: string, name: string): number {
+  const m = /^\s*(\d+)\s*([a-z]*)\s*$/i.exec(value);
+  const unit = m && TIME_UNITS.find(([re]) => re.test(m[2]!.toLowerCase()));
+  if (!m || !unit) throw new ConfigError(`${name} must be a time such as "30 secs" or "5 mins", got '${value}'`);
+  return Number(m[1]) * unit[1];
 }
 
 /** A Dovecot boolean setting: yes/no (also true/false, 1/0); unset or empty = no. */

@@ -25,6 +25,8 @@ export interface OpenStoreOptions {
    * it instead of copying the bytes, where that changes nothing about the file (dsync_hardlinks).
    */
   hardLinks?: boolean;
+  /** mbox: how long to wait for another program's lock on a file (mbox_lock_timeout). Default 30 s. */
+  lockTimeoutMs?: number;
 }
 
 export async function openStore(loc: MailLocation, opts: OpenStoreOptions = {}): Promise<MailStore> {

@@ -300,7 +300,7 @@ async function openAndRefresh(ctx: Ctx, guid: string): Promise<LocationMailbox |
     await box.refresh();
   } catch (e) {
     await box.close().catch(() => undefined);
-    if (vanished(ctx, box.name, e)) return undefined;
+    if (vanished(ctx, box.name, e) || lockedOut(ctx, box.name, e)) return undefined;
     throw e;
   }
   ctx.log.debug(`mailbox ${ctx.show(box.name)}: checked for changes in ${msSince(t0)}`);
@@ -322,6 +322,20 @@ function vanished(ctx: Ctx, name: string[], err: unknown): boolean {
 function uidsKeptTaken(ctx: Ctx, name: string[], err: unknown): boolean {
   if (!(err instanceof StorageError && err.code === 'UIDTAKEN')) return false;
   ctx.log.warn(`mailbox ${ctx.show(name)}: another program kept giving out the UIDs this run meant to use; the rest of its mail waits for the next run (run dsync again)`);
+  ctx.changesDuringSync = true;
+  return true;
+}
+
+/**
+ * Another program kept the mailbox locked, or kept changing it under us, longer than we wait (a
+ * busy IMAP server, a mail client holding its lock): the store wrote nothing in the attempt that
+ * failed. Warned; the rest of the mailbox's changes wait for the next run. True when err says so.
+ */
+function lockedOut(ctx: Ctx, name: string[], err: unknown): boolean {
+  if (!(err instanceof StorageError && err.code === 'LOCKED')) return false;
+  // The store's message names the mailbox, mostly.
+  const what = err.message.startsWith(`mailbox ${ctx.show(name)} `) ? err.message : `mailbox ${ctx.show(name)}: ${err.message}`;
+  ctx.log.warn(`${what}; the rest of its changes wait for the next run (run dsync again)`);
   ctx.changesDuringSync = true;
   return true;
 }
@@ -352,6 +366,8 @@ async function settleTokens(ctx: Ctx): Promise<{ mailboxes: number; retried: num
         await box.refresh();
       } catch (err) {
         if (vanished(ctx, box.name, err)) return;
+        // Locked by another program just now: no token, the next run scans it.
+        if (err instanceof StorageError && err.code === 'LOCKED') return;
         throw err;
       }
       box.recordSummary();
@@ -462,7 +478,8 @@ async function masterMailboxes(ctx: Ctx): Promise<void> {
       continue;
     }
     if (theirs.mailboxLost) {
-      ctx.log.warn(`mailbox ${ctx.show(box.name)} vanished on the other side during the sync`);
+      // The other side said why (renamed or deleted meanwhile, or locked by another program).
+      ctx.log.warn(`mailbox ${ctx.show(box.name)}: not synced, the other side could not open it (see its warning); run dsync again`);
       ctx.changesDuringSync = true;
       await release(ctx, box.guid);
       continue;
@@ -761,9 +778,9 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     }
   } catch (err) {
     // Renamed or deleted here by another program while its mail was being saved, or another
-    // program kept taking the UIDs we moved on to (MAX_UID_RETRIES times): the rest waits for
-    // the next run (nothing was changed by the attempt that failed).
-    if (!vanished(ctx, box.name, err) && !uidsKeptTaken(ctx, box.name, err)) throw err;
+    // program kept taking the UIDs we moved on to (MAX_UID_RETRIES times), or kept the mailbox
+    // locked: the rest waits for the next run (nothing was changed by the attempt that failed).
+    if (!vanished(ctx, box.name, err) && !uidsKeptTaken(ctx, box.name, err) && !lockedOut(ctx, box.name, err)) throw err;
     changesDuringSync = true;
   }
   prepared.clear();
@@ -793,7 +810,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     flagged = await box.updateFlags(actions.flagUpdates, ctx.peerId);
     if (!ctx.isSource) await box.raiseUidNext(plan.uidNext);
   } catch (err) {
-    if (!vanished(ctx, box.name, err)) throw err;
+    if (!vanished(ctx, box.name, err) && !lockedOut(ctx, box.name, err)) throw err;
     changesDuringSync = true;
   }
   // The next run takes the count from the index instead of counting, and compares the mailbox

@@ -36,6 +36,8 @@ export interface RunSyncOptions {
   tempDir?: string;
   /** mail_fsync for this process's mail (default optimized; see setMailFsync). A remote side follows its own. */
   mailFsync?: MailFsync;
+  /** mbox_lock_timeout of this process's mbox files (default 30 s). A remote side follows its own. */
+  mboxLockTimeoutMs?: number;
   /**
    * For tests: the two brains of a local run talk through the byte-stream channel of remote runs
    * (its framing and flow control, with this memory budget) instead of handing records over.
@@ -65,10 +67,16 @@ export interface OpenedLocation {
 /** Opens a mail location with its change index under the location's lock. */
 export async function openLocation(
   spec: MailLocation,
-  o: { owner?: { uid: number; gid: number }; log: Logger; readOnly: boolean; lockTimeout?: number; hardLinks?: boolean },
+  o: { owner?: { uid: number; gid: number }; log: Logger; readOnly: boolean; lockTimeout?: number; hardLinks?: boolean; mboxLockTimeoutMs?: number },
 ): Promise<OpenedLocation> {
   const t0 = clockMs();
-  const store = await openStore(spec, { owner: o.owner, readOnly: o.readOnly, warn: (m: string) => o.log.warn(m), hardLinks: o.hardLinks });
+  const store = await openStore(spec, {
+    owner: o.owner,
+    readOnly: o.readOnly,
+    warn: (m: string) => o.log.warn(m),
+    hardLinks: o.hardLinks,
+    ...(o.mboxLockTimeoutMs !== undefined ? { lockTimeoutMs: o.mboxLockTimeoutMs } : {}),
+  });
   let unlock: (() => void) | undefined;
   try {
     const controlDir = store.controlDir;
@@ -167,8 +175,9 @@ export async function runSync(o: RunSyncOptions): Promise<RunSyncResult> {
   // The backup source is never written: its store is read-only and its index lives in memory.
   // Locks are taken in one global order (by path) so that "a mirror b" and "b mirror a" started
   // together wait for each other instead of deadlocking.
-  const openA = () => openLocation(o.local, { owner: o.owner, log: o.log, readOnly: backup === 'send', lockTimeout: o.lockTimeout, hardLinks: o.hardLinks });
-  const openB = () => openLocation(remote, { owner: o.owner, log: o.log, readOnly: backup === 'recv', lockTimeout: o.lockTimeout, hardLinks: o.hardLinks });
+  const opts = { owner: o.owner, log: o.log, lockTimeout: o.lockTimeout, hardLinks: o.hardLinks, mboxLockTimeoutMs: o.mboxLockTimeoutMs };
+  const openA = () => openLocation(o.local, { ...opts, readOnly: backup === 'send' });
+  const openB = () => openLocation(remote, { ...opts, readOnly: backup === 'recv' });
   const localFirst = canonical(o.local.path) <= canonical(remote.path);
   let a: OpenedLocation | undefined;
   let b: OpenedLocation | undefined;
@@ -236,7 +245,7 @@ async function runRemote(o: RunSyncOptions, argv: string[]): Promise<RunSyncResu
   child.stdin!.on('error', () => undefined); // reported through the channel
   let a: OpenedLocation;
   try {
-    a = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: settings.backup === 'send', lockTimeout: o.lockTimeout });
+    a = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: settings.backup === 'send', lockTimeout: o.lockTimeout, mboxLockTimeoutMs: o.mboxLockTimeoutMs });
   } catch (err) {
     // Stopped before it read anything: a signal, not the end of its input, which it would
     // report as an error of its own next to ours.
@@ -282,6 +291,8 @@ export async function runServer(o: {
   tempDir?: string;
   /** See RunSyncOptions.mailFsync. */
   mailFsync?: MailFsync;
+  /** See RunSyncOptions.mboxLockTimeoutMs. */
+  mboxLockTimeoutMs?: number;
 }): Promise<number> {
   setMailFsync(o.mailFsync ?? 'optimized');
   const ch = new (await streamChannel())(o.input as Readable, o.output as Writable, { peerName: 'the dsync that started this server', spoolDir: o.tempDir });
@@ -289,7 +300,7 @@ export async function runServer(o: {
   try {
     const first = await ch.recv();
     if (first.type !== 'handshake') throw new Error(`expected a handshake from the peer, got ${first.type}`);
-    opened = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: first.backupSend });
+    opened = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: first.backupSend, mboxLockTimeoutMs: o.mboxLockTimeoutMs });
     let replayed = false;
     const channel = {
       send: (r: SyncRecord) => ch.send(r),

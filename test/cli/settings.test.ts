@@ -205,3 +205,21 @@ test('mail_fsync: optimized (the default), always or never', () => {
     (err: unknown) => err instanceof ConfigError && err.message === "mail_fsync must be optimized, always or never, got 'sometimes'",
   );
 });
+
+test('mbox_lock_timeout: a Dovecot time (a bare number is seconds); unset keeps the store default', () => {
+  const base = { mail_location: 'maildir:~/Maildir' };
+  assert.equal(resolveRunSettings(settings(base), alice).mboxLockTimeoutMs, undefined);
+  const cases: [string, number][] = [
+    ['10', 10_000],
+    ['30 secs', 30_000],
+    ['2s', 2000],
+    ['5 mins', 300_000],
+    ['1 hour', 3_600_000],
+    ['500 msecs', 500],
+  ];
+  for (const [v, ms] of cases) assert.equal(resolveRunSettings(settings({ ...base, mbox_lock_timeout: v }), alice).mboxLockTimeoutMs, ms, v);
+  assert.throws(
+    () => resolveRunSettings(settings({ ...base, mbox_lock_timeout: 'soon' }), alice),
+    (err: unknown) => err instanceof ConfigError && err.message === `mbox_lock_timeout must be a time such as "30 secs" or "5 mins", got 'soon'`,
+  );
+});

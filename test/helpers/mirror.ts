@@ -10,7 +10,7 @@ export interface MirrorRun extends RunSyncResult {
 export async function mirror(
   a: string,
   b: string,
-  opts: { full?: boolean; mailbox?: string; backup?: boolean; reverse?: boolean; altChar?: string; hardLinks?: boolean; streamBudget?: number; mailFsync?: 'optimized' | 'always' | 'never'; debug?: boolean } = {},
+  opts: { full?: boolean; mailbox?: string; backup?: boolean; reverse?: boolean; altChar?: string; hardLinks?: boolean; streamBudget?: number; mailFsync?: 'optimized' | 'always' | 'never'; debug?: boolean; lockTimeout?: number; mboxLockTimeoutMs?: number } = {},
 ): Promise<MirrorRun> {
   const lines: string[] = [];
   const log = new Logger({ sink: { write: (s: string) => lines.push(s.trimEnd()) }, verbose: true, debug: opts.debug ?? false });
@@ -23,7 +23,8 @@ export async function mirror(
     local: parseMailLocation(a, {}),
     remote: { kind: 'location', location: parseMailLocation(b, {}) },
     log,
-    lockTimeout: 5,
+    lockTimeout: opts.lockTimeout ?? 5,
+    ...(opts.mboxLockTimeoutMs !== undefined ? { mboxLockTimeoutMs: opts.mboxLockTimeoutMs } : {}),
     ...(opts.hardLinks ? { hardLinks: true } : {}),
     ...(opts.streamBudget !== undefined ? { streamBudget: opts.streamBudget } : {}),
     ...(opts.mailFsync ? { mailFsync: opts.mailFsync } : {}),

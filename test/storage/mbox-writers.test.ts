@@ -4,41 +4,14 @@
 // Dovecot's fcntl locks.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { lockIdentity, otherLockHolders, otherWriteLockHolders } from '../../src/storage/mbox/file-locks.js';
 import { tempDir } from './helpers.js';
 import { openMbox, write } from './mbox-helpers.js';
+import { flockSkipReason, holdLock, release } from '../helpers/flock.js';
 
-const skip = !fs.existsSync('/proc/locks') ? 'no /proc/locks (not Linux)' : notInstalled('flock') ? 'flock(1) is not installed' : undefined;
-
-function notInstalled(cmd: string): boolean {
-  return !['/usr/bin', '/bin', '/usr/local/bin'].some((d) => fs.existsSync(`${d}/${cmd}`));
-}
-
-/** `flock` holding (or waiting for) a lock on the file until killed; resolves once /proc/locks shows it. */
-async function holdLock(file: string, mode: '-s' | '-x'): Promise<ChildProcess> {
-  // -o: the lock stays with flock itself (sleep gets no copy of it), so killing flock releases it.
-  const child = spawn('flock', ['-o', mode, file, 'sleep', '60'], { stdio: 'ignore', detached: true });
-  const id = lockIdentity(file)!;
-  const deadline = Date.now() + 5000;
-  while (!(otherLockHolders(id) ?? []).includes(child.pid!)) {
-    assert.ok(Date.now() < deadline, 'flock took its lock');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  return child;
-}
-
-/** Kills flock and its sleep (their own process group). */
-function release(...children: ChildProcess[]): void {
-  for (const c of children) {
-    try {
-      process.kill(-c.pid!, 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  }
-}
+const skip = flockSkipReason;
 
 const MBOX = 'From a@b Tue Jan  2 10:00:00 2024\nX-IMAPbase: 1700000050 0000000001\nX-UID: 1\nSubject: one\n\nbody\n\n';
 
