@@ -168,6 +168,32 @@ test('UIDs: mail without X-UID (hand-made, or delivered by an MDA) gets UIDs wri
   assert.equal((await bodyOf(ro, 4)).toString(), 'Subject: 4\n\nw');
 });
 
+// Dovecot takes an mbox for unchanged while its mtime in whole seconds and its size are what it
+// recorded, and then reads messages at the offsets in its index. A renumber moves a message to the
+// end and keeps the size: the new file must not appear, even for a moment, with the time of a
+// state seen before (stamped only after the rename, it showed the time of its last write).
+test('rewrite: the new file has an mtime second above every state seen before it replaces the mailbox', async (t) => {
+  const dir = tempDir(t, 'dsync-mbox-');
+  const file = `${dir}/m/inbox`;
+  await (await openMbox(`mbox:${dir}/m`)).openMailbox(['INBOX']).then((b) => b.save([req(1, 'Subject: 1\n\n1\n'), req(2, 'Subject: 2\n\n2\n')]));
+  // A state with a time ahead of the clock (as our own stamps leave it), seen by the next handle.
+  const ahead = Math.floor(Date.now() / 1000) + 5;
+  fs.utimesSync(file, ahead, ahead);
+  const seen: { size: number; newSec: number; oldSec: number }[] = [];
+  const store = await openMbox(`mbox:${dir}/m`, {
+    beforeReplace: async (newFile) => {
+      seen.push({ size: fs.statSync(file).size, newSec: Math.floor(fs.statSync(newFile).mtimeMs / 1000), oldSec: Math.floor(fs.statSync(file).mtimeMs / 1000) });
+    },
+  });
+  const inbox = await store.openMailbox(['INBOX']);
+  await inbox.scan();
+  await inbox.renumber!([{ from: 1, to: 3 }]);
+  assert.equal(seen.length, 1);
+  assert.equal(fs.statSync(file).size, seen[0]!.size, 'the renumber kept the size');
+  assert.ok(seen[0]!.newSec > seen[0]!.oldSec, `new file ${seen[0]!.newSec}, old one ${seen[0]!.oldSec}`);
+  assert.equal(Math.floor(fs.statSync(file).mtimeMs / 1000), seen[0]!.newSec, 'the time it showed is the time it keeps');
+});
+
 test('renumber: moved messages get new UIDs and go to the end of the file (X-UIDs must ascend)', async (t) => {
   const dir = tempDir(t, 'dsync-mbox-');
   const store = await openMbox(`mbox:${dir}/m`);

@@ -78,8 +78,11 @@ export interface MboxEnv {
   dropDovecotIndex(name: MailboxName): Promise<void>;
   /** UIDVALIDITY / next UID in Dovecot's index of the mailbox, if it has a usable one (never throws). */
   dovecotIndexUids(name: MailboxName): Promise<DovecotIndexUids | null>;
-  /** Tests only: called by a rewrite between its last look for other lock holders and the rename. */
-  beforeReplace?: () => Promise<void>;
+  /**
+   * Tests only: called by a rewrite between its last look for other lock holders and the rename,
+   * with the path of the new file about to replace the mailbox.
+   */
+  beforeReplace?: (newFile: string) => Promise<void>;
 }
 
 /** A message to append, prepared outside the lock. */
@@ -817,6 +820,8 @@ export class MboxMailbox implements StoreMailbox {
     let out: fsp.FileHandle | undefined;
     let w: PieceWriter | undefined;
     let renamed = false;
+    /** Bytes appended to the old file during the rename were moved over (the new file changed after its stamp). */
+    let moved = false;
     let keep: string | undefined;
     try {
       const st = await src.stat();
@@ -851,6 +856,8 @@ export class MboxMailbox implements StoreMailbox {
       }
       await w.flush();
       await syncHandle(out);
+      // Its time before it is anyone's to see (see stampWrite); still ours to set before the chown.
+      const stamp = await this.stampHandle(out);
       await out.chmod(st.mode & 0o7777);
       try {
         if (typeof process.getuid === 'function') await out.chown(st.uid, st.gid);
@@ -882,9 +889,10 @@ export class MboxMailbox implements StoreMailbox {
           keep = undefined; // no hard links here: a late lock (below) can only be reported
         }
       }
-      await this.env.beforeReplace?.();
+      await this.env.beforeReplace?.(temp);
       fs.renameSync(temp, this.file);
       renamed = true;
+      this.latestSecond = Math.max(this.latestSecond, stamp);
       const renamedAt = Date.now();
       await fsyncDir(dir).catch(() => undefined);
       if (locked) {
@@ -912,6 +920,7 @@ export class MboxMailbox implements StoreMailbox {
       // Last chance for bytes appended to the old file between the check and the rename.
       const last = await src.stat();
       if (last.size > copied) {
+        moved = true;
         this.ctx.warn(`${this.label}: ${last.size - copied} bytes were appended to the old file during the rename; moving them over`);
         const tail = Buffer.allocUnsafe(last.size - copied);
         await src.read(tail, 0, tail.length, copied);
@@ -923,7 +932,7 @@ export class MboxMailbox implements StoreMailbox {
           await fh.close();
         }
       }
-      await this.stampWrite();
+      if (moved) await this.stampWrite();
     } catch (e) {
       if (!renamed) await fsp.unlink(temp).catch(() => undefined);
       throw e instanceof StorageError || e instanceof GiveWay ? e : toStorageError(e, 'rewrite', this.file);
@@ -968,6 +977,22 @@ export class MboxMailbox implements StoreMailbox {
       }
     }
     this.latestSecond = sec;
+  }
+
+  /**
+   * stampWrite for the new file of a rewrite, before it replaces the mailbox: stamped only after
+   * the rename, it would show for a few milliseconds with the time of its last write, which may
+   * be the second of a state of the same size that Dovecot recorded (its reads then use that
+   * state's offsets).
+   */
+  private async stampHandle(fh: fsp.FileHandle): Promise<number> {
+    const st = await fh.stat();
+    let sec = Math.floor(st.mtimeMs / 1000);
+    if (sec <= this.latestSecond) {
+      sec = this.latestSecond + 1;
+      await fh.utimes(st.atime, sec);
+    }
+    return sec; // latestSecond once the file is in place (a rewrite that gives way never shows it)
   }
 
   private pseudoPieces(p: ParsedMbox, plan: RewritePlan): Piece[] {

@@ -75,7 +75,7 @@ export interface MboxStoreOptions {
    */
   quoting?: MboxQuoting;
   /** Tests only: see MboxEnv.beforeReplace. */
-  beforeReplace?: () => Promise<void>;
+  beforeReplace?: (newFile: string) => Promise<void>;
 }
 
 export const SUBSCRIPTIONS_FILE = '.subscriptions';
