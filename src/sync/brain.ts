@@ -160,10 +160,13 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
     await syncTree(ctx, normalize);
     ctx.log.debug(`mailbox tree synced in ${msSince(t0)}`);
     t0 = clockMs();
+    const w0 = ctx.ch.waited && { ...ctx.ch.waited };
     if (role === 'master') await masterMailboxes(ctx);
     else await slaveMailboxes(ctx);
     await ctx.ahead?.stop();
-    ctx.log.debug(`mailboxes synced in ${msSince(t0)}`);
+    const w = ctx.ch.waited;
+    const waits = w && w0 ? ` (waited ${w.count - w0.count} times for the other side, ${(w.ms - w0.ms).toFixed(1)} ms in all)` : '';
+    ctx.log.debug(`mailboxes synced in ${msSince(t0)}${waits}`);
     t0 = clockMs();
     const settled = await settleTokens(ctx);
     const again = settled.retried ? ` (${settled.retried} checked again after ${TOKEN_WAIT_MS} ms)` : '';

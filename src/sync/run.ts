@@ -11,6 +11,7 @@ import { Location } from '../location/location.js';
 import { acquireLock, createInPlace } from '../location/lock.js';
 import { createPipePair } from '../transport/pipe.js';
 import type { StreamChannel } from '../transport/stream.js';
+import type { Channel } from '../transport/channel.js';
 import type { Readable, Writable } from 'node:stream';
 import type { SyncRecord } from './records.js';
 import { runBrain, type MasterSettings } from './brain.js';
@@ -302,7 +303,8 @@ export async function runServer(o: {
     if (first.type !== 'handshake') throw new Error(`expected a handshake from the peer, got ${first.type}`);
     opened = await openLocation(o.local, { owner: o.owner, log: o.log, readOnly: first.backupSend, mboxLockTimeoutMs: o.mboxLockTimeoutMs });
     let replayed = false;
-    const channel = {
+    // The stream channel with the handshake put back in front.
+    const channel: Channel = {
       send: (r: SyncRecord) => ch.send(r),
       recv: () => {
         if (replayed) return ch.recv();
@@ -312,6 +314,8 @@ export async function runServer(o: {
       flush: () => ch.flush(),
       abort: (e: Error) => ch.abort(e),
       close: () => ch.close(),
+      mailboxDone: () => ch.mailboxDone(),
+      waited: ch.waited,
     };
     const result = await runBrain({ role: 'slave', location: opened.location, channel, log: o.log });
     await ch.flush();

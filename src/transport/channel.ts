@@ -16,6 +16,8 @@ export interface Channel {
    * its memory budget) lets go of them.
    */
   mailboxDone?(): void;
+  /** How often, and how long in all, recv() had to wait for the peer (for -D). */
+  readonly waited?: { count: number; ms: number };
 }
 
 export class ProtocolError extends Error {

@@ -60,6 +60,7 @@ export class StreamChannel implements Channel {
   private paused = false;
   /** The brain wanted more while holding the budget: new bodies go to disk until it opens some. */
   private spoolAll = false;
+  readonly waited = { count: 0, ms: 0 };
 
   constructor(
     private readonly input: Readable,
@@ -100,7 +101,23 @@ export class StreamChannel implements Channel {
       this.spoolAll = true;
       this.setPaused(false);
     }
-    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+    const since = performance.now();
+    this.waited.count++;
+    const done = (): void => {
+      this.waited.ms += performance.now() - since;
+    };
+    return new Promise((resolve, reject) =>
+      this.waiters.push({
+        resolve: (r) => {
+          done();
+          resolve(r);
+        },
+        reject: (e) => {
+          done();
+          reject(e);
+        },
+      }),
+    );
   }
 
   async flush(): Promise<void> {
