@@ -13,6 +13,7 @@ import type {
   HandshakeRecord,
   MailChangeRecord,
   MailboxRecord,
+  MailboxStateRecord,
   MailboxTreeNodeRecord,
   SyncType,
 } from './records.js';
@@ -84,6 +85,11 @@ interface Ctx {
   changesDuringSync: boolean;
   summary: string[];
   show: (n: string[]) => string;
+  /**
+   * The last mailbox's work after its barrier (expunges, flag updates, its state), still going
+   * on while the next mailbox is synced; at most one at a time (see finishLater).
+   */
+  finishing: Promise<void> | null;
 }
 
 export async function runBrain(o: BrainOptions): Promise<BrainResult> {
@@ -146,6 +152,7 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
     changesDuringSync: false,
     summary: [],
     show: (n) => n.join(loc.separator),
+    finishing: null,
   };
   // Settings are described from this side's point of view from here on (the slave's 'recv' means
   // "I am the destination"), so a master that is the source has backup 'send' and isSource.
@@ -172,6 +179,9 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
     const again = settled.retried ? ` (${settled.retried} checked again after ${TOKEN_WAIT_MS} ms)` : '';
     ctx.log.debug(`change tokens of ${settled.mailboxes} mailboxes settled${again} in ${msSince(t0)}`);
   } finally {
+    // A failed run: the last mailbox's remaining work must not outlive the stores (its own
+    // error, if any, is secondary to the one that stopped the run).
+    await ctx.finishing?.catch(() => undefined);
     await ctx.ahead?.stop();
     for (const box of ctx.open.values()) await box.close();
     for (const box of ctx.settling) await box.close();
@@ -487,9 +497,9 @@ async function masterMailboxes(ctx: Ctx): Promise<void> {
       await release(ctx, box.guid);
       continue;
     }
-    await syncMailbox(ctx, box, mine, theirs);
-    await release(ctx, box.guid);
+    await finishLater(ctx, box.guid, await syncMailbox(ctx, box, mine, theirs));
   }
+  await finishAll(ctx);
   ctx.ch.send({ type: 'end' });
   const fin = await expectRecord(ctx.ch, 'finish');
   if (fin.error) throw new Error(`the other side failed: ${fin.error}`);
@@ -513,9 +523,9 @@ async function slaveMailboxes(ctx: Ctx): Promise<void> {
     }
     const mine = mailboxRecord(ctx, box);
     ctx.ch.send(mine);
-    await syncMailbox(ctx, box, mine, rec);
-    await release(ctx, rec.mailboxGuid);
+    await finishLater(ctx, rec.mailboxGuid, await syncMailbox(ctx, box, mine, rec));
   }
+  await finishAll(ctx);
   ctx.ch.send({ type: 'finish', requireFullResync: ctx.changesDuringSync });
 }
 
@@ -600,7 +610,13 @@ async function answerRequests(ctx: Ctx, box: LocationMailbox): Promise<MailFeed>
   return new MailFeed(ch);
 }
 
-async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxRecord, theirs: MailboxRecord): Promise<void> {
+/**
+ * Syncs a mailbox up to the barrier (the state records: the peer is done with our mails and we
+ * with its). What is left is this side's own (expunges, flag updates, the sync state, no more
+ * records): returned, for the caller to run while the sides go on with the next mailbox.
+ * undefined when the mailbox needed nothing.
+ */
+async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxRecord, theirs: MailboxRecord): Promise<(() => Promise<void>) | undefined> {
   const t0 = clockMs();
   const { ch } = ctx;
   let box = openBox;
@@ -618,7 +634,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     theirs.uidNext > saved.lastCommonUid;
   if (!full && stateful && mine.unchangedSinceSync && theirs.unchangedSinceSync && mine.uidNext === theirs.uidNext) {
     ctx.log.debug(`mailbox ${name}: unchanged on both sides, skipped`);
-    return;
+    return undefined;
   }
   let uidValidity = mine.uidValidity;
   if (backup) uidValidity = (ctx.isSource ? mine : theirs).uidValidity;
@@ -802,50 +818,75 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     syncId,
   });
   const peerState = await expectRecord(ch, 'state');
+  return () => afterBarrier(peerState, clockMs());
+  async function afterBarrier(peerState: MailboxStateRecord, tBarrier: number): Promise<void> {
+    const moved = new Set(actions.saves.filter((s) => s.from === 'local').map((s) => s.sourceUid));
+    const keys = new Map(actions.expunges.filter((e) => !moved.has(e.uid)).map((e) => [e.uid, e.key]));
+    const expungeUids = [...keys].filter(([uid, key]) => box.keyOf(uid) === key).map(([uid]) => uid);
+    let expunged = 0;
+    let flagged = 0;
+    try {
+      expunged = await box.expunge(expungeUids, ctx.peerId);
+      flagged = await box.updateFlags(actions.flagUpdates, ctx.peerId);
+      if (!ctx.isSource) await box.raiseUidNext(plan.uidNext);
+    } catch (err) {
+      if (!vanished(ctx, box.name, err) && !lockedOut(ctx, box.name, err)) throw err;
+      changesDuringSync = true;
+    }
+    // The next run takes the count from the index instead of counting, and compares the mailbox
+    // with the digest of its rows instead of reading them all.
+    box.recordSummary();
 
-  const moved = new Set(actions.saves.filter((s) => s.from === 'local').map((s) => s.sourceUid));
-  const keys = new Map(actions.expunges.filter((e) => !moved.has(e.uid)).map((e) => [e.uid, e.key]));
-  const expungeUids = [...keys].filter(([uid, key]) => box.keyOf(uid) === key).map(([uid]) => uid);
-  let expunged = 0;
-  let flagged = 0;
-  try {
-    expunged = await box.expunge(expungeUids, ctx.peerId);
-    flagged = await box.updateFlags(actions.flagUpdates, ctx.peerId);
-    if (!ctx.isSource) await box.raiseUidNext(plan.uidNext);
-  } catch (err) {
-    if (!vanished(ctx, box.name, err) && !lockedOut(ctx, box.name, err)) throw err;
-    changesDuringSync = true;
+    if (backup) {
+      // The backup source keeps no state (its index lives in memory), so neither side does.
+      if (changesDuringSync || peerState.changesDuringSync) ctx.changesDuringSync = true;
+    } else if (changesDuringSync || peerState.changesDuringSync) {
+      box.forgetPeerState(ctx.peerId);
+      ctx.changesDuringSync = true;
+    } else {
+      box.savePeerState(ctx.peerId, {
+        uidValidity,
+        lastCommonUid: plan.lastCommonUid,
+        syncId: ctx.role === 'master' ? syncId : peerState.syncId,
+      });
+    }
+    // Our changes leave the store's change token stale, and one taken right after them would not
+    // be trusted (see StoreMailbox.changeToken). The mailbox is checked once more at the end of the
+    // run (settleTokens), when they are old enough; anything that changed outside dsync during the
+    // sync is found and journaled then, or by the next run's scan.
+    if (!ctx.isSource) await box.markTokenStale();
+    const parts: string[] = [];
+    if (applied.fromPeer) parts.push(`${applied.fromPeer} new`);
+    if (applied.moved) parts.push(`${applied.moved} moved to new UIDs`);
+    if (expunged) parts.push(`${expunged} expunged`);
+    if (flagged) parts.push(`${flagged} flag changes`);
+    if (plan.renumbered) parts.push(`${plan.renumbered} mails renumbered after a UID conflict`);
+    if (parts.length) ctx.summary.push(`mailbox ${name}: ${parts.join(', ')}`);
+    ctx.log.debug(`mailbox ${name}: synced in ${msSince(t0)} (${msSince(tBarrier)} after the barrier)`);
   }
-  // The next run takes the count from the index instead of counting, and compares the mailbox
-  // with the digest of its rows instead of reading them all.
-  box.recordSummary();
+}
 
-  if (backup) {
-    // The backup source keeps no state (its index lives in memory), so neither side does.
-    if (changesDuringSync || peerState.changesDuringSync) ctx.changesDuringSync = true;
-  } else if (changesDuringSync || peerState.changesDuringSync) {
-    box.forgetPeerState(ctx.peerId);
-    ctx.changesDuringSync = true;
-  } else {
-    box.savePeerState(ctx.peerId, {
-      uidValidity,
-      lastCommonUid: plan.lastCommonUid,
-      syncId: ctx.role === 'master' ? syncId : peerState.syncId,
-    });
+/**
+ * Runs a synced mailbox's remaining work (see syncMailbox) while the caller goes on with the next
+ * mailbox: the sides need not wait for each other's expunges and flag updates. The previous one
+ * is awaited first (and its error, if any, thrown), so at most one is in flight; finishAll awaits
+ * the last. The handle is released once its work is done.
+ */
+async function finishLater(ctx: Ctx, guid: string, rest: (() => Promise<void>) | undefined): Promise<void> {
+  await finishAll(ctx);
+  if (!rest) {
+    await release(ctx, guid);
+    return;
   }
-  // Our changes leave the store's change token stale, and one taken right after them would not
-  // be trusted (see StoreMailbox.changeToken). The mailbox is checked once more at the end of the
-  // run (settleTokens), when they are old enough; anything that changed outside dsync during the
-  // sync is found and journaled then, or by the next run's scan.
-  if (!ctx.isSource) await box.markTokenStale();
-  const parts: string[] = [];
-  if (applied.fromPeer) parts.push(`${applied.fromPeer} new`);
-  if (applied.moved) parts.push(`${applied.moved} moved to new UIDs`);
-  if (expunged) parts.push(`${expunged} expunged`);
-  if (flagged) parts.push(`${flagged} flag changes`);
-  if (plan.renumbered) parts.push(`${plan.renumbered} mails renumbered after a UID conflict`);
-  if (parts.length) ctx.summary.push(`mailbox ${name}: ${parts.join(', ')}`);
-  ctx.log.debug(`mailbox ${name}: synced in ${msSince(t0)}`);
+  const p = rest().then(() => release(ctx, guid));
+  p.catch(() => undefined); // awaited (and thrown) by the next finishLater or finishAll
+  ctx.finishing = p;
+}
+
+async function finishAll(ctx: Ctx): Promise<void> {
+  const p = ctx.finishing;
+  ctx.finishing = null;
+  await p;
 }
 
 /** Times a mailbox's saves move to other UIDs because another program took theirs, before giving up. */
