@@ -18,7 +18,7 @@ import { chownTree, doveadm, dovecotSkipReason, writeDoveadmConfig } from '../he
 import { makeTempDir, removeTree } from '../helpers/tmp.js';
 import { tempDir, warnings } from './helpers.js';
 import { fileState, openMbox, write } from './mbox-helpers.js';
-import type { SaveRequest } from '../../src/storage/types.js';
+import { StorageError, type SaveRequest } from '../../src/storage/types.js';
 
 const skip = dovecotSkipReason();
 
@@ -324,6 +324,25 @@ test('mbox store: a file with messages but without X-IMAPbase keeps the index\'s
   const based = await store.openMailbox(['Based']);
   const b = await based.status();
   assert.deepEqual([b.uidValidity, b.uidNext], [1700000000, 2]);
+  await store.close();
+});
+
+// Dovecot writes X-IMAPbase lazily: its index can be ahead of the file (a mail appended and
+// expunged through it; a state of ours it read between two of our writes). A mail saved below
+// its next UID would be "inserted in the middle of mailbox" for it.
+test('mbox store: Dovecot\'s next UID counts when its index has the file\'s UIDVALIDITY', async (t) => {
+  const root = path.join(tempDir(t), 'mail');
+  write(`${root}/inbox`, '');
+  write(`${root}/Box`, 'From a@b  Tue Nov 14 22:13:22 2023\nX-IMAPbase: 1795696950 0000000001\nX-UID: 1\nSubject: 1\n\nz\n');
+  writeIndexLog(`${root}/.imap/Box`, 1795696950, 9);
+  const store = await openMbox(`mbox:${root}:INBOX=${root}/inbox`);
+  const box = await store.openMailbox(['Box']);
+  assert.deepEqual((await box.scan()).map((m) => m.uid), [1]);
+  assert.equal((await box.status()).uidNext, 9);
+  const mail = (uid: number) => ({ uid, guid: `g${uid}`, flags: 0, keywords: [], internalDate: 1_700_000_000, body: Buffer.from(`Subject: ${uid}\n\nz\n`) });
+  await assert.rejects(box.save([mail(2)]), (e: unknown) => e instanceof StorageError && e.code === 'UIDTAKEN');
+  await box.save([mail(9)]);
+  assert.deepEqual((await box.scan()).map((m) => m.uid), [1, 9]);
   await store.close();
 });
 

@@ -353,7 +353,7 @@ export class MboxMailbox implements StoreMailbox {
         const after = identityOf(await fh.stat());
         const onPath = await fsp.stat(this.file).catch(() => null);
         if (sameIdentity(after, id) && onPath && onPath.ino === id.ino && onPath.dev === id.dev) {
-          if (parsed.uidValidity === 0) this.fromIndex.set(parsed, await this.env.dovecotIndexUids(this.name));
+          this.fromIndex.set(parsed, await this.env.dovecotIndexUids(this.name));
           this.parsed = parsed;
           settle?.(parsed);
           return parsed;
@@ -435,9 +435,16 @@ export class MboxMailbox implements StoreMailbox {
     return p.uidValidity || this.fromIndex.get(p)?.uidValidity || derivedUidValidity(p.identity);
   }
 
-  /** With the UIDVALIDITY of Dovecot's index, its next UID is kept too (as Dovecot does). */
+  /**
+   * With the UIDVALIDITY of Dovecot's index (taken for a file without one, see uidValidityOf), its
+   * next UID counts too: Dovecot may have given out UIDs the file does not show (its X-IMAPbase is
+   * written lazily; a mail appended and expunged through it, or a state of ours it read between
+   * two of our writes), and it takes a mail below its next UID that it does not know for "inserted
+   * in the middle" (its sync fails or renumbers; a garbled mail was seen after that).
+   */
   private uidNextOf(p: ParsedMbox): number {
-    const indexNext = p.uidValidity === 0 ? (this.fromIndex.get(p)?.nextUid ?? 0) : 0;
+    const idx = this.fromIndex.get(p);
+    const indexNext = idx && (p.uidValidity === 0 || idx.uidValidity === p.uidValidity) ? idx.nextUid : 0;
     return Math.max(p.nextUid, p.lastUid + 1, indexNext);
   }
 
@@ -1207,9 +1214,10 @@ export class MboxMailbox implements StoreMailbox {
         const lastUid = prepared[prepared.length - 1]!.uid;
         const keywordList = this.withNewKeywords(p.keywordList, prepared.map((m) => m.keywords));
         const baseField = p.pseudo ? p.pseudo.lastUidField : p.messages[0]?.lastUidField;
-        const canAppend =
-          p.identity.size === 0 || (!p.needsPersist && keywordList.length === p.keywordList.length && baseField !== undefined && p.base !== 'bad');
-        if (!canAppend) {
+        // An empty file is written whole (renamed into place): appended, its X-IMAPbase would name
+        // UIDs before their messages are there (see append).
+        const canAppend = p.identity.size > 0 && !p.needsPersist && keywordList.length === p.keywordList.length && baseField !== undefined && p.base !== 'bad';
+        if (!canAppend || !baseField) {
           const uv = this.uidValidityOf(p);
           await this.rewrite(
             lock,
@@ -1225,7 +1233,7 @@ export class MboxMailbox implements StoreMailbox {
           await this.load();
           return;
         }
-        await this.append(lock, p, prepared, lastUid, keywordList, baseField, spool);
+        await this.append(lock, p, prepared, lastUid, baseField, spool);
       });
     } finally {
       // Streams asked for but not read (the save failed): let go of what they hold.
@@ -1234,72 +1242,79 @@ export class MboxMailbox implements StoreMailbox {
     }
   }
 
-  /** Appends new messages after raising the last UID in place (see the file comment). */
-  private async append(
-    lock: DotLock,
-    p: ParsedMbox,
-    prepared: NewMessage[],
-    lastUid: number,
-    keywordList: string[],
-    baseField: ByteRange | undefined,
-    spool: Spool,
-  ): Promise<void> {
-    const empty = p.identity.size === 0;
-    const uv = this.uidValidityOf(p);
-    const plan: RewritePlan = { uidValidity: uv, lastUid, keywordList, messages: [] };
-    const firstFrom = p.identity.size + (!empty && !p.endsWithNewline ? 1 : 0);
+  /**
+   * Appends new messages to a file that has some (see the file comment). Dovecot reads the file
+   * under an fcntl lock that we cannot take (Node has no fcntl), so it may look between any two of
+   * our writes. It takes a message whose X-UID is the next one it expects (one above X-IMAPbase's
+   * last UID, or above the message before) for new; one below that which its index does not know
+   * for "inserted in the middle" (its sync then fails or renumbers, and was seen to leave a
+   * message garbled); one above it for broken (renumbered). So the last UID is never raised past
+   * a message that is not there yet: runs of consecutive UIDs are appended as they are, and
+   * before a run that does not follow on, the last UID is raised to just below it (in place,
+   * exactly its 10 digits, nothing moves; fsynced first, so that a crash leaves at most unused
+   * UIDs). Our parser reads every intermediate state the same way (parse.ts).
+   */
+  private async append(lock: DotLock, p: ParsedMbox, prepared: NewMessage[], lastUid: number, baseField: ByteRange, spool: Spool): Promise<void> {
+    const firstFrom = p.identity.size + (!p.endsWithNewline ? 1 : 0);
     // All pieces first: the record of the append (append-intent.ts) names where it will end.
-    const pieces: OutPiece[] = [];
-    if (!empty && !p.endsWithNewline) pieces.push({ bytes: Buffer.from('\n') });
-    for (let i = 0; i < prepared.length; i++) {
-      const m = prepared[i]!;
-      pieces.push(...(await this.messagePieces({ src: m, uid: m.uid, flags: m.flags, keywords: m.keywords }, empty && i === 0 ? plan : null)));
+    const runs: { firstUid: number; lastUid: number; pieces: OutPiece[] }[] = [];
+    for (const m of prepared) {
+      const pieces = await this.messagePieces({ src: m, uid: m.uid, flags: m.flags, keywords: m.keywords }, null);
+      const run = runs[runs.length - 1];
+      if (run && m.uid === run.lastUid + 1) {
+        run.pieces.push(...pieces);
+        run.lastUid = m.uid;
+      } else runs.push({ firstUid: m.uid, lastUid: m.uid, pieces });
     }
-    const length = pieces.reduce((n, pc) => n + piecesLength(pc), 0);
+    if (!p.endsWithNewline) runs[0]!.pieces.unshift({ bytes: Buffer.from('\n') });
+    const all = runs.flatMap((r) => r.pieces);
+    const length = all.reduce((n, pc) => n + piecesLength(pc), 0);
 
     let fh: fsp.FileHandle | undefined;
+    let app: fsp.FileHandle | undefined;
+    let w: PieceWriter | undefined;
+    let recorded = false;
+    let appending = false;
     try {
       fh = await fsp.open(this.file, 'r+');
       const st = identityOf(await fh.stat());
       if (!sameIdentity(st, p.identity)) {
         throw new StorageError(`${this.label} changed under our lock (another program does not honour ${this.file}.lock); nothing written`, 'LOCKED');
       }
-      await writeAppendIntent(this.ctx, this.file, {
-        dev: st.dev,
-        ino: st.ino,
-        start: st.size,
-        end: st.size + length,
-        head: await headOf(pieces, INTENT_HEAD_BYTES, spool),
-      });
-      if (!empty && baseField && lastUid > p.lastUid) {
-        // Raise the last UID first: a crash after this leaves only unused UIDs.
-        const digits = Buffer.from(padUid(lastUid), 'latin1');
+      await writeAppendIntent(this.ctx, this.file, { dev: st.dev, ino: st.ino, start: st.size, end: st.size + length, head: await headOf(all, INTENT_HEAD_BYTES, spool) });
+      recorded = true;
+      const base = fh;
+      let last = p.lastUid;
+      const raiseLast = async (uid: number): Promise<void> => {
+        const digits = Buffer.from(padUid(uid), 'latin1');
         if (digits.length !== baseField.end - baseField.start) throw new Error('last-UID field width changed');
-        await fh.write(digits, 0, digits.length, baseField.start);
-        await syncHandle(fh);
-      }
-    } catch (e) {
-      throw toStorageError(e, 'update', this.file);
-    } finally {
-      await fh?.close().catch(() => undefined);
-    }
-    let app: fsp.FileHandle | undefined;
-    let w: PieceWriter | undefined;
-    try {
+        await base.write(digits, 0, digits.length, baseField.start);
+        await syncHandle(base);
+        last = uid;
+      };
       app = await fsp.open(this.file, 'a');
       w = new PieceWriter(app, lock, null, spool);
-      await w.write(pieces);
-      await w.flush();
+      appending = true;
+      let next = Math.max(p.nextUid, p.lastUid + 1);
+      for (const run of runs) {
+        if (run.firstUid !== next) await raiseLast(run.firstUid - 1);
+        await w.write(run.pieces);
+        await w.flush();
+        next = run.lastUid + 1;
+      }
       await syncHandle(app);
+      // Tidy, and what a reader expects anyway: X-IMAPbase names the last UID.
+      if (lastUid > last) await raiseLast(lastUid);
       // Left behind, the record would only be judged complete and dropped by the next writer.
       await removeAppendIntent(this.file).catch((e: Error) => this.ctx.warn(e.message));
     } catch (e) {
-      // Cut our partial append off again, but only if nobody else wrote after it.
+      // Cut our partial append off again, but only if nobody else wrote after it (raised last
+      // UIDs stay: unused UIDs).
       const written = w?.written ?? 0;
-      if (app) {
+      if (app && appending) {
         try {
-          const st = await app.stat();
-          if (st.size === p.identity.size + written) {
+          const now = await app.stat();
+          if (now.size === p.identity.size + written) {
             await app.truncate(p.identity.size);
             await syncHandle(app);
             await removeAppendIntent(this.file);
@@ -1309,25 +1324,28 @@ export class MboxMailbox implements StoreMailbox {
         } catch {
           // keep the original error
         }
+      } else if (recorded) {
+        await removeAppendIntent(this.file).catch(() => undefined); // nothing was appended
       }
-      throw toStorageError(e, 'append to', this.file);
+      throw toStorageError(e, appending ? 'append to' : 'update', this.file);
     } finally {
       w?.release();
       await app?.close().catch(() => undefined);
+      await fh?.close().catch(() => undefined);
     }
     await this.stampWrite();
     // Parse just what we appended.
     const fh2 = await this.openFile();
     try {
       const id = identityOf(await fh2.stat());
-      this.parsed = empty
-        ? await parseMbox(fh2, id, { warn: this.ctx.warn, label: this.file, quoting: this.env.quoting })
-        : await parseMbox(fh2, id, {
-            warn: this.ctx.warn,
-            label: this.file,
-            quoting: this.env.quoting,
-            resume: { prev: p, offset: firstFrom, lastUid: Math.max(lastUid, p.lastUid) },
-          });
+      const parsed = await parseMbox(fh2, id, {
+        warn: this.ctx.warn,
+        label: this.file,
+        quoting: this.env.quoting,
+        resume: { prev: p, offset: firstFrom, lastUid: Math.max(lastUid, p.lastUid) },
+      });
+      this.fromIndex.set(parsed, this.fromIndex.get(p) ?? null); // Dovecot's next UID only grows
+      this.parsed = parsed;
     } finally {
       await fh2.close().catch(() => undefined);
     }

@@ -26,9 +26,10 @@
 //    are ignored.
 //  * A bad X-IMAPbase (UIDVALIDITY not 1..2^32-1, or a last UID that is not a number) is
 //    ignored altogether: new UIDVALIDITY, every X-UID ignored. A missing last UID counts as 0.
-//  * X-UID is used when it is greater than the previous message's UID and not greater than the
-//    last UID of X-IMAPbase; otherwise the message gets the next free UID (last UID + 1, ...), in
-//    file order, exactly like Dovecot (which then writes the new X-UIDs back).
+//  * X-UID is used when it is greater than the previous message's UID and either not greater
+//    than the last UID of X-IMAPbase or exactly the next free UID (last UID + 1, counting those
+//    taken so); otherwise the message gets the next free UID, in file order, exactly like Dovecot
+//    (which then writes the new X-UIDs back).
 //  * Status: R = \Seen, O = not \Recent. X-Status: A = \Answered, F = \Flagged, T = \Draft,
 //    D = \Deleted. Other letters are kept as they are when we rewrite.
 //  * X-Keywords counts only when every keyword in it is listed in X-IMAPbase; otherwise Dovecot
@@ -506,6 +507,12 @@ class UidAssigner {
     if (xuid !== undefined && /^\d{1,10}$/.test(xuid)) {
       const n = Number(xuid);
       if (n > this.prev && n <= result.lastUid) uid = n;
+      else if (n > this.prev && n === this.nextUid) {
+        // The next UID expected (an append in progress raises X-IMAPbase afterwards; Dovecot 2.3
+        // accepts it too): kept, nothing to write back.
+        uid = n;
+        this.nextUid++;
+      }
     }
     if (uid === 0) {
       if (this.nextUid > MAX_UID) throw new StorageError(`${opts.label}: no UIDs left to give to new messages (UIDNEXT would exceed 2^32-1)`, 'CORRUPT');
