@@ -618,6 +618,7 @@ async function answerRequests(ctx: Ctx, box: LocationMailbox): Promise<MailFeed>
  */
 async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxRecord, theirs: MailboxRecord): Promise<(() => Promise<void>) | undefined> {
   const t0 = clockMs();
+  const waited0 = ctx.ch.waited?.ms;
   const { ch } = ctx;
   let box = openBox;
   const backup = ctx.settings.backup !== 'none';
@@ -818,6 +819,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     syncId,
   });
   const peerState = await expectRecord(ch, 'state');
+  const waited = waited0 === undefined ? '' : `, ${(ctx.ch.waited!.ms - waited0).toFixed(1)} ms of it waiting for the other side`;
   return () => afterBarrier(peerState, clockMs());
   async function afterBarrier(peerState: MailboxStateRecord, tBarrier: number): Promise<void> {
     const moved = new Set(actions.saves.filter((s) => s.from === 'local').map((s) => s.sourceUid));
@@ -862,7 +864,7 @@ async function syncMailbox(ctx: Ctx, openBox: LocationMailbox, mine: MailboxReco
     if (flagged) parts.push(`${flagged} flag changes`);
     if (plan.renumbered) parts.push(`${plan.renumbered} mails renumbered after a UID conflict`);
     if (parts.length) ctx.summary.push(`mailbox ${name}: ${parts.join(', ')}`);
-    ctx.log.debug(`mailbox ${name}: synced in ${msSince(t0)} (${msSince(tBarrier)} after the barrier)`);
+    ctx.log.debug(`mailbox ${name}: synced in ${msSince(t0)} (${msSince(tBarrier)} after the barrier${waited})`);
   }
 }
 

@@ -24,6 +24,11 @@ const SPOOL_LIMIT = 1 << 20;
 const MAX_LINE = 16 << 20;
 /** Default bytes of received, unopened bodies held in memory (see the flow control above). */
 const MEMORY_BUDGET = 8 << 20;
+/**
+ * Mails whose bodies are read while earlier ones are written. A body is a buffer only for a
+ * small mail (the stores read bigger ones as streams, which hold a file open and little memory).
+ */
+const BODY_READ_AHEAD = 8;
 
 type Outgoing = SyncRecord | { type: 'abort'; message: string };
 
@@ -61,6 +66,8 @@ export class StreamChannel implements Channel {
   /** The brain wanted more while holding the budget: new bodies go to disk until it opens some. */
   private spoolAll = false;
   readonly waited = { count: 0, ms: 0 };
+  /** Bodies of queued mail records being read ahead of their turn (see readAhead). */
+  private readonly prefetched = new Map<Outgoing, Promise<Buffer | BodyStream>>();
 
   constructor(
     private readonly input: Readable,
@@ -186,6 +193,7 @@ export class StreamChannel implements Channel {
     this.failure = err;
     for (const w of this.waiters.splice(0)) w.reject(err);
     this.cleanupSpool();
+    this.dropPrefetched();
   }
 
   // ---------------------------------------------------------------- sending
@@ -194,6 +202,7 @@ export class StreamChannel implements Channel {
     if (this.pumping) return;
     this.pumping = (async () => {
       while (this.queue.length > 0 && !this.writeError) {
+        this.readAhead();
         const rec = this.queue.shift()!;
         await this.writeRecord(rec);
       }
@@ -208,6 +217,23 @@ export class StreamChannel implements Channel {
       });
   }
 
+  /**
+   * Starts reading the bodies of the next few queued mails: one at a time, each read (a thread
+   * pool round trip, or the disk) was a wait of both sides. They are still written in order.
+   */
+  private readAhead(): void {
+    let n = 0;
+    for (const rec of this.queue) {
+      if (n >= BODY_READ_AHEAD) break;
+      if (rec.type !== 'mail' || rec.body === null) continue;
+      n++;
+      if (this.prefetched.has(rec)) continue;
+      const p = Promise.resolve().then(rec.body);
+      p.catch(() => undefined); // reported when its turn comes
+      this.prefetched.set(rec, p);
+    }
+  }
+
   private write(data: Buffer | string): Promise<void> {
     if (this.output.write(data)) return Promise.resolve();
     return new Promise((resolve) => this.output.once('drain', resolve));
@@ -219,9 +245,11 @@ export class StreamChannel implements Channel {
       return;
     }
     const { body, ...head } = rec;
+    const early = this.prefetched.get(rec);
+    this.prefetched.delete(rec);
     await this.write(`${JSON.stringify({ ...head, hasBody: body !== null })}\n`);
     if (body === null) return;
-    const source = await body();
+    const source = await (early ?? body());
     if (Buffer.isBuffer(source)) {
       if (source.length > 0) await this.write(Buffer.concat([Buffer.from(`${source.length}\n`), source]));
     } else {
@@ -366,5 +394,12 @@ export class StreamChannel implements Channel {
   /** Removes spooled bodies once the run is over. */
   dispose(): void {
     this.cleanupSpool();
+    this.dropPrefetched();
+  }
+
+  /** Bodies read ahead that will never be written (the channel failed or is gone): let go of them. */
+  private dropPrefetched(): void {
+    for (const p of this.prefetched.values()) void p.then((s) => (Buffer.isBuffer(s) ? undefined : s.destroy()), () => undefined);
+    this.prefetched.clear();
   }
 }

@@ -119,3 +119,31 @@ test('the end of a mailbox releases bodies that were never opened', { timeout: 2
   receiver.dispose();
   sender.dispose();
 });
+
+test('the sender reads the next bodies while it writes one; the mails still arrive in order, a failed read where it belongs', { timeout: 20_000 }, async () => {
+  const { sender, receiver } = pair(BUDGET);
+  let reading = 0;
+  let most = 0;
+  const slowBody = (i: number) => async (): Promise<Buffer> => {
+    reading++;
+    most = Math.max(most, reading);
+    await new Promise((r) => setTimeout(r, 20)); // a read that waits for the disk
+    reading--;
+    if (i === 5) throw new Error('mail 5 cannot be read');
+    return bodyOf(i);
+  };
+  for (let i = 0; i < 5; i++) sender.send({ type: 'mail', guid: `g${i}`, uid: i + 1, receivedDate: 0, body: slowBody(i) });
+  const t0 = Date.now();
+  for (let i = 0; i < 5; i++) {
+    const rec = await receiver.recv();
+    assert.equal((rec as MailRecord).uid, i + 1);
+    assert.ok((await bytesOf(rec)).equals(bodyOf(i)), `mail ${i + 1}'s body`);
+  }
+  assert.ok(most > 1, `bodies were read ${most} at a time`);
+  assert.ok(Date.now() - t0 < 5 * 20, `5 reads of 20 ms overlapped (${Date.now() - t0} ms)`);
+  // A read that fails fails the channel when its turn comes, after the mails before it.
+  sender.send({ type: 'mail', guid: 'g5', uid: 6, receivedDate: 0, body: slowBody(5) });
+  await assert.rejects(sender.flush(), /mail 5 cannot be read/);
+  sender.dispose();
+  receiver.dispose();
+});
