@@ -229,7 +229,7 @@ async function main(): Promise<void> {
     await r.before?.();
     syncDisks();
     const args = r.full ? ['-f', ...dsyncArgs] : dsyncArgs;
-    const res = await timed([...asMailUser, process.execPath, '--max-semi-space-size=4', '--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${r.id}.cpuprofile`, BIN, ...args], { env, reruns: 0 });
+    const res = await timed([...asMailUser, process.execPath, '--max-semi-space-size=4', '--expose-gc', '--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${r.id}.cpuprofile`, BIN, ...args], { env, reruns: 0 });
     if (res.exitCode !== 0) throw new Error(`${r.title}: exit ${res.exitCode}: ${res.stderr}`);
     const ta = readTree(a);
     const tb = readTree(b);
