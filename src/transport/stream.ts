@@ -222,9 +222,11 @@ export class StreamChannel implements Channel {
    * pool round trip, or the disk) was a wait of both sides. They are still written in order.
    */
   private readAhead(): void {
-    let n = 0;
-    for (const rec of this.queue) {
-      if (n >= BODY_READ_AHEAD) break;
+    // Only the head of the queue: a first sync queues tens of thousands of change records, and
+    // looking past them for every record sent would cost their number squared.
+    const look = Math.min(this.queue.length, 4 * BODY_READ_AHEAD);
+    for (let i = 0, n = 0; i < look && n < BODY_READ_AHEAD; i++) {
+      const rec = this.queue[i]!;
       if (rec.type !== 'mail' || rec.body === null) continue;
       n++;
       if (this.prefetched.has(rec)) continue;
