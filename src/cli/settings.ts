@@ -131,6 +131,7 @@ const TIME_UNITS: [RegExp, number][] = [
   [/^(m|mins?|minutes?)$/, 60_000],
   [/^(h|hours?)$/, 3_600_000],
   [/^(d|days?)$/, 86_400_000],
+  [/^(w|weeks?)$/, 604_800_000],
 ];
 
 /** A Dovecot time setting ("30 secs", "5 mins", "2s"; a bare number is seconds), in ms. */

@@ -1297,7 +1297,7 @@ export class MboxMailbox implements StoreMailbox {
       appending = true;
       let next = Math.max(p.nextUid, p.lastUid + 1);
       for (const run of runs) {
-        if (run.firstUid !== next) await raiseLast(run.firstUid - 1);
+        if (run.firstUid > next) await raiseLast(run.firstUid - 1); // (never below: save checked UIDNEXT)
         await w.write(run.pieces);
         await w.flush();
         next = run.lastUid + 1;
