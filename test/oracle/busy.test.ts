@@ -196,6 +196,12 @@ async function userChangesMail(t: TestContext, format: 'maildir' | 'mbox'): Prom
   const { A, B, rng, live, origin, runs, newMail, deliver } = await busyPair(format === 'mbox' ? 'busy-mbox' : 'busy', format);
   const b = B.root;
   const logs: string[][] = [];
+  // Every state of A's files that our writes start from or leave, kept with the trees when a
+  // check fails (scripts/mbox-trace-check.mjs reads it).
+  if (format === 'mbox') {
+    process.env.DSYNC_TRACE_MBOX = path.join(path.dirname(A.root), 'trace');
+    t.after(() => delete process.env.DSYNC_TRACE_MBOX);
+  }
 
   const ops = { append: 0, flag: 0, expunge: 0, flagB: 0, expungeB: 0, runs: 0, runAgain: 0, uidsMoved: 0, lateLocks: 0 };
   const problems = await serveLive([{ name: 'u', ...A }], async (server) => {

@@ -61,6 +61,7 @@ import {
 import { layoutMessage, metaHeaders, padUid, pseudoMessage, type MessageShape, type Piece } from './compose.js';
 import { formatFromLine, parseFromLine } from './from-line.js';
 import { FileShrank, WindowReader } from './reader.js';
+import { traceState } from './trace.js';
 import type { DovecotIndexUids } from './dovecot-index.js';
 
 /** What a mailbox needs from its store. */
@@ -835,6 +836,7 @@ export class MboxMailbox implements StoreMailbox {
       if (!sameIdentity(identityOf(st), p.identity)) {
         throw new StorageError(`${this.label} changed under our lock (another program does not honour ${this.file}.lock); nothing written`, 'LOCKED');
       }
+      traceState(this.file, 'rewrite-in', p, src.fd);
       out = await fsp.open(temp, 'wx', 0o600);
       w = new PieceWriter(out, lock, { fh: src, size: p.identity.size }, spool);
       // The header values go into the pseudo message if there is one, else into the first message.
@@ -940,6 +942,7 @@ export class MboxMailbox implements StoreMailbox {
         }
       }
       if (moved) await this.stampWrite();
+      traceState(this.file, 'rewrite-out');
     } catch (e) {
       if (!renamed) await fsp.unlink(temp).catch(() => undefined);
       throw e instanceof StorageError || e instanceof GiveWay ? e : toStorageError(e, 'rewrite', this.file);
@@ -1277,6 +1280,7 @@ export class MboxMailbox implements StoreMailbox {
     let appending = false;
     try {
       fh = await fsp.open(this.file, 'r+');
+      traceState(this.file, 'append-in', p, fh.fd);
       const st = identityOf(await fh.stat());
       if (!sameIdentity(st, p.identity)) {
         throw new StorageError(`${this.label} changed under our lock (another program does not honour ${this.file}.lock); nothing written`, 'LOCKED');
@@ -1334,6 +1338,7 @@ export class MboxMailbox implements StoreMailbox {
       await fh?.close().catch(() => undefined);
     }
     await this.stampWrite();
+    traceState(this.file, 'append-out');
     // Parse just what we appended.
     const fh2 = await this.openFile();
     try {
@@ -1514,6 +1519,7 @@ export class MboxMailbox implements StoreMailbox {
           }
           this.parsed = null;
           await this.stampWrite();
+          traceState(this.file, 'uidnext-out');
           return;
         }
         await this.rewrite(lock, p, {
