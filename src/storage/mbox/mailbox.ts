@@ -977,16 +977,20 @@ export class MboxMailbox implements StoreMailbox {
     } catch {
       return;
     }
-    let sec = Math.floor(st.mtimeMs / 1000);
-    if (sec <= this.latestSecond) {
-      sec = this.latestSecond + 1;
+    const sec = this.stampSecond(st);
+    if (sec !== null) {
       try {
         fs.utimesSync(this.file, st.atime, sec);
       } catch {
         return; // not ours to touch: Dovecot sees the change with the next one
       }
     }
-    this.latestSecond = sec;
+    this.latestSecond = sec ?? Math.floor(st.mtimeMs / 1000);
+  }
+
+  /** The mtime second a state with this stat must be given (see stampWrite), or null if it has one. */
+  private stampSecond(st: fs.Stats): number | null {
+    return Math.floor(st.mtimeMs / 1000) <= this.latestSecond ? this.latestSecond + 1 : null;
   }
 
   /**
@@ -997,12 +1001,9 @@ export class MboxMailbox implements StoreMailbox {
    */
   private async stampHandle(fh: fsp.FileHandle): Promise<number> {
     const st = await fh.stat();
-    let sec = Math.floor(st.mtimeMs / 1000);
-    if (sec <= this.latestSecond) {
-      sec = this.latestSecond + 1;
-      await fh.utimes(st.atime, sec);
-    }
-    return sec; // latestSecond once the file is in place (a rewrite that gives way never shows it)
+    const sec = this.stampSecond(st);
+    if (sec !== null) await fh.utimes(st.atime, sec);
+    return sec ?? Math.floor(st.mtimeMs / 1000); // latestSecond once the file is in place (a rewrite that gives way never shows it)
   }
 
   private pseudoPieces(p: ParsedMbox, plan: RewritePlan): Piece[] {
@@ -1290,10 +1291,7 @@ export class MboxMailbox implements StoreMailbox {
       const base = fh;
       let last = p.lastUid;
       const raiseLast = async (uid: number): Promise<void> => {
-        const digits = Buffer.from(padUid(uid), 'latin1');
-        if (digits.length !== baseField.end - baseField.start) throw new Error('last-UID field width changed');
-        await base.write(digits, 0, digits.length, baseField.start);
-        await syncHandle(base);
+        await writeLastUid(base, baseField, uid);
         last = uid;
       };
       app = await fsp.open(this.file, 'a');
@@ -1512,8 +1510,7 @@ export class MboxMailbox implements StoreMailbox {
             if (!sameIdentity(identityOf(await fh.stat()), p.identity)) {
               throw new StorageError(`${this.label} changed under our lock; nothing written`, 'LOCKED');
             }
-            await fh.write(Buffer.from(padUid(lastUid), 'latin1'), 0, 10, baseField.start);
-            await syncHandle(fh);
+            await writeLastUid(fh, baseField, lastUid);
           } finally {
             await fh.close().catch(() => undefined);
           }
@@ -1541,6 +1538,14 @@ export class MboxMailbox implements StoreMailbox {
 }
 
 /** Bytes [r.start, r.end) of a new message (head, then body) as output pieces. */
+/** X-IMAPbase's (or X-IMAP's) last UID rewritten in place: exactly its 10 digits, fsynced. */
+async function writeLastUid(fh: fsp.FileHandle, field: ByteRange, uid: number): Promise<void> {
+  const digits = Buffer.from(padUid(uid), 'latin1');
+  if (digits.length !== field.end - field.start) throw new Error('last-UID field width changed');
+  await fh.write(digits, 0, digits.length, field.start);
+  await syncHandle(fh);
+}
+
 function piecesLength(pc: OutPiece): number {
   if ('bytes' in pc) return pc.bytes.length;
   if ('spool' in pc) return pc.spool.end - pc.spool.start;
