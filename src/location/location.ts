@@ -28,6 +28,12 @@ export const newGuid = (): string => randomBytes(16).toString('hex');
 export class Location {
   /** See needsScanBeforeTree. */
   private earlyScan: ReadonlySet<string> = new Set();
+  /**
+   * The open handle of each mailbox. A handle keeps the mailbox's state (highest modseq, rows) in
+   * memory and writes it back with every change: a second handle would write back a stale copy
+   * over the first one's (a change counted as synced, then lost from the index).
+   */
+  private readonly handles = new Map<string, LocationMailbox>();
 
   private constructor(
     readonly store: MailStore,
@@ -332,11 +338,25 @@ export class Location {
     this.index.putSubscription(name, subscribed, timestamp);
   }
 
+  /** A handle of the mailbox; one at a time (see handles): opening one that is open is an internal error. */
   async openMailbox(guid: string): Promise<LocationMailbox | undefined> {
     const row = this.index.mailbox(guid);
     if (!row) return undefined;
+    const twice = () => new Error(`internal error: mailbox ${row.name.join(this.separator)} opened a second time while open`);
+    if (this.handles.has(guid)) throw twice();
     const handle = await this.store.openMailbox(row.name);
-    return new LocationMailbox(this, row, handle);
+    if (this.handles.has(guid)) {
+      await handle.close();
+      throw twice();
+    }
+    const box = new LocationMailbox(this, row, handle);
+    this.handles.set(guid, box);
+    return box;
+  }
+
+  /** Called by a handle's close. */
+  handleClosed(guid: string, box: LocationMailbox): void {
+    if (this.handles.get(guid) === box) this.handles.delete(guid);
   }
 
   async close(): Promise<void> {

@@ -55,11 +55,16 @@ export class LocationMailbox {
   /** Settles when no UID move is under way (body readers wait for it). */
   private moving: Promise<void> = Promise.resolve();
 
+  /** The GUID this handle was opened as (the key of Location's handles). */
+  private readonly openedAs: string;
+
   constructor(
     readonly location: Location,
     public row: MailboxRow,
     readonly store: StoreMailbox,
-  ) {}
+  ) {
+    this.openedAs = row.guid;
+  }
 
   get guid(): string {
     return this.row.guid;
@@ -793,6 +798,7 @@ export class LocationMailbox {
   }
 
   async close(): Promise<void> {
+    this.location.handleClosed(this.openedAs, this);
     await this.store.close();
   }
 }

@@ -456,10 +456,14 @@ function lostRecord(guid: string): MailboxRecord {
   };
 }
 
-/** Starts checking the mailboxes of rows for changes ahead of their turn (see Lookahead). */
+/**
+ * Starts checking the mailboxes of rows for changes ahead of their turn (see Lookahead), except
+ * those the tree phase left open: their handle is the one to use, and a second one checking the
+ * mailbox at the same time would write back a stale copy of its state.
+ */
 function startLookahead(ctx: Ctx, rows: MailboxRow[]): void {
   ctx.ahead = new Lookahead<LocationMailbox>(
-    rows.map((r) => r.guid),
+    rows.filter((r) => !ctx.open.has(r.guid)).map((r) => r.guid),
     (guid) => openAndRefresh(ctx, guid),
     { scanned: LOOKAHEAD_SCANNED, messages: KEEP_OPEN_MESSAGES },
   );

@@ -1,4 +1,4 @@
-// Checks the stored digests of a change index (see src/location/row-digest.ts) against its rows:
+// Checks the stored digests and peer states of a change index (see src/location/row-digest.ts) against its rows:
 // a digest made at a mailbox's current modseq and UIDVALIDITY must describe its rows exactly,
 // because a refresh trusts it instead of reading them.
 import assert from 'node:assert/strict';
@@ -29,6 +29,30 @@ export function checkDigests(indexFile: string, label = indexFile): number {
       }
     }
     return current;
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * Asserts that no peer state names a modseq or UIDNEXT above its mailbox's: modseqs only grow, so
+ * a state above the mailbox means the mailbox's row was written back stale, and the next change
+ * would get a modseq the state already counts as synced. Returns how many states were checked.
+ */
+export function checkPeerStates(indexFile: string, label = indexFile): number {
+  const db = new Database(indexFile, { readonly: true, fileMustExist: true });
+  try {
+    const rows = db
+      .prepare(
+        `SELECT p.mailbox AS guid, p.my_modseq AS stateModseq, p.my_uid_next AS stateUidNext, m.highest_modseq AS modseq, m.uid_next AS uidNext
+         FROM peer_state p JOIN mailboxes m ON m.guid = p.mailbox AND m.uid_validity = p.uid_validity`,
+      )
+      .all() as { guid: string; stateModseq: number; stateUidNext: number; modseq: number; uidNext: number }[];
+    for (const r of rows) {
+      assert.ok(r.stateModseq <= r.modseq, `${label}: mailbox ${r.guid}: the peer state names modseq ${r.stateModseq}, the mailbox is at ${r.modseq}`);
+      assert.ok(r.stateUidNext <= r.uidNext, `${label}: mailbox ${r.guid}: the peer state names UIDNEXT ${r.stateUidNext}, the mailbox is at ${r.uidNext}`);
+    }
+    return rows.length;
   } finally {
     db.close();
   }

@@ -9,7 +9,7 @@ import fc from 'fast-check';
 import { makeMessage } from './corpus.js';
 import { readAll, snapshot, type Snapshot } from './snapshot.js';
 import { mirror } from './mirror.js';
-import { checkDigests } from './digest-check.js';
+import { checkDigests, checkPeerStates } from './digest-check.js';
 import { INDEX_FILE } from '../../src/sync/run.js';
 import { parseMailLocation } from '../../src/storage/location.js';
 import { openStore } from '../../src/storage/open.js';
@@ -155,7 +155,7 @@ export async function runHistory(
         for (const r of rounds) {
           for (const op of r.a) await apply(a, op, model, names);
           for (const op of r.b) await apply(b, op, model, names);
-          const res = await mirror(a, b, opts);
+          const res = await mirror(a, b, { ...opts, debug: !!process.env.DSYNC_HISTORY_TRACE });
           if (process.env.DSYNC_HISTORY_TRACE) console.log(JSON.stringify(r), res.summary, res.log);
           assert.equal(res.exitCode, 0, res.log.join('\n'));
           const sa = await view(a);
@@ -164,7 +164,10 @@ export async function runHistory(
           // A digest the next refresh would trust must describe the rows exactly.
           for (const side of ['a', 'b']) {
             const file = path.join(root, side, INDEX_FILE);
-            if (fs.existsSync(file)) digestsChecked += checkDigests(file, side);
+            if (fs.existsSync(file)) {
+              digestsChecked += checkDigests(file, side);
+              checkPeerStates(file, side);
+            }
           }
           const present = new Set(sa.mailboxes.flatMap((m) => m.messages.map((x) => x.sha)));
           for (const s of model.live) assert.ok(present.has(s), `mail ${s} was lost`);

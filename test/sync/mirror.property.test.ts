@@ -33,6 +33,21 @@ test(`mirror property, Maildir <-> mbox: ${MBOX_RUNS} random histories`, { timeo
   );
 });
 
+// Failed about one run in four: the lookahead opened the mailboxes the tree phase kept open a second
+// time, and that handle wrote back a stale modseq (test/sync/one-handle.test.ts is the exact test).
+test('replayed counterexample, Maildir <-> mbox: an expunge in the mbox right after a run that saved there is synced', async () => {
+  for (let i = 0; i < 3; i++) {
+    await runHistory(
+      [
+        { a: [{ k: 'deliver', box: 0, n: 2 }], b: [{ k: 'create', name: 0 }] },
+        { a: [], b: [{ k: 'rename', box: 2, name: 3 }, { k: 'expunge', box: 2, nth: 0 }] },
+      ],
+      (a, b) => [`maildir:${a}`, `mbox:${b}:INBOX=${b}/inbox`],
+      MBOX_NAMES,
+    );
+  }
+});
+
 // dsync_hardlinks: new mails are links to the other side's files; flag changes (renames) and
 // expunges (unlinks) on one side must still never show on the other except through the sync.
 test(`mirror property with dsync_hardlinks: ${MBOX_RUNS} random histories`, { timeout: 900_000 }, async () => {
