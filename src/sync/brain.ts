@@ -122,9 +122,28 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
     nameForbidden: forbiddenChars(loc.separator),
   };
   ch.send(mine);
-  const peer = await expectRecord(ch, 'handshake');
-  if (peer.protocol !== PROTOCOL) throw new ProtocolError(`the peer speaks protocol ${peer.protocol}, we speak ${PROTOCOL}`);
-  if (peer.locationId === loc.id) throw new ProtocolError('both sides are the same location (same change index): refusing to sync a mailbox with itself');
+  // With the peer in another process, both sides check their mailboxes for changes before the
+  // tree exchange, each on its own CPU, instead of taking turns in the mailbox phase; the master
+  // starts while the peer's process (or ssh connection) is still starting. In one process nothing
+  // is gained: the lookahead does it in the mailbox phase, alongside the waits for fsyncs. Not
+  // with -f, whose tree phase scans every mailbox.
+  const handshake = expectRecord(ch, 'handshake');
+  const early = role === 'master' && ch.remote && o.settings!.syncType !== 'full' ? checkBeforeTree(loc, log, o.settings!.syncBox) : undefined;
+  let peer: HandshakeRecord;
+  try {
+    peer = await handshake;
+  } catch (err) {
+    await closeAll(await early);
+    throw err;
+  }
+  const checked = (await early) ?? new Map<string, LocationMailbox>();
+  try {
+    checkHandshake(peer, loc);
+    if (role === 'slave' && ch.remote && peer.syncType !== 'full') for (const [guid, box] of await checkBeforeTree(loc, log, peer.syncBox)) checked.set(guid, box);
+  } catch (err) {
+    await closeAll(checked);
+    throw err;
+  }
   let settings: MasterSettings;
   if (role === 'master') settings = o.settings!;
   else
@@ -143,7 +162,7 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
     peerId: peer.locationId,
     isSource: settings.backup === 'send',
     isDestination: settings.backup === 'recv',
-    open: new Map(),
+    open: checked,
     ahead: null,
     settling: [],
     settlingMessages: 0,
@@ -189,11 +208,19 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
   return { changesDuringSync: ctx.changesDuringSync, leftOut: ctx.unsyncable.size > 0 || ctx.peerLeftOut, summary: ctx.summary };
 }
 
+function checkHandshake(peer: HandshakeRecord, loc: Location): void {
+  if (peer.protocol !== PROTOCOL) throw new ProtocolError(`the peer speaks protocol ${peer.protocol}, we speak ${PROTOCOL}`);
+  if (peer.locationId === loc.id) throw new ProtocolError('both sides are the same location (same change index): refusing to sync a mailbox with itself');
+}
+
 // ---------------------------------------------------------------- tree
 
 function wanted(ctx: Ctx, name: string[]): boolean {
-  const box = ctx.settings.syncBox;
-  return !box || nameKey(box) === nameKey(name);
+  return wantedBy(ctx.settings.syncBox, name);
+}
+
+function wantedBy(syncBox: string[] | undefined, name: string[]): boolean {
+  return !syncBox || nameKey(syncBox) === nameKey(name);
 }
 
 /** Messages whose mailbox handles the tree phase may keep open for the mailbox phase. */
@@ -204,6 +231,8 @@ const LOOKAHEAD_SCANNED = 2;
 async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise<void> {
   const { loc, ch } = ctx;
   await loc.refreshTree();
+  // Handles kept from checkBeforeTree, of mailboxes renamed or deleted since.
+  await dropStaleHandles(ctx, new Set());
   // Tombstones first: whether a mailbox the peer deleted changed here since the last sync (then
   // it is kept) is the one thing in the tree that needs an up-to-date scan of its messages.
   const deletes = ctx.settings.syncBox ? { ...loc.deletes(), mailboxes: [], dirs: [], unsubscribes: [] } : loc.deletes();
@@ -218,8 +247,9 @@ async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise
   // when their turn comes, so that memory follows the largest mailbox rather than the sum of all.
   const early = loc.needsScanBeforeTree();
   let kept = 0;
+  for (const box of ctx.open.values()) kept += box.heldCount;
   for (const row of loc.mailboxes()) {
-    if (!wanted(ctx, row.name)) continue;
+    if (!wanted(ctx, row.name) || ctx.open.has(row.guid)) continue;
     if (!full && !deletedByPeer.has(row.guid) && !early.has(row.guid)) continue;
     // Renamed or deleted by another program since the listing: opening it fails as a scan would.
     let box: LocationMailbox | undefined;
@@ -274,18 +304,24 @@ async function syncTree(ctx: Ctx, normalize: (n: string[]) => string[]): Promise
   if (ctx.isSource) throw new Error('internal error: the backup source was asked to change its mailbox tree');
   const toLocal = (n: string[]) => normToLocal.get(nameKey(n)) ?? n;
   const res = await applyTreeActions(ctx.loc, actions, toLocal);
-  // Handles of renamed (also as children of a renamed parent), re-identified or deleted
-  // mailboxes point at old paths: drop them, they are reopened when needed.
+  await dropStaleHandles(ctx, res.touched);
+  if (res.changesDuringSync) ctx.changesDuringSync = true;
+  for (const guid of res.unsyncable) ctx.unsyncable.add(guid);
+  ctx.summary.push(...res.summary);
+}
+
+/**
+ * Handles of renamed (also as children of a renamed parent), re-identified or deleted mailboxes
+ * point at old paths: dropped, they are reopened when needed.
+ */
+async function dropStaleHandles(ctx: Ctx, touched: ReadonlySet<string>): Promise<void> {
   for (const [guid, box] of [...ctx.open]) {
     const row = ctx.loc.index.mailbox(guid);
-    if (res.touched.has(guid) || !row || nameKey(row.name) !== nameKey(box.name)) {
+    if (touched.has(guid) || !row || nameKey(row.name) !== nameKey(box.name)) {
       await box.close();
       ctx.open.delete(guid);
     }
   }
-  if (res.changesDuringSync) ctx.changesDuringSync = true;
-  for (const guid of res.unsyncable) ctx.unsyncable.add(guid);
-  ctx.summary.push(...res.summary);
 }
 
 // ---------------------------------------------------------------- mailboxes
@@ -472,10 +508,57 @@ function startLookahead(ctx: Ctx, rows: MailboxRow[]): void {
 
 /** The mailboxes to sync, in the order the master syncs them. */
 function mailboxOrder(ctx: Ctx): MailboxRow[] {
-  return ctx.loc
+  return inSyncOrder(ctx.loc, ctx.settings.syncBox);
+}
+
+function inSyncOrder(loc: Location, syncBox: string[] | undefined): MailboxRow[] {
+  return loc
     .mailboxes()
-    .filter((r) => wanted(ctx, r.name))
+    .filter((r) => wantedBy(syncBox, r.name))
     .sort((a, b) => (nameKey(a.name) < nameKey(b.name) ? -1 : 1));
+}
+
+/**
+ * Checks this side's mailboxes for changes (a scan of those whose change token moved), in the
+ * order the mailbox phase takes them. The handles are kept for the tree and mailbox phases, up to
+ * KEEP_OPEN_MESSAGES messages (the others are opened again in their turn, and find the index up
+ * to date). What cannot be checked now is left to its turn, which reports why.
+ */
+async function checkBeforeTree(loc: Location, log: Logger, syncBox: string[] | undefined): Promise<Map<string, LocationMailbox>> {
+  const kept = new Map<string, LocationMailbox>();
+  const t0 = clockMs();
+  try {
+    await loc.refreshTree();
+  } catch {
+    return kept; // the tree phase lists the mailboxes again and reports it
+  }
+  let held = 0;
+  let checked = 0;
+  for (const row of inSyncOrder(loc, syncBox)) {
+    let box: LocationMailbox | undefined;
+    try {
+      box = await loc.openMailbox(row.guid);
+      if (!box) continue;
+      await box.refresh();
+    } catch {
+      await box?.close().catch(() => undefined);
+      continue;
+    }
+    checked++;
+    if (held + box.heldCount <= KEEP_OPEN_MESSAGES) {
+      held += box.heldCount;
+      kept.set(box.guid, box);
+    } else {
+      await box.close();
+    }
+    trimHeap();
+  }
+  log.debug(`${checked} mailboxes checked for changes before the tree exchange (${kept.size} kept open), in ${msSince(t0)}`);
+  return kept;
+}
+
+async function closeAll(boxes: Map<string, LocationMailbox> | undefined): Promise<void> {
+  for (const box of boxes?.values() ?? []) await box.close();
 }
 
 async function masterMailboxes(ctx: Ctx): Promise<void> {

@@ -316,6 +316,7 @@ export async function runServer(o: {
       close: () => ch.close(),
       mailboxDone: () => ch.mailboxDone(),
       waited: ch.waited,
+      remote: ch.remote,
     };
     const result = await runBrain({ role: 'slave', location: opened.location, channel, log: o.log });
     await ch.flush();

@@ -18,6 +18,8 @@ export interface Channel {
   mailboxDone?(): void;
   /** How often, and how long in all, recv() had to wait for the peer (for -D). */
   readonly waited?: { count: number; ms: number };
+  /** The peer runs in another process: what a brain does before a record exchange runs alongside the peer's work. */
+  readonly remote?: boolean;
 }
 
 export class ProtocolError extends Error {

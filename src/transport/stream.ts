@@ -66,6 +66,7 @@ export class StreamChannel implements Channel {
   /** The brain wanted more while holding the budget: new bodies go to disk until it opens some. */
   private spoolAll = false;
   readonly waited = { count: 0, ms: 0 };
+  readonly remote = true;
   /** Bodies of queued mail records being read ahead of their turn (see readAhead). */
   private readonly prefetched = new Map<Outgoing, Promise<Buffer | BodyStream>>();
 
