@@ -11,7 +11,7 @@ import { bothSettled } from '../../src/sync/run.js';
 import { createPipePair } from '../../src/transport/pipe.js';
 import { StorageError, type MailStore, type StoreMailbox } from '../../src/storage/types.js';
 import { Flag } from '../../src/model/flags.js';
-import { makeMessage } from '../helpers/corpus.js';
+import { seedMaildir } from '../helpers/seed.js';
 import { openMaildir, tempDir } from '../storage/helpers.js';
 
 const quiet = new Logger({ sink: { write: () => undefined } });
@@ -36,22 +36,6 @@ function failingFlags(store: MailStore, mailbox: string): MailStore {
       };
     },
   });
-}
-
-async function seed(root: string, boxes: string[], n: number, flags = 0): Promise<void> {
-  const s = await openMaildir(`maildir:${root}`);
-  try {
-    for (const [i, name] of boxes.entries()) {
-      if (name !== 'INBOX') await s.createMailbox([name], { guid: `${String(i).padStart(2, '0')}${'c'.repeat(30)}`, uidValidity: 1_700_000_000 + i });
-      const mb = await s.openMailbox([name]);
-      await mb.scan();
-      const next = (await mb.status()).uidNext;
-      await mb.save(Array.from({ length: n }, (_, k) => ({ uid: next + k, guid: `${name}-${next + k}`, flags, keywords: [], internalDate: 1_700_000_000 + k, body: makeMessage(`${name}-${next + k}`) })));
-      await mb.close();
-    }
-  } finally {
-    await s.close();
-  }
 }
 
 async function sync(a: string, b: string, ia: string, ib: string, failIn?: string): Promise<unknown> {
@@ -80,7 +64,7 @@ for (const failIn of ['Alpha', 'Omega'] as const) {
     const [a, b] = [path.join(dir, 'a'), path.join(dir, 'b')];
     const [ia, ib] = [path.join(dir, 'a.sqlite'), path.join(dir, 'b.sqlite')];
     const boxes = ['Alpha', 'INBOX', 'Omega'];
-    await seed(a, boxes, 3);
+    await seedMaildir(a, boxes, 3);
     assert.equal(await sync(a, b, ia, ib), undefined, 'the first mirror');
     // Flags change on A in every mailbox: B updates them after each barrier.
     const s = await openMaildir(`maildir:${a}`);

@@ -13,26 +13,9 @@ import { bothSettled } from '../../src/sync/run.js';
 import { PassThrough } from 'node:stream';
 import { StreamChannel } from '../../src/transport/stream.js';
 import { Flag } from '../../src/model/flags.js';
-import { makeMessage } from '../helpers/corpus.js';
+import { seedMaildir } from '../helpers/seed.js';
 import { snapshot } from '../helpers/snapshot.js';
 import { openMaildir, tempDir } from '../storage/helpers.js';
-
-async function seed(root: string, boxes: string[], n: number): Promise<void> {
-  const s = await openMaildir(`maildir:${root}`);
-  try {
-    const existing = new Set((await s.listMailboxes()).map((m) => m.name.join('/')));
-    for (const [i, name] of boxes.entries()) {
-      if (!existing.has(name) && name !== 'INBOX') await s.createMailbox([name], { guid: `${String(i).padStart(2, '0')}${'e'.repeat(30)}`, uidValidity: 1_700_000_000 + i });
-      const mb = await s.openMailbox([name]);
-      await mb.scan();
-      const next = (await mb.status()).uidNext;
-      await mb.save(Array.from({ length: n }, (_, k) => ({ uid: next + k, guid: `${name}-${next + k}`, flags: 0, keywords: [], internalDate: 1_700_000_000 + k, body: makeMessage(`${name}-${next + k}`) })));
-      await mb.close();
-    }
-  } finally {
-    await s.close();
-  }
-}
 
 /**
  * Mirrors a (master) and b (slave); the slave starts after `meanwhile` has run, which is called
@@ -83,7 +66,7 @@ test('a master waiting for its remote peer checks its mailboxes meanwhile; chang
   const dir = tempDir(t);
   const [a, b] = [path.join(dir, 'a'), path.join(dir, 'b')];
   const [ia, ib] = [path.join(dir, 'a.sqlite'), path.join(dir, 'b.sqlite')];
-  await seed(a, ['INBOX', 'Alpha', 'Gone', 'Omega'], 3);
+  await seedMaildir(a, ['INBOX', 'Alpha', 'Gone', 'Omega'], 3);
   await sync(a, b, ia, ib);
   // Changes on A before the run: a flag, an expunge, new mail.
   const s = await openMaildir(`maildir:${a}`);
@@ -93,7 +76,7 @@ test('a master waiting for its remote peer checks its mailboxes meanwhile; chang
   await inbox.expunge([2]);
   await inbox.close();
   await s.close();
-  await seed(a, ['Omega', 'Alpha'], 2);
+  await seedMaildir(a, ['Omega', 'Alpha'], 2);
   // While the master waits: another program renames Alpha and deletes Gone on A, after the
   // master checked them, and delivers to INBOX.
   const lines = await sync(a, b, ia, ib, async () => {
@@ -101,7 +84,7 @@ test('a master waiting for its remote peer checks its mailboxes meanwhile; chang
     await other.renameMailbox(['Alpha'], ['Beta']);
     await other.deleteMailbox(['Gone']);
     await other.close();
-    await seed(a, ['INBOX'], 1);
+    await seedMaildir(a, ['INBOX'], 1);
   });
   const waited = lines.filter((l) => l.includes('before the tree exchange'));
   assert.equal(waited.length, 2, lines.join('\n'));

@@ -12,27 +12,11 @@ import { Logger } from '../../src/util/log.js';
 import { runBrain } from '../../src/sync/brain.js';
 import { bothSettled } from '../../src/sync/run.js';
 import { createPipePair } from '../../src/transport/pipe.js';
-import { makeMessage } from '../helpers/corpus.js';
+import { seedMaildir } from '../helpers/seed.js';
 import { checkPeerStates } from '../helpers/digest-check.js';
 import { openMaildir, tempDir } from '../storage/helpers.js';
 
 const quiet = new Logger({ sink: { write: () => undefined } });
-
-async function seed(root: string, boxes: string[], n: number): Promise<void> {
-  const s = await openMaildir(`maildir:${root}`);
-  try {
-    for (const [i, name] of boxes.entries()) {
-      if (name !== 'INBOX') await s.createMailbox([name], { guid: `${String(i).padStart(2, '0')}${name.length}${'d'.repeat(29)}`, uidValidity: 1_700_000_000 + i });
-      const mb = await s.openMailbox([name]);
-      await mb.scan();
-      const next = (await mb.status()).uidNext;
-      await mb.save(Array.from({ length: n }, (_, k) => ({ uid: next + k, guid: `${name}-${next + k}`, flags: 0, keywords: [], internalDate: 1_700_000_000 + k, body: makeMessage(`${name}-${next + k}`) })));
-      await mb.close();
-    }
-  } finally {
-    await s.close();
-  }
-}
 
 /** Mirrors a and b; returns, per side, how often each mailbox GUID was opened. */
 async function sync(a: string, b: string, ia: string, ib: string): Promise<Map<string, number>[]> {
@@ -64,12 +48,12 @@ test('a mailbox the tree phase keeps open is not opened again ahead of its turn,
   const dir = tempDir(t);
   const [a, b] = [path.join(dir, 'a'), path.join(dir, 'b')];
   const [ia, ib] = [path.join(dir, 'a.sqlite'), path.join(dir, 'b.sqlite')];
-  await seed(a, ['INBOX', 'Alpha'], 3);
+  await seedMaildir(a, ['INBOX', 'Alpha'], 3);
   await sync(a, b, ia, ib);
   // New to each side's index: the tree phase scans them and keeps their handles for the mailbox phase.
-  await seed(a, ['Gamma'], 2);
-  await seed(b, ['Beta'], 2);
-  await seed(b, ['INBOX'], 1);
+  await seedMaildir(a, ['Gamma'], 2);
+  await seedMaildir(b, ['Beta'], 2);
+  await seedMaildir(b, ['INBOX'], 1);
   const counts = await sync(a, b, ia, ib);
   for (const [side, opened] of counts.entries()) {
     for (const [guid, n] of opened) assert.equal(n, 1, `side ${'ab'[side]}: mailbox ${guid} was opened ${n} times in one run`);
@@ -81,7 +65,7 @@ test('a mailbox the tree phase keeps open is not opened again ahead of its turn,
 test('opening a mailbox that has an open handle is an internal error; once closed it opens again', async (t) => {
   const dir = tempDir(t);
   const a = path.join(dir, 'a');
-  await seed(a, ['INBOX'], 1);
+  await seedMaildir(a, ['INBOX'], 1);
   const loc = Location.open(await openMaildir(`maildir:${a}`), { indexPath: path.join(dir, 'a.sqlite'), log: quiet });
   try {
     await loc.refreshTree();
