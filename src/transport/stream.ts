@@ -2,7 +2,8 @@
 //
 // Framing (ours, versioned; Dovecot's own wire format is a separate codec): the stream starts
 // with the line "DSYNC-TS <version>". Each record is one line of JSON. A `mail` record with a body
-// is followed by the body in chunks: "<length>\n<bytes>", ended by "0\n". Bodies are read from
+// is followed by the body in chunks: "<length>\n<bytes>", ended by "0\n"; one whose body could
+// not be read says why in `bodyError` and has none. Bodies are read from
 // the sender's store while they are written, and up to SPOOL_LIMIT bytes are kept in memory by
 // the receiver; larger bodies are spooled to a temporary file.
 //
@@ -17,7 +18,12 @@ import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import type { BodyStream } from '../util/body-stream.js';
 import type { MailRecord, SyncRecord } from '../sync/records.js';
+import { BodySourceError } from '../storage/types.js';
 import { PeerAbortError, ProtocolError, type Channel } from './channel.js';
+
+function asBuffer(chunk: unknown): Buffer {
+  return typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
+}
 
 export const STREAM_PROTOCOL = 'DSYNC-TS 1';
 const SPOOL_LIMIT = 1 << 20;
@@ -250,18 +256,44 @@ export class StreamChannel implements Channel {
     const { body, ...head } = rec;
     const early = this.prefetched.get(rec);
     this.prefetched.delete(rec);
-    await this.write(`${JSON.stringify({ ...head, hasBody: body !== null })}\n`);
-    if (body === null) return;
-    const source = await (early ?? body());
-    if (Buffer.isBuffer(source)) {
-      if (source.length > 0) await this.write(Buffer.concat([Buffer.from(`${source.length}\n`), source]));
-    } else {
-      for await (const chunk of source) {
-        const b = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
+    if (body === null) {
+      await this.write(`${JSON.stringify({ ...head, hasBody: false })}\n`);
+      return;
+    }
+    // The body is opened and its first chunk read before the record goes out: a mail that cannot
+    // be read (expunged, or its folder deleted, by another program since the peer asked for it)
+    // goes without its body and with the reason, and the peer skips it with a warning as it would
+    // a mail it failed to read itself. A failure further into the body still fails the run.
+    let first: Buffer;
+    let rest: AsyncIterator<unknown> | null = null;
+    try {
+      const source = await (early ?? body());
+      if (Buffer.isBuffer(source)) first = source;
+      else {
+        rest = (source as AsyncIterable<unknown>)[Symbol.asyncIterator]();
+        const r = await rest.next();
+        first = r.done ? Buffer.alloc(0) : asBuffer(r.value);
+        if (r.done) rest = null;
+      }
+    } catch (err) {
+      await this.write(`${JSON.stringify({ ...head, hasBody: false, bodyError: (err as Error).message })}\n`);
+      return;
+    }
+    let done = rest === null;
+    try {
+      await this.write(`${JSON.stringify({ ...head, hasBody: true })}\n`);
+      if (first.length > 0) await this.write(Buffer.concat([Buffer.from(`${first.length}\n`), first]));
+      while (rest) {
+        const r = await rest.next();
+        if (r.done) break;
+        const b = asBuffer(r.value);
         if (b.length > 0) await this.write(Buffer.concat([Buffer.from(`${b.length}\n`), b]));
       }
+      done = true;
+      await this.write('0\n');
+    } finally {
+      if (!done) await rest?.return?.();
     }
-    await this.write('0\n');
   }
 
   // ---------------------------------------------------------------- receiving
@@ -311,7 +343,13 @@ export class StreamChannel implements Channel {
       return;
     }
     if (rec.type === 'mail') {
-      const { hasBody, ...mail } = rec as MailRecord & { hasBody: boolean };
+      const { hasBody, bodyError, ...mail } = rec as MailRecord & { hasBody: boolean; bodyError?: string };
+      if (bodyError !== undefined) {
+        // The sender could not read it (see writeRecord): the save skips it with this reason.
+        const failure = new BodySourceError(`${this.peer}: ${bodyError}`);
+        this.deliver({ ...mail, body: () => Promise.reject(failure) });
+        return;
+      }
       if (!hasBody) {
         this.deliver({ ...mail, body: null });
         return;

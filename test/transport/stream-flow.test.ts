@@ -141,9 +141,33 @@ test('the sender reads the next bodies while it writes one; the mails still arri
   }
   assert.ok(most > 1, `bodies were read ${most} at a time`);
   assert.ok(Date.now() - t0 < 5 * 20, `5 reads of 20 ms overlapped (${Date.now() - t0} ms)`);
-  // A read that fails fails the channel when its turn comes, after the mails before it.
+  // A mail that cannot be read arrives in its place without bytes: its body rejects with the
+  // sender's reason, as a body the receiver could not read itself would (BodySourceError), and
+  // the mails after it still come.
   sender.send({ type: 'mail', guid: 'g5', uid: 6, receivedDate: 0, body: slowBody(5) });
-  await assert.rejects(sender.flush(), /mail 5 cannot be read/);
+  sender.send({ type: 'mail', guid: 'g6', uid: 7, receivedDate: 0, body: slowBody(6) });
+  const failed = (await receiver.recv()) as MailRecord;
+  assert.equal(failed.uid, 6);
+  await assert.rejects(Promise.resolve().then(failed.body!), (err: Error) => err.name === 'BodySourceError' && /^sender: mail 5 cannot be read$/.test(err.message));
+  assert.ok((await bytesOf(await receiver.recv())).equals(bodyOf(6)), 'the mail after it');
+  sender.dispose();
+  receiver.dispose();
+});
+
+test('a streamed body that fails at its first read arrives as a failed body; one that fails further in fails the channel', async () => {
+  const { sender, receiver } = pair(BUDGET);
+  async function* failing(after: number): AsyncGenerator<Buffer> {
+    for (let i = 0; i < after; i++) yield Buffer.alloc(1000, 'x');
+    throw new Error(`gone after ${after} chunks`);
+  }
+  sender.send({ type: 'mail', guid: 'g0', uid: 1, receivedDate: 0, body: () => failing(0) as never });
+  sender.send({ type: 'mail', guid: 'g1', uid: 2, receivedDate: 0, body: () => bodyOf(1) });
+  const failed = (await receiver.recv()) as MailRecord;
+  assert.equal(failed.uid, 1);
+  await assert.rejects(Promise.resolve().then(failed.body!), (err: Error) => err.name === 'BodySourceError' && err.message === 'sender: gone after 0 chunks');
+  assert.ok((await bytesOf(await receiver.recv())).equals(bodyOf(1)));
+  sender.send({ type: 'mail', guid: 'g2', uid: 3, receivedDate: 0, body: () => failing(2) as never });
+  await assert.rejects(sender.flush(), /gone after 2 chunks/);
   sender.dispose();
   receiver.dispose();
 });
