@@ -251,6 +251,7 @@ export class Location {
   async createMailbox(name: MailboxName, guid: string, uidValidity: number, at = this.now()): Promise<void> {
     const uv = uidValidity || (await this.store.newUidValidity());
     await this.store.createMailbox(name, { guid, uidValidity: uv });
+    if (uidValidity) await this.store.reserveUidValidity?.(uv);
     this.index.transaction(() => {
       this.index.putMailbox({
         guid,

@@ -758,6 +758,7 @@ export class LocationMailbox {
   async reset(uidValidity: number, origin: string): Promise<boolean> {
     if (!this.store.reset) return false;
     await this.store.reset(uidValidity);
+    await this.location.store.reserveUidValidity?.(uidValidity);
     const now = this.location.now();
     this.write(() => {
       for (const m of this.rows.loadAll().values()) this.journalExpunge(m, origin, now);
@@ -772,6 +773,7 @@ export class LocationMailbox {
 
   async setUidValidity(uidValidity: number): Promise<void> {
     await this.store.setUidValidity(uidValidity);
+    await this.location.store.reserveUidValidity?.(uidValidity);
     this.write(() => {
       this.index.deleteAllPeerStates(this.row.guid);
       this.row.uidValidity = uidValidity;

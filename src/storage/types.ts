@@ -169,6 +169,12 @@ export interface MailStore {
   openMailbox(name: MailboxName): Promise<StoreMailbox>;
   /** Allocates a new UIDVALIDITY the way the format does (maildir: dovecot-uidvalidity). */
   newUidValidity(): Promise<number>;
+  /**
+   * A mailbox here now has this UIDVALIDITY, not from newUidValidity (the peer's): later ones
+   * must be greater (see reserveUidValidity in maildir/uidvalidity.ts). Optional: a format
+   * whose new UIDVALIDITYs never repeat one given before need not.
+   */
+  reserveUidValidity?(value: number): Promise<void>;
   close(): Promise<void>;
 }
 

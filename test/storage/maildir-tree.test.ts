@@ -245,6 +245,20 @@ test('newUidValidity: time-based start, increments, companion file renamed', asy
   assert.deepEqual([...many].sort((x, y) => x - y), Array.from({ length: 20 }, (_, i) => 0x6b07f44e + 1 + i));
 });
 
+test('reserveUidValidity: later UIDVALIDITYs are above one a mailbox got from elsewhere; a lower one changes nothing', async (t) => {
+  const root = tempDir(t);
+  const store = await openMaildir(`maildir:${root}`);
+  const a = await store.newUidValidity();
+  await store.reserveUidValidity!(a + 100);
+  assert.equal(await store.newUidValidity(), a + 101);
+  await store.reserveUidValidity!(a + 50);
+  assert.equal(await store.newUidValidity(), a + 102);
+  // In a directory without a counter yet, the reserved value is where it starts.
+  const fresh = await openMaildir(`maildir:${tempDir(t)}`);
+  await fresh.reserveUidValidity!(0xfffffff0);
+  assert.equal(await fresh.newUidValidity(), 0xfffffff1);
+});
+
 test('owner: as root, created files are chowned to the given owner or the root dir owner', async (t) => {
   if (process.getuid?.() !== 0) {
     t.skip('needs root');

@@ -48,6 +48,21 @@ test('replayed counterexample, Maildir <-> mbox: an expunge in the mbox right af
   }
 });
 
+// A mailbox renamed away, then a new one created under its old name on the other side: that
+// side's UIDVALIDITY counter had never counted the renamed mailbox's UIDVALIDITY (it came from
+// the peer), gave the new mailbox the same one, and a client saw UID 1 of "D/x" name another mail.
+test('replayed counterexample, Maildir <-> mbox: a mailbox created under the name of one renamed away gets another UIDVALIDITY', async () => {
+  await runHistory(
+    [
+      { a: [{ k: 'create', name: 2 }, { k: 'deliver', box: 0, n: 1 }], b: [] },
+      { a: [], b: [{ k: 'rename', box: 0, name: 0 }] },
+      { a: [], b: [{ k: 'create', name: 3 }, { k: 'create', name: 2 }, { k: 'deliver', box: 5, n: 1 }] },
+    ],
+    (a, b) => [`maildir:${a}`, `mbox:${b}:INBOX=${b}/inbox`],
+    MBOX_NAMES,
+  );
+});
+
 // dsync_hardlinks: new mails are links to the other side's files; flag changes (renames) and
 // expunges (unlinks) on one side must still never show on the other except through the sync.
 test(`mirror property with dsync_hardlinks: ${MBOX_RUNS} random histories`, { timeout: 900_000 }, async () => {

@@ -33,7 +33,7 @@ import { isMailboxGuid, readUidlistSummary, UIDLIST_NAME } from './uidlist.js';
 import { KEYWORDS_NAME } from './keywords.js';
 import { PENDING_GUIDS_NAME } from './pending-guids.js';
 import { readSubscriptionsFile, SUBSCRIPTIONS_NAME, writeSubscriptionsFile, type SubscriptionCodec } from './subscriptions.js';
-import { allocateUidValidity } from './uidvalidity.js';
+import { allocateUidValidity, reserveUidValidity } from './uidvalidity.js';
 import { fsp } from '../../util/builtin.js';
 
 export interface MaildirStoreOptions {
@@ -459,6 +459,12 @@ export class MaildirStore implements MailStore {
     assertWritable(this.ctx, 'allocate a UIDVALIDITY');
     await mkdirp(this.ctx, this.controlDir);
     return allocateUidValidity(this.ctx, this.controlDir);
+  }
+
+  async reserveUidValidity(value: number): Promise<void> {
+    assertWritable(this.ctx, 'allocate a UIDVALIDITY');
+    await mkdirp(this.ctx, this.controlDir);
+    await reserveUidValidity(this.ctx, this.controlDir, value);
   }
 
   async close(): Promise<void> {

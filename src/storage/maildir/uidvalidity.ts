@@ -41,7 +41,7 @@ export async function currentUidValidity(dir: string): Promise<number> {
   return max;
 }
 
-export async function allocateUidValidity(ctx: FsContext, dir: string, now = () => Math.floor(Date.now() / 1000)): Promise<number> {
+export async function allocateUidValidity(ctx: FsContext, dir: string, now = () => Math.floor(Date.now() / 1000), atLeast = 0): Promise<number> {
   assertWritable(ctx, 'allocate a UIDVALIDITY');
   for (let attempt = 0; attempt < 100; attempt++) {
     let names: string[];
@@ -57,7 +57,7 @@ export async function allocateUidValidity(ctx: FsContext, dir: string, now = () 
     }
     const main = await readMain(path.join(dir, UIDVALIDITY_NAME));
     const cur = Math.max(main, ...companions, 0);
-    let next = cur === 0 ? now() : cur + 1;
+    let next = Math.max(cur === 0 ? now() : cur + 1, atLeast);
     if (next > 0xffffffff || next <= 0) next = 1;
     const nextPath = path.join(dir, `${UIDVALIDITY_NAME}.${hex8(next)}`);
     const compCur = companions.length > 0 ? Math.max(...companions) : 0;
@@ -82,4 +82,16 @@ export async function allocateUidValidity(ctx: FsContext, dir: string, now = () 
     return next;
   }
   throw new StorageError(`could not allocate a UIDVALIDITY in ${dir}: too much contention`, 'LOCKED');
+}
+
+/**
+ * Makes every later allocation here greater than `value`: a mailbox now holds that UIDVALIDITY
+ * (a copy of the peer's mailbox, or the peer's UIDVALIDITY after a conflict), which this
+ * directory's counter never gave out. Without it, a mailbox created here later under a name
+ * that mailbox had before (renamed away since) could get the same UIDVALIDITY, and an IMAP
+ * client would take its UIDs for those of the old one.
+ */
+export async function reserveUidValidity(ctx: FsContext, dir: string, value: number): Promise<void> {
+  if ((await currentUidValidity(dir)) >= value) return;
+  await allocateUidValidity(ctx, dir, undefined, value);
 }

@@ -48,7 +48,7 @@ import {
 import { DotLock } from '../maildir/lock.js';
 import { compareListed, isInboxName, nameKey, normalizeName } from '../maildir/layout.js';
 import { readSubscriptionsFile, writeSubscriptionsFile, type SubscriptionCodec } from '../maildir/subscriptions.js';
-import { allocateUidValidity } from '../maildir/uidvalidity.js';
+import { allocateUidValidity, reserveUidValidity } from '../maildir/uidvalidity.js';
 import { decodeMUtf7, encodeMUtf7, isWellFormedUnicode } from '../utf7.js';
 import { formatFromLine } from './from-line.js';
 import { pseudoMessage } from './compose.js';
@@ -629,6 +629,12 @@ export class MboxStore implements MailStore {
     assertWritable(this.ctx, 'allocate a UIDVALIDITY');
     await mkdirp(this.ctx, this.indexRoot);
     return allocateUidValidity(this.ctx, this.indexRoot);
+  }
+
+  async reserveUidValidity(value: number): Promise<void> {
+    assertWritable(this.ctx, 'allocate a UIDVALIDITY');
+    await mkdirp(this.ctx, this.indexRoot);
+    await reserveUidValidity(this.ctx, this.indexRoot, value);
   }
 
   async close(): Promise<void> {
