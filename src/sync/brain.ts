@@ -522,7 +522,8 @@ function inSyncOrder(loc: Location, syncBox: string[] | undefined): MailboxRow[]
  * Checks this side's mailboxes for changes (a scan of those whose change token moved), in the
  * order the mailbox phase takes them. The handles are kept for the tree and mailbox phases, up to
  * KEEP_OPEN_MESSAGES messages (the others are opened again in their turn, and find the index up
- * to date). What cannot be checked now is left to its turn, which reports why.
+ * to date). What cannot be checked now is left to its turn, which reports why: this never
+ * rejects (the master may be awaiting the peer's handshake instead).
  */
 async function checkBeforeTree(loc: Location, log: Logger, syncBox: string[] | undefined): Promise<Map<string, LocationMailbox>> {
   const kept = new Map<string, LocationMailbox>();
@@ -534,7 +535,13 @@ async function checkBeforeTree(loc: Location, log: Logger, syncBox: string[] | u
   }
   let held = 0;
   let checked = 0;
-  for (const row of inSyncOrder(loc, syncBox)) {
+  let order: MailboxRow[];
+  try {
+    order = inSyncOrder(loc, syncBox);
+  } catch {
+    return kept;
+  }
+  for (const row of order) {
     let box: LocationMailbox | undefined;
     try {
       box = await loc.openMailbox(row.guid);
@@ -549,7 +556,7 @@ async function checkBeforeTree(loc: Location, log: Logger, syncBox: string[] | u
       held += box.heldCount;
       kept.set(box.guid, box);
     } else {
-      await box.close();
+      await box.close().catch(() => undefined);
     }
     trimHeap();
   }
