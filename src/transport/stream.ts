@@ -3,7 +3,8 @@
 // Framing (ours, versioned; Dovecot's own wire format is a separate codec): the stream starts
 // with the line "DSYNC-TS <version>". Each record is one line of JSON. A `mail` record with a body
 // is followed by the body in chunks: "<length>\n<bytes>", ended by "0\n"; one whose body could
-// not be read says why in `bodyError` and has none. Bodies are read from
+// not be read says why in `bodyError` and has none, and a body whose reading failed after its
+// first chunk ends with "!<reason as a JSON string>\n" instead of "0\n". Bodies are read from
 // the sender's store while they are written, and up to SPOOL_LIMIT bytes are kept in memory by
 // the receiver; larger bodies are spooled to a temporary file.
 //
@@ -263,7 +264,8 @@ export class StreamChannel implements Channel {
     // The body is opened and its first chunk read before the record goes out: a mail that cannot
     // be read (expunged, or its folder deleted, by another program since the peer asked for it)
     // goes without its body and with the reason, and the peer skips it with a warning as it would
-    // a mail it failed to read itself. A failure further into the body still fails the run.
+    // a mail it failed to read itself. A read failing further in (an mbox rewritten under a long
+    // mail) ends the body with the reason instead of its end mark, with the same outcome.
     let first: Buffer;
     let rest: AsyncIterator<unknown> | null = null;
     try {
@@ -284,7 +286,14 @@ export class StreamChannel implements Channel {
       await this.write(`${JSON.stringify({ ...head, hasBody: true })}\n`);
       if (first.length > 0) await this.write(Buffer.concat([Buffer.from(`${first.length}\n`), first]));
       while (rest) {
-        const r = await rest.next();
+        let r: IteratorResult<unknown>;
+        try {
+          r = await rest.next();
+        } catch (err) {
+          done = true; // the source ended with its error
+          await this.write(`!${JSON.stringify((err as Error).message)}\n`);
+          return;
+        }
         if (r.done) break;
         const b = asBuffer(r.value);
         if (b.length > 0) await this.write(Buffer.concat([Buffer.from(`${b.length}\n`), b]));
@@ -329,6 +338,10 @@ export class StreamChannel implements Channel {
       return;
     }
     if (this.body) {
+      if (line.startsWith('!')) {
+        this.failBody(line.slice(1));
+        return;
+      }
       // A chunk length line inside a body.
       if (!/^\d+$/.test(line)) throw new ProtocolError(`${this.peer} sent a bad body chunk header ${JSON.stringify(line.slice(0, 40))}`);
       const n = Number(line);
@@ -385,6 +398,29 @@ export class StreamChannel implements Channel {
         throw new ProtocolError(`cannot spool a mail body from ${this.peer} to ${body.file}: ${(err as Error).message}`);
       }
     }
+  }
+
+  /** The sender could not read the rest of the body (see writeRecord): what came is dropped. */
+  private failBody(reason: string): void {
+    const body = this.body!;
+    this.body = null;
+    let message: unknown;
+    try {
+      message = JSON.parse(reason);
+    } catch {
+      message = undefined;
+    }
+    if (typeof message !== 'string') throw new ProtocolError(`${this.peer} sent a bad body end ${JSON.stringify(reason.slice(0, 40))}`);
+    if (body.fd !== undefined) {
+      closeSync(body.fd);
+      try {
+        unlinkSync(body.file!);
+      } catch {
+        /* dispose() removes the directory in any case */
+      }
+    }
+    const failure = new BodySourceError(`${this.peer}: ${message}`);
+    this.deliver({ ...body.rec, body: () => Promise.reject(failure) });
   }
 
   private finishBody(): void {

@@ -154,20 +154,39 @@ test('the sender reads the next bodies while it writes one; the mails still arri
   receiver.dispose();
 });
 
-test('a streamed body that fails at its first read arrives as a failed body; one that fails further in fails the channel', async () => {
+test('a streamed body whose read fails, at its first chunk or further in, arrives as a failed body (a spooled part removed); the mails after it still come', async (t) => {
+  const tmp = privateTmp(t);
   const { sender, receiver } = pair(BUDGET);
-  async function* failing(after: number): AsyncGenerator<Buffer> {
-    for (let i = 0; i < after; i++) yield Buffer.alloc(1000, 'x');
+  async function* failing(after: number, size: number): AsyncGenerator<Buffer> {
+    for (let i = 0; i < after; i++) yield Buffer.alloc(size, 'x');
     throw new Error(`gone after ${after} chunks`);
   }
-  sender.send({ type: 'mail', guid: 'g0', uid: 1, receivedDate: 0, body: () => failing(0) as never });
-  sender.send({ type: 'mail', guid: 'g1', uid: 2, receivedDate: 0, body: () => bodyOf(1) });
-  const failed = (await receiver.recv()) as MailRecord;
-  assert.equal(failed.uid, 1);
-  await assert.rejects(Promise.resolve().then(failed.body!), (err: Error) => err.name === 'BodySourceError' && err.message === 'sender: gone after 0 chunks');
-  assert.ok((await bytesOf(await receiver.recv())).equals(bodyOf(1)));
-  sender.send({ type: 'mail', guid: 'g2', uid: 3, receivedDate: 0, body: () => failing(2) as never });
-  await assert.rejects(sender.flush(), /gone after 2 chunks/);
+  const cases = [
+    { after: 0, size: 1000 },
+    { after: 2, size: 1000 },
+    { after: 2, size: 800 << 10 }, // over the spool limit: the part received went to a file
+  ];
+  for (const [i, c] of cases.entries()) {
+    sender.send({ type: 'mail', guid: `bad${i}`, uid: 2 * i + 1, receivedDate: 0, body: () => failing(c.after, c.size) as never });
+    sender.send({ type: 'mail', guid: `good${i}`, uid: 2 * i + 2, receivedDate: 0, body: () => bodyOf(i) });
+  }
+  for (const [i, c] of cases.entries()) {
+    const failed = (await receiver.recv()) as MailRecord;
+    assert.equal(failed.uid, 2 * i + 1);
+    await assert.rejects(Promise.resolve().then(failed.body!), (err: Error) => err.name === 'BodySourceError' && err.message === `sender: gone after ${c.after} chunks`);
+    assert.ok((await bytesOf(await receiver.recv())).equals(bodyOf(i)), `the mail after failure ${i}`);
+  }
+  await sender.flush();
+  assert.deepEqual(spoolFiles(tmp), [], 'the spooled part of the failed body is gone');
   sender.dispose();
+  receiver.dispose();
+});
+
+test('a body that ends with a malformed failure mark is a protocol error, not a failed mail', async () => {
+  const input = new PassThrough();
+  const receiver = new StreamChannel(input, new PassThrough(), { peerName: 'the peer' });
+  input.write('DSYNC-TS 1\n');
+  input.write(`${JSON.stringify({ type: 'mail', guid: 'g', uid: 1, receivedDate: 0, hasBody: true })}\n5\nhello!not json\n`);
+  await assert.rejects(receiver.recv(), /the peer sent a bad body end "not json"/);
   receiver.dispose();
 });
