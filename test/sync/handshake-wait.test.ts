@@ -6,11 +6,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
+import { PassThrough } from 'node:stream';
 import { Location } from '../../src/location/location.js';
 import { Logger } from '../../src/util/log.js';
 import { runBrain } from '../../src/sync/brain.js';
 import { bothSettled } from '../../src/sync/run.js';
-import { PassThrough } from 'node:stream';
 import { StreamChannel } from '../../src/transport/stream.js';
 import { Flag } from '../../src/model/flags.js';
 import { seedMaildir } from '../helpers/seed.js';
@@ -37,9 +37,9 @@ async function sync(a: string, b: string, ia: string, ib: string, meanwhile?: ()
     debug: true,
   });
   const slaveLines: string[] = [];
-  const quiet = new Logger({ sink: { write: (s: string) => slaveLines.push(s.trimEnd()) }, debug: true });
+  const slaveLog = new Logger({ sink: { write: (s: string) => slaveLines.push(s.trimEnd()) }, debug: true });
   const la = Location.open(await openMaildir(`maildir:${a}`), { indexPath: ia, log });
-  const lb = Location.open(await openMaildir(`maildir:${b}`), { indexPath: ib, log: quiet });
+  const lb = Location.open(await openMaildir(`maildir:${b}`), { indexPath: ib, log: slaveLog });
   const [toA, toB] = [new PassThrough(), new PassThrough()];
   const [ca, cb] = [new StreamChannel(toA, toB, { peerName: 'side B' }), new StreamChannel(toB, toA, { peerName: 'side A' })];
   try {
@@ -49,7 +49,7 @@ async function sync(a: string, b: string, ia: string, ib: string, meanwhile?: ()
         await checkedNow;
         await meanwhile();
       }
-      return runBrain({ role: 'slave', location: lb, channel: cb, log: quiet });
+      return runBrain({ role: 'slave', location: lb, channel: cb, log: slaveLog });
     })();
     const [res] = await bothSettled(master, slave);
     assert.equal(res.changesDuringSync, false, lines.join('\n'));
