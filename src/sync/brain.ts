@@ -189,7 +189,10 @@ async function brain(o: BrainOptions): Promise<BrainResult> {
     const w0 = ctx.ch.waited && { ...ctx.ch.waited };
     if (role === 'master') await masterMailboxes(ctx);
     else await slaveMailboxes(ctx);
-    await ctx.ahead?.stop();
+    // A mailbox opened ahead but never synced: a store error is for its turn, which did not come
+    // (renamed meanwhile, say); anything else (an internal error) must not pass unseen.
+    const unseen = (await ctx.ahead?.stop())?.find((err) => !(err instanceof StorageError));
+    if (unseen) throw unseen;
     const w = ctx.ch.waited;
     const waits = w && w0 ? ` (waited ${w.count - w0.count} times for the other side, ${(w.ms - w0.ms).toFixed(1)} ms in all)` : '';
     ctx.log.debug(`mailboxes synced in ${msSince(t0)}${waits}`);

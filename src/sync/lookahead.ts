@@ -86,13 +86,24 @@ export class Lookahead<H extends AheadHandle> {
     }
   }
 
-  /** Stops opening ahead and closes the handles that were not taken. */
-  async stop(): Promise<void> {
+  /**
+   * Stops opening ahead and closes the handles that were not taken. Returns the failures of
+   * opens that were never taken (nobody else reports them).
+   */
+  async stop(): Promise<unknown[]> {
     this.stopped = true;
     const left = [...this.ready.values()];
     this.ready.clear();
     this.holding.clear();
     this.heldMessages = 0;
-    for (const pending of left) await (await pending.catch(() => undefined))?.close();
+    const failures: unknown[] = [];
+    for (const pending of left) {
+      const handle = await pending.catch((err: unknown) => {
+        failures.push(err);
+        return undefined;
+      });
+      await handle?.close();
+    }
+    return failures;
   }
 }

@@ -136,3 +136,13 @@ test('lookahead: stop() waits for an open in progress and closes its handle', as
   assert.notEqual(again, first);
   assert.equal(again!.closed, false);
 });
+
+test('lookahead: stop() returns the failures of opens that were never taken', async () => {
+  const o = opener({ a: 0, c: 0 }, new Set(['b']));
+  const ahead = new Lookahead(['a', 'b', 'c'], o.open, { scanned: 2, messages: 1000 });
+  ahead.pump();
+  await settle();
+  assert.equal(await ahead.take('a'), o.handles.get('a'));
+  const failures = await ahead.stop();
+  assert.deepEqual(failures.map((e) => (e as Error).message), ['cannot open b']);
+});
