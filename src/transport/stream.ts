@@ -22,6 +22,11 @@ import type { MailRecord, SyncRecord } from '../sync/records.js';
 import { BodySourceError } from '../storage/types.js';
 import { PeerAbortError, ProtocolError, type Channel } from './channel.js';
 
+/** What went wrong, as text for the peer (a thrown non-Error too). */
+function reasonOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
 function asBuffer(chunk: unknown): Buffer {
   return typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
 }
@@ -278,7 +283,7 @@ export class StreamChannel implements Channel {
         if (r.done) rest = null;
       }
     } catch (err) {
-      await this.write(`${JSON.stringify({ ...head, hasBody: false, bodyError: (err as Error).message })}\n`);
+      await this.write(`${JSON.stringify({ ...head, hasBody: false, bodyError: reasonOf(err) })}\n`);
       return;
     }
     let done = rest === null;
@@ -291,7 +296,7 @@ export class StreamChannel implements Channel {
           r = await rest.next();
         } catch (err) {
           done = true; // the source ended with its error
-          await this.write(`!${JSON.stringify((err as Error).message)}\n`);
+          await this.write(`!${JSON.stringify(reasonOf(err))}\n`);
           return;
         }
         if (r.done) break;
